@@ -1,0 +1,80 @@
+"""The `mailer` command. Each group lives in its own module and is a thin shell
+over the domain functions; this module only wires them together and maps errors
+to exit codes: 0 success, 1 operational failure, 2 bad usage, configuration or input."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from mailer.config import ConfigError
+from mailer.context import AppContext
+from mailer.db import DatabaseURLError
+from mailer.migrate import SchemaOutdated
+
+T = TypeVar("T")
+
+
+class OperationalError(click.ClickException):
+    """Something outside the user's input failed (SMTP down, database unreachable)."""
+
+    exit_code = 1
+
+
+class BadInput(click.ClickException):
+    exit_code = 2
+
+
+def run(ctx: click.Context, work: Callable[[AppContext], Awaitable[T]]) -> T:
+    """Run one async unit of work with the shared error-to-exit-code mapping."""
+    app: AppContext = ctx.find_object(AppContext)
+    try:
+        return asyncio.run(work(app))
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+    except DatabaseURLError as exc:
+        raise BadInput(f"database.url: {exc}") from None
+    except SchemaOutdated as exc:
+        raise OperationalError(str(exc)) from None
+    except OSError as exc:
+        raise OperationalError(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Configuration file (default: $MAILER_CONFIG, else ./config.yaml).",
+)
+@click.version_option(package_name="mailer")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """mailer: press releases to subscribers, by email."""
+    ctx.obj = AppContext(config_path)
+    if ctx.invoked_subcommand not in (None, "version"):
+        try:
+            ctx.obj.settings  # noqa: B018 - validate the configuration before any command runs
+        except ConfigError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+
+
+def _register() -> None:
+    from mailer.cli import commands
+
+    for command in commands.ALL:
+        main.add_command(command)
+
+
+def echo_json(obj: Any) -> None:
+    import json
+
+    click.echo(json.dumps(obj, ensure_ascii=False, default=str))
+
+
+_register()

@@ -1,0 +1,367 @@
+"""Settings: one YAML file, a few MAILER_* environment overrides, validated at start.
+
+Which file: ``--config PATH``, else ``$MAILER_CONFIG``, else ``./config.yaml``.
+Relative paths in the file (the data folder, a SQLite database, folder sources,
+template overrides, DKIM keys) are resolved against the file's own directory so
+that the same configuration works from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from datetime import timedelta
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "MAILER_DATABASE_URL": ("database", "url"),
+    "MAILER_SMTP_HOST": ("smtp", "host"),
+    "MAILER_SMTP_PORT": ("smtp", "port"),
+    "MAILER_SMTP_EMBEDDED": ("smtp", "embedded"),
+    "MAILER_SMTP_USERNAME": ("smtp", "username"),
+    "MAILER_SMTP_PASSWORD": ("smtp", "password"),
+    "MAILER_BASE_URL": ("site", "base_url"),
+    "MAILER_SECRET_KEY": ("secret_key",),
+}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as the one line a user should read."""
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Accept seconds as a number or strings like ``90s``, ``15m``, ``6h``, ``2d``, ``1w``."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 15m, 6h or 900")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration such as 15m, 6h or 900")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _no_header_breaks(value: str | None) -> str | None:
+    if value is not None and _HEADER_UNSAFE.search(value):
+        raise ValueError("must not contain line breaks or control characters")
+    return value
+
+
+HeaderSafe = Annotated[str, BeforeValidator(lambda v: _no_header_breaks(str(v)))]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SiteConfig(Section):
+    name: HeaderSafe = "Press releases"
+    base_url: str = "http://127.0.0.1:8000"
+    postal_address: str = ""
+    # A folder whose templates take precedence over the shipped ones (same names).
+    templates_dir: Path | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class DatabaseConfig(Section):
+    url: str = "sqlite:///data/mailer.db"
+
+
+class SmtpConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(25, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "none"
+    username: str | None = None
+    password: str | None = None
+    timeout: Duration = timedelta(seconds=30)
+    connections: int = Field(4, ge=1, le=200)
+    rate_limit: float = Field(0, ge=0)
+    # True: mail goes to a loopback catcher started inside the sending process,
+    # which writes each message as an .eml file under <data_dir>/mail/.
+    embedded: bool = True
+
+
+class SenderConfig(Section):
+    from_: HeaderSafe = Field("Press Office <press@localhost>", alias="from")
+    reply_to: HeaderSafe | None = None
+    list_id: HeaderSafe = "press-releases.localhost"
+
+    @field_validator("from_", "reply_to")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        _, address = parseaddr(value)
+        if "@" not in address:
+            raise ValueError(f"{value!r} is not an email address")
+        return value
+
+    @property
+    def from_address(self) -> str:
+        return parseaddr(self.from_)[1]
+
+    @property
+    def domain(self) -> str:
+        return self.from_address.rpartition("@")[2]
+
+
+class DigestSchedule(Section):
+    frequency: Literal["daily", "weekly"]
+    cron: str
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a crontab expression: {exc}") from exc
+        return value
+
+
+class DigestConfig(Section):
+    subject: HeaderSafe = "{site} — {count} new press releases"
+    max_items: int = Field(50, ge=1, le=500)
+    schedules: list[DigestSchedule] = Field(
+        default_factory=lambda: [
+            DigestSchedule(frequency="daily", cron="0 7 * * *", timezone="UTC"),
+            DigestSchedule(frequency="weekly", cron="0 7 * * mon", timezone="UTC"),
+        ]
+    )
+
+
+class SourceConfig(Section):
+    name: str = Field(min_length=1, max_length=100)
+    kind: Literal["feed", "page", "folder"]
+    url: str | None = None
+    path: Path | None = None
+    interval: Duration = timedelta(minutes=30)
+    enabled: bool = True
+    # page sources: CSS selector for the links to release pages on the listing page.
+    link_selector: str | None = None
+
+    @model_validator(mode="after")
+    def _location(self) -> SourceConfig:
+        if self.kind == "folder" and self.path is None:
+            raise ValueError(f"source {self.name!r}: a folder source needs a path")
+        if self.kind == "page" and not self.url:
+            raise ValueError(f"source {self.name!r}: a page source needs a url")
+        if self.kind == "page" and not self.link_selector:
+            raise ValueError(f"source {self.name!r}: a page source needs a link_selector")
+        if self.kind == "feed" and not (self.url or self.path):
+            raise ValueError(f"source {self.name!r}: a feed source needs a url or a path")
+        return self
+
+
+class TopicConfig(Section):
+    name: str = Field(min_length=1, max_length=100)
+    slug: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    # Words or phrases; matched case- and diacritics-insensitively on word boundaries.
+    keywords: list[str] = Field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.slug or slugify(self.name)
+
+
+class DkimConfig(Section):
+    domain: str
+    selector: str
+    private_key_file: Path
+
+
+class Settings(Section):
+    site: SiteConfig = SiteConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    sender: SenderConfig = SenderConfig()
+    digest: DigestConfig = DigestConfig()
+    sources: list[SourceConfig] = Field(default_factory=list)
+    topics: list[TopicConfig] = Field(default_factory=list)
+    dkim: DkimConfig | None = None
+    # Holds the SQLite database, the generated secret key and the caught mail.
+    data_dir: Path = Path("data")
+    # Prefer MAILER_SECRET_KEY; if neither is set one is generated into data_dir.
+    secret_key: str | None = Field(None, min_length=16)
+    # Where the file was read from; relative paths above are resolved against it.
+    config_path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        for label, names in (
+            ("sources", [s.name for s in self.sources]),
+            ("topics", [t.key for t in self.topics]),
+        ):
+            seen: set[str] = set()
+            for name in names:
+                if name in seen:
+                    raise ValueError(f"{label}: {name!r} is listed twice")
+                seen.add(name)
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        return self.config_path.parent if self.config_path else Path.cwd()
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def data_path(self) -> Path:
+        return self.resolve(self.data_dir)
+
+    @property
+    def mail_dir(self) -> Path:
+        """Where the embedded catcher writes each caught message as an .eml file."""
+        return self.data_path / "mail"
+
+    def get_secret_key(self) -> str:
+        if self.secret_key:
+            return self.secret_key
+        key_file = self.data_path / "secret_key"
+        if key_file.exists():
+            return key_file.read_text().strip()
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        # O_EXCL: two processes starting at once must agree on one key.
+        try:
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return key_file.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key)
+        return key
+
+
+def slugify(text: str) -> str:
+    import unicodedata
+
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")[:63] or "topic"
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("MAILER_CONFIG"):
+        return Path(os.environ["MAILER_CONFIG"])
+    return Path("config.yaml")
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read, override from the environment and validate. Raises ConfigError with one line."""
+    config_path = find_config_path(path)
+    shown = str(config_path)
+    try:
+        raw_text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{shown}: configuration file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{shown}: is a directory, not a configuration file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{shown}: cannot read: {exc}") from None
+    try:
+        raw = yaml.safe_load(raw_text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{shown}: invalid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{shown}: the top level must be a mapping of sections")
+    return settings_from_mapping(raw, config_path=config_path.resolve(), shown=shown)
+
+
+def settings_from_mapping(
+    raw: dict[str, Any],
+    *,
+    config_path: Path | None = None,
+    shown: str = "configuration",
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    environ = dict(os.environ) if environ is None else environ
+    raw = _apply_environment(raw, environ)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, shown, environ)) from None
+    return settings.model_copy(update={"config_path": config_path})
+
+
+def _apply_environment(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    merged: dict[str, Any] = {**raw}
+    for variable, keys in ENV_OVERRIDES.items():
+        if variable not in environ:
+            continue
+        target = merged
+        for key in keys[:-1]:
+            section = target.get(key)
+            target[key] = dict(section) if isinstance(section, dict) else {}
+            target = target[key]
+        target[keys[-1]] = environ[variable]
+    return merged
+
+
+def _describe(exc: ValidationError, shown: str, environ: dict[str, str]) -> str:
+    first = exc.errors()[0]
+    location = [str(part) for part in first["loc"]]
+    # A failing override is reported under the variable's name, not the file's key.
+    where = ".".join(location)
+    for variable, keys in ENV_OVERRIDES.items():
+        if tuple(location[: len(keys)]) == keys and variable in environ:
+            where = f"{where} (from ${variable})"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    message = message.removeprefix("Value error, ")
+    more = len(exc.errors()) - 1
+    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{shown}: {where or '(top level)'}: {message}{tail}"

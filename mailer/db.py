@@ -1,0 +1,113 @@
+"""Engine, sessions and transactions.
+
+Everything talks to the database through one :class:`Database`: ``session()`` for
+reads, ``transaction()`` for anything that writes. On SQLite the database runs in
+WAL mode and ``transaction()`` begins ``IMMEDIATE``: the write lock is taken up
+front, so concurrent writers from other tasks or processes wait on the busy
+timeout instead of failing with "database is locked" when a deferred read lock
+cannot be upgraded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_WRITE_OPTION = "mailer_write_transaction"
+
+
+class DatabaseURLError(ValueError):
+    pass
+
+
+def async_url(url: str, base_dir: Path | None = None) -> URL:
+    """Map plain driver URLs to the async drivers; resolve relative SQLite paths."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise DatabaseURLError(f"{url!r} is not a database URL: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            path = Path(database)
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            parsed = parsed.set(database=str(path))
+        return parsed
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise DatabaseURLError(f"{url!r}: only sqlite and postgresql databases are supported")
+
+
+class Database:
+    def __init__(self, url: str | URL, *, base_dir: Path | None = None, echo: bool = False):
+        self.url = async_url(
+            str(url) if isinstance(url, str) else url.render_as_string(False), base_dir
+        )
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        engine_args: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            engine_args["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        else:
+            engine_args.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(self.url, **engine_args)
+        if self.is_sqlite:
+            _configure_sqlite(self.engine)
+        self.write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
+        self._reader = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._writer = async_sessionmaker(self.write_engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A read session. Do not write through it: use :meth:`transaction`."""
+        async with self._reader() as session:
+            yield session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction: committed on success, rolled back on any exception."""
+        async with self._writer() as session, session.begin():
+            yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to the "begin" hook below; the driver's own
+        # implicit BEGIN would always be DEFERRED.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(_WRITE_OPTION):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")

@@ -1,0 +1,452 @@
+"""Tables. The schema itself lives in the Alembic migrations under db/versions;
+``tests/test_migrations.py`` fails when these models and the migrations disagree."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores no offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where a timezone-aware one is required")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    # Stored as plain strings (no native enum type) so migrations stay simple.
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        length=20,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+# --- subscribers ----------------------------------------------------------------
+
+
+class SubscriberStatus(enum.StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class Frequency(enum.StrEnum):
+    IMMEDIATELY = "immediately"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    # Lower-cased address: the identity used for uniqueness and suppression.
+    email_key: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[SubscriberStatus] = mapped_column(
+        _enum(SubscriberStatus, "subscriber_status"), default=SubscriberStatus.PENDING, index=True
+    )
+    frequency: Mapped[Frequency] = mapped_column(
+        _enum(Frequency, "frequency"), default=Frequency.DAILY
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    confirmed_at: Mapped[datetime | None]
+    unsubscribed_at: Mapped[datetime | None]
+    # Changing this invalidates every confirmation link issued before.
+    confirm_nonce: Mapped[str | None] = mapped_column(String(64))
+    confirmation_sent_at: Mapped[datetime | None]
+    # Releases published before this time are never sent (first digest starts here).
+    digest_since: Mapped[datetime | None]
+    last_digest_at: Mapped[datetime | None]
+    soft_bounces: Mapped[int] = mapped_column(default=0)
+
+    topics: Mapped[list[Topic]] = relationship(secondary="subscriber_topics", lazy="selectin")
+    consents: Mapped[list[ConsentEvent]] = relationship(
+        back_populates="subscriber", order_by="ConsentEvent.id", passive_deletes=True
+    )
+
+
+class Topic(Base):
+    __tablename__ = "topics"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
+    keywords: Mapped[list[Any]] = mapped_column(default=list)
+    # False once the topic was removed from the configuration; kept for history.
+    active: Mapped[bool] = mapped_column(default=True)
+
+
+class SubscriberTopic(Base):
+    __tablename__ = "subscriber_topics"
+
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True
+    )
+    topic_id: Mapped[int] = mapped_column(
+        ForeignKey("topics.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class ConsentEvent(Base):
+    """What a subscriber agreed to, when, and from where. Kept for proof of consent."""
+
+    __tablename__ = "consent_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+    # signup, confirm, preferences, unsubscribe, import, admin-add, erase
+    action: Mapped[str] = mapped_column(String(30))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(500))
+    form_url: Mapped[str | None] = mapped_column(String(500))
+    wording_version: Mapped[str | None] = mapped_column(String(40))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    subscriber: Mapped[Subscriber | None] = relationship(back_populates="consents")
+
+
+class Suppression(Base):
+    """Addresses never to be mailed, stored only as a keyed hash (see suppression_key)."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # unsubscribed, erased, hard-bounce, soft-bounce, complaint, admin
+    reason: Mapped[str] = mapped_column(String(30))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    details: Mapped[str | None] = mapped_column(Text)
+
+
+# --- sources and releases ---------------------------------------------------------
+
+
+class SourceStatus(enum.StrEnum):
+    NEW = "new"
+    OK = "ok"
+    FAILING = "failing"
+    DISABLED = "disabled"
+
+
+class Source(Base):
+    __tablename__ = "sources"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    url: Mapped[str | None] = mapped_column(String(2000))
+    path: Mapped[str | None] = mapped_column(String(2000))
+    interval_seconds: Mapped[int] = mapped_column(default=1800)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # config: defined in config.yaml (the file wins on start); admin: added in the admin.
+    origin: Mapped[str] = mapped_column(String(10), default="config")
+    enabled: Mapped[bool] = mapped_column(default=True)
+    status: Mapped[SourceStatus] = mapped_column(
+        _enum(SourceStatus, "source_status"), default=SourceStatus.NEW
+    )
+    last_run_at: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None]
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    # Conditional GET validators of the last successful fetch.
+    etag: Mapped[str | None] = mapped_column(String(500))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    # Folder sources: fingerprint of each file seen, so only new or changed ones are read.
+    seen_files: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    last_counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    total_releases: Mapped[int] = mapped_column(default=0)
+
+
+class Release(Base):
+    __tablename__ = "releases"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(1000))
+    # Always timezone-aware; when the source gave no date this is the first-seen time
+    # and published_estimated is True.
+    published_at: Mapped[datetime] = mapped_column(index=True)
+    published_estimated: Mapped[bool] = mapped_column(default=False)
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    canonical_url: Mapped[str | None] = mapped_column(String(2000), index=True)
+    text: Mapped[str] = mapped_column(Text, default="")
+    html: Mapped[str] = mapped_column(Text, default="")
+    summary: Mapped[str] = mapped_column(Text, default="")
+    image_url: Mapped[str | None] = mapped_column(String(2000))
+    image_alt: Mapped[str | None] = mapped_column(String(500))
+    photo_credit: Mapped[str | None] = mapped_column(String(500))
+    publisher: Mapped[str | None] = mapped_column(String(200))
+    # sha256 of the normalised text, and a 64-bit SimHash of it for near-duplicates.
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    simhash: Mapped[int] = mapped_column(default=0)
+    excluded: Mapped[bool] = mapped_column(default=False)
+    # Set on a release that dedupe folded into another; such rows are never sent.
+    merged_into_id: Mapped[int | None] = mapped_column(
+        ForeignKey("releases.id", ondelete="SET NULL"), index=True
+    )
+    added_by: Mapped[str | None] = mapped_column(String(100))
+
+    links: Mapped[list[ReleaseLink]] = relationship(
+        back_populates="release",
+        order_by="ReleaseLink.id",
+        lazy="selectin",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+    topics: Mapped[list[Topic]] = relationship(secondary="release_topics", lazy="selectin")
+
+
+class ReleaseLink(Base):
+    """One source's copy of a release: where it was found and under which id."""
+
+    __tablename__ = "release_links"
+    __table_args__ = (
+        UniqueConstraint("source_id", "guid"),
+        Index("ix_release_links_url", "url"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[int] = mapped_column(
+        ForeignKey("releases.id", ondelete="CASCADE"), index=True
+    )
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id", ondelete="SET NULL"))
+    # Shown to readers; kept even if the source row is later deleted.
+    source_name: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str | None] = mapped_column(String(2000))
+    guid: Mapped[str] = mapped_column(String(2000))
+    title: Mapped[str | None] = mapped_column(String(1000))
+    published_at: Mapped[datetime | None]
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    release: Mapped[Release] = relationship(back_populates="links")
+
+
+class ReleaseTopic(Base):
+    __tablename__ = "release_topics"
+
+    release_id: Mapped[int] = mapped_column(
+        ForeignKey("releases.id", ondelete="CASCADE"), primary_key=True
+    )
+    topic_id: Mapped[int] = mapped_column(
+        ForeignKey("topics.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+# --- digests and delivery ---------------------------------------------------------
+
+
+class DigestStatus(enum.StrEnum):
+    QUEUED = "queued"  # created, recipients not yet written
+    SENDING = "sending"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    DONE = "done"
+
+
+class Digest(Base):
+    """One send: a set of deliveries started together (scheduled, manual or test)."""
+
+    __tablename__ = "digests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # scheduled, manual, test
+    kind: Mapped[str] = mapped_column(String(20), default="manual")
+    # Which subscribers: immediately, daily, weekly, or all (manual sends).
+    frequency: Mapped[str] = mapped_column(String(20), default="all")
+    status: Mapped[DigestStatus] = mapped_column(
+        _enum(DigestStatus, "digest_status"), default=DigestStatus.QUEUED, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    scheduled_for: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    recipient_count: Mapped[int] = mapped_column(default=0)
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+    # For test sends: the one address it goes to.
+    test_address: Mapped[str | None] = mapped_column(String(320))
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Delivery(Base):
+    """One message to one subscriber: the outbox row."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("digest_id", "subscriber_id"),
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest_id: Mapped[int] = mapped_column(ForeignKey("digests.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+    # Snapshot at queue time: the message goes where it was addressed when queued.
+    email: Mapped[str] = mapped_column(String(320))
+    release_ids: Mapped[list[Any]] = mapped_column(default=list)
+    # Hash of release_ids: deliveries with the same key share one rendered body.
+    content_key: Mapped[str] = mapped_column(String(64))
+    status: Mapped[DeliveryStatus] = mapped_column(
+        _enum(DeliveryStatus, "delivery_status"), default=DeliveryStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claimed_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+    bounced: Mapped[bool] = mapped_column(default=False)
+
+
+class SubscriberRelease(Base):
+    """A release queued to a subscriber. The primary key is the never-send-twice rule."""
+
+    __tablename__ = "subscriber_releases"
+
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True
+    )
+    release_id: Mapped[int] = mapped_column(
+        ForeignKey("releases.id", ondelete="CASCADE"), primary_key=True
+    )
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL")
+    )
+
+
+class Bounce(Base):
+    __tablename__ = "bounces"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
+    )
+    email_hash: Mapped[str] = mapped_column(String(64), index=True)
+    # hard or soft
+    kind: Mapped[str] = mapped_column(String(10))
+    status_code: Mapped[str | None] = mapped_column(String(20))
+    diagnostic: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- administration ---------------------------------------------------------------
+
+
+class AdminUser(Base):
+    __tablename__ = "admin_users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    # admin or editor
+    role: Mapped[str] = mapped_column(String(20), default="editor")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None]
+    failed_logins: Mapped[int] = mapped_column(default=0)
+    locked_until: Mapped[datetime | None]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    # sha256 of the token; the token itself is shown once, at creation.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(20), default="admin")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked: Mapped[bool] = mapped_column(default=False)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # "user:alice", "token:ci", "cli", "scheduler", "subscriber"
+    actor: Mapped[str] = mapped_column(String(120))
+    action: Mapped[str] = mapped_column(String(60))
+    target_type: Mapped[str | None] = mapped_column(String(40))
+    target_id: Mapped[str | None] = mapped_column(String(60))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Lock(Base):
+    """Lease-based locks (scheduler leadership on SQLite, one run per source)."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[datetime]
