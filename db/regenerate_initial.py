@@ -7,7 +7,6 @@ import asyncio
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 from alembic import command
 
@@ -30,9 +29,10 @@ async def regenerate() -> None:
 
             await connection.run_sync(generate)
         await database.dispose()
-    subprocess.run([sys.executable, "-m", "ruff", "format", "-q", str(TARGET)], check=False)
 
 
 if __name__ == "__main__":
     asyncio.run(regenerate())
-    print(f"rewrote {Path(TARGET).relative_to(Path.cwd()) if TARGET.is_relative_to(Path.cwd()) else TARGET}")
+    for fix in (["check", "--fix", "-q"], ["format", "-q"]):
+        subprocess.run([sys.executable, "-m", "ruff", *fix, str(TARGET)], check=False)  # noqa: S603
+    print(f"rewrote {TARGET}")

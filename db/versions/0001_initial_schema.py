@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 23:52:03.091566
+Create Date: 2026-11-23 23:52:07.774027
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from alembic import op
 
 import mailer.models
-
 
 revision: str = "0001"
 down_revision: str | None = None
