@@ -1,0 +1,237 @@
+"""SMTP transport: where mail goes, a pool of reused connections, and what a reply means.
+
+One interface for both destinations: ``smtp_target(settings)`` yields the host and
+port to talk to, which is either the configured server or, with
+``smtp.embedded: true``, a catcher started inside this process (see catcher.py).
+Everything above this module speaks SMTP through aiosmtplib either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ssl
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiosmtplib
+
+from mailer.catcher import EmbeddedCatcher
+from mailer.config import Settings
+
+
+class Outcome(enum.StrEnum):
+    SENT = "sent"
+    # Try again later: a 4xx reply, or the server could not be reached.
+    DEFERRED = "deferred"
+    # Permanent: a 5xx reply.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    code: int | None = None
+    message: str = ""
+    # True when the refusal is about the recipient (5xx at RCPT, or 5.1.x / 5.2.1 at
+    # DATA): the address itself is bad and goes on the suppression list.
+    hard_bounce: bool = False
+    # True when the connection, not the message, failed (counts towards pausing).
+    connection_error: bool = False
+
+    @property
+    def reason(self) -> str:
+        return f"{self.code} {self.message}".strip() if self.code else self.message
+
+
+class TransportError(Exception):
+    """A transactional message could not be handed to the SMTP server."""
+
+
+class Message(Protocol):
+    envelope_from: str
+    recipients: list[str]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    host: str
+    port: int
+    security: str = "none"
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30.0
+
+    def client(self) -> aiosmtplib.SMTP:
+        return aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            timeout=self.timeout,
+            use_tls=self.security == "tls",
+            start_tls=self.security == "starttls",
+            tls_context=ssl.create_default_context() if self.security != "none" else None,
+        )
+
+
+@asynccontextmanager
+async def smtp_target(settings: Settings) -> AsyncIterator[SmtpTarget]:
+    smtp = settings.smtp
+    timeout = smtp.timeout.total_seconds()
+    if not smtp.embedded:
+        yield SmtpTarget(smtp.host, smtp.port, smtp.security, smtp.username, smtp.password, timeout)
+        return
+    catcher = await EmbeddedCatcher(settings.mail_dir).start()
+    try:
+        yield SmtpTarget("127.0.0.1", catcher.port, timeout=timeout)
+    finally:
+        await catcher.stop()
+
+
+def classify(exc: BaseException) -> SendResult:
+    """Map an aiosmtplib exception to what the outbox should do with the delivery."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        first = exc.recipients[0]
+        return _by_code(first.code, first.message, at_recipient=True)
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        return _by_code(exc.code, exc.message, at_recipient=True)
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and not isinstance(
+        exc, aiosmtplib.SMTPServerDisconnected
+    ):
+        return _by_code(exc.code, exc.message, at_recipient=False)
+    text = str(exc) or type(exc).__name__
+    return SendResult(Outcome.DEFERRED, None, text, connection_error=True)
+
+
+def _by_code(code: int, message: str, *, at_recipient: bool) -> SendResult:
+    if 400 <= code < 500:
+        return SendResult(Outcome.DEFERRED, code, message)
+    if 500 <= code < 600:
+        # Enhanced status codes (RFC 3463): 5.1.x bad address, 5.2.1 mailbox disabled.
+        enhanced = message.split(" ", 1)[0]
+        hard = at_recipient or enhanced.startswith("5.1.") or enhanced == "5.2.1"
+        return SendResult(Outcome.FAILED, code, message, hard_bounce=hard)
+    return SendResult(Outcome.DEFERRED, code, message, connection_error=True)
+
+
+class Connection:
+    """One SMTP session, reopened on demand after a drop."""
+
+    def __init__(self, target: SmtpTarget):
+        self.target = target
+        self._client: aiosmtplib.SMTP | None = None
+
+    async def _ensure(self) -> aiosmtplib.SMTP:
+        if self._client is None or not self._client.is_connected:
+            client = self.target.client()
+            await client.connect()
+            if not client.esmtp_extensions:
+                # Needed up front to know whether SMTPUTF8 is offered.
+                await client.ehlo()
+            self._client = client
+        return self._client
+
+    async def send(self, envelope_from: str, recipients: Sequence[str], data: bytes) -> SendResult:
+        addresses = [envelope_from, *recipients]
+        try:
+            client = await self._ensure()
+            options: list[str] = []
+            if not all(address.isascii() for address in addresses):
+                # Internationalised mailboxes (RFC 6531) need the server's SMTPUTF8.
+                if not client.supports_extension("smtputf8"):
+                    return SendResult(
+                        Outcome.FAILED, None, "server does not support SMTPUTF8 addresses"
+                    )
+                options.append("SMTPUTF8")
+            await client.sendmail(envelope_from, list(recipients), data, mail_options=options)
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            result = classify(exc)
+            if result.connection_error:
+                await self.close()
+            else:
+                await self._reset()
+            return result
+        return SendResult(Outcome.SENT, 250, "accepted")
+
+    async def _reset(self) -> None:
+        # After a refused transaction the session must be clean for the next message.
+        if self._client is not None and self._client.is_connected:
+            try:
+                await self._client.rset()
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
+                await self.close()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if client.is_connected:
+                await client.quit()
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
+            client.close()
+
+
+class RateLimiter:
+    """Spaces sends evenly so that at most ``per_second`` start in any second.
+
+    A slot schedule instead of a token bucket: it never lets a burst through after
+    an idle spell, which is what receiving servers' per-second limits punish."""
+
+    def __init__(self, per_second: float):
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            slot = max(self._next, now)
+            self._next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class ConnectionPool:
+    """``size`` reused connections shared by concurrent senders."""
+
+    def __init__(self, target: SmtpTarget, size: int):
+        self._idle: asyncio.Queue[Connection] = asyncio.Queue()
+        self._all = [Connection(target) for _ in range(size)]
+        for connection in self._all:
+            self._idle.put_nowait(connection)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        connection = await self._idle.get()
+        try:
+            yield connection
+        finally:
+            self._idle.put_nowait(connection)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._all), return_exceptions=True)
+
+
+async def send_now(settings: Settings, message: Message) -> None:
+    """Send one transactional message at once (confirmations, notices, test sends)."""
+    async with smtp_target(settings) as target:
+        connection = Connection(target)
+        try:
+            result = await connection.send(message.envelope_from, message.recipients, message.data)
+        finally:
+            await connection.close()
+    if result.outcome is not Outcome.SENT:
+        where = (
+            "the embedded catcher"
+            if settings.smtp.embedded
+            else (f"{settings.smtp.host}:{settings.smtp.port}")
+        )
+        raise TransportError(f"{where} did not accept the message: {result.reason}")
