@@ -110,6 +110,15 @@ class SmtpConfig(Section):
     timeout: Duration = timedelta(seconds=30)
     connections: int = Field(4, ge=1, le=200)
     rate_limit: float = Field(0, ge=0)
+    # At most this many of the connections talk to one recipient domain at once.
+    per_domain_connections: int = Field(4, ge=1, le=200)
+    # 4xx replies and unreachable servers: retry with exponential backoff and jitter,
+    # starting at retry_base, at most retry_max_interval apart, for up to retry_for.
+    retry_base: Duration = timedelta(minutes=1)
+    retry_max_interval: Duration = timedelta(hours=1)
+    retry_for: Duration = timedelta(days=3)
+    # This many permanent failures in a row pause the send (a sign of a blocked sender).
+    pause_after_failures: int = Field(50, ge=1)
     # True: mail goes to a loopback catcher started inside the sending process,
     # which writes each message as an .eml file under <data_dir>/mail/.
     embedded: bool = True
@@ -210,6 +219,44 @@ class TopicConfig(Section):
         return self.slug or slugify(self.name)
 
 
+class SignupConfig(Section):
+    # How long a confirmation link works.
+    confirm_ttl: Duration = timedelta(hours=48)
+    # At most one confirmation email per address within this time.
+    confirmation_interval: Duration = timedelta(minutes=10)
+    # Shown next to the form's submit button; {site} is filled in. Change the version
+    # whenever the wording changes: each consent record stores the version agreed to.
+    consent_text: str = Field(
+        "I agree to receive press releases from {site} by email. I can unsubscribe at any "
+        "time with the link in every email.",
+        min_length=1,
+        max_length=2000,
+    )
+    consent_version: str = Field("1", min_length=1, max_length=40)
+    # Link the consent wording points to; null serves privacy_notice at /privacy.
+    privacy_url: str | None = None
+    privacy_notice: str = Field(
+        "We keep your email address, your name if you give it, the topics and frequency "
+        "you chose, and a record of your consent (time, IP address, browser and the "
+        "wording you agreed to). We use them only to send you the press releases you "
+        "asked for. You can change your choices, download everything we hold about you "
+        "or erase it from the preferences link in every email. After erasure only a "
+        "keyed hash of your address is kept, so that we never write to you again.",
+        min_length=1,
+    )
+    # Form posts allowed per client IP and per address within rate_limit_window.
+    rate_limit_per_ip: int = Field(20, ge=1)
+    rate_limit_per_address: int = Field(5, ge=1)
+    rate_limit_window: Duration = timedelta(hours=1)
+
+    @field_validator("privacy_url")
+    @classmethod
+    def _link(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(https?://[^\s/]+|/)[^\s]*$", value):
+            raise ValueError("must be an http:// or https:// URL or a path starting with /")
+        return value
+
+
 class DkimConfig(Section):
     domain: str
     selector: str
@@ -225,6 +272,7 @@ class Settings(Section):
     sources: list[SourceConfig] = Field(default_factory=list)
     topics: list[TopicConfig] = Field(default_factory=list)
     dkim: DkimConfig | None = None
+    signup: SignupConfig = SignupConfig()
     # Holds the SQLite database, the generated secret key and the caught mail.
     data_dir: Path = Path("data")
     # Prefer MAILER_SECRET_KEY; if neither is set one is generated into data_dir.

@@ -1,4 +1,4 @@
-"""SMTP transport: where mail goes, a pool of reused connections, and what a reply means.
+"""SMTP transport: where mail goes, reusable connections, and what a reply means.
 
 One interface for both destinations: ``smtp_target(settings)`` yields the host and
 port to talk to, which is either the configured server or, with
@@ -197,27 +197,6 @@ class RateLimiter:
             self._next = slot + self.interval
         if slot > now:
             await asyncio.sleep(slot - now)
-
-
-class ConnectionPool:
-    """``size`` reused connections shared by concurrent senders."""
-
-    def __init__(self, target: SmtpTarget, size: int):
-        self._idle: asyncio.Queue[Connection] = asyncio.Queue()
-        self._all = [Connection(target) for _ in range(size)]
-        for connection in self._all:
-            self._idle.put_nowait(connection)
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
-        connection = await self._idle.get()
-        try:
-            yield connection
-        finally:
-            self._idle.put_nowait(connection)
-
-    async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self._all), return_exceptions=True)
 
 
 async def send_now(settings: Settings, message: Message) -> None:

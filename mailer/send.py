@@ -1,0 +1,716 @@
+"""The outbox: start a send, then workers deliver it. A visible pipeline:
+
+    start_digest ─ plan: one Delivery row per recipient, in one transaction
+    Worker
+      claim     ─ a batch of due rows → "sending" (FOR UPDATE SKIP LOCKED on
+                  PostgreSQL; an IMMEDIATE transaction on SQLite)
+      compose   ─ MessageComposer renders each distinct content once
+      send      ─ one task per SMTP connection; global rate limit; per-domain limit
+      journal   ─ each accepted message is appended to the worker's journal at once
+      record    ─ states are written back in batches (sent, deferred, failed)
+
+Nothing is marked sent before the server accepted it. Rows left "sending" by a
+dead worker are recovered on start: journal entries become "sent", the rest go
+back to "pending" (see journal.py). Workers on other machines are covered by a
+claim lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailer.config import Settings
+from mailer.db import Database
+from mailer.journal import Journal, orphan_journals
+from mailer.models import (
+    Bounce,
+    Delivery,
+    DeliveryStatus,
+    Digest,
+    DigestStatus,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    utcnow,
+)
+from mailer.suppression import email_hash, suppress
+from mailer.transport import Connection, Outcome, RateLimiter, SendResult, smtp_target
+
+log = logging.getLogger(__name__)
+
+# A claim older than this is presumed abandoned by a worker on another machine.
+CLAIM_LEASE = timedelta(minutes=15)
+RECORD_EVERY_SECONDS = 0.5
+RECORD_EVERY_COUNT = 500
+# While the server is unreachable the worker waits this long, doubling, before retrying.
+OUTAGE_BACKOFF = (1.0, 60.0)
+OPEN_STATES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED)
+
+
+class SendError(Exception):
+    pass
+
+
+# --- starting and controlling a send ----------------------------------------------
+
+
+async def start_digest(
+    database: Database,
+    settings: Settings,
+    *,
+    frequency: str = "all",
+    kind: str = "manual",
+    created_by: str = "cli",
+    test_address: str | None = None,
+    now: datetime | None = None,
+) -> Digest:
+    """Create a send and its outbox rows in one transaction. A send with no
+    recipients (nothing new for anyone) is created already done."""
+    from mailer.digest import plan_digest
+
+    now = now or utcnow()
+    async with database.transaction() as session:
+        digest = Digest(
+            kind=kind,
+            frequency=frequency,
+            status=DigestStatus.SENDING,
+            created_by=created_by,
+            created_at=now,
+            started_at=now,
+            test_address=test_address,
+        )
+        session.add(digest)
+        await session.flush()
+        count = await plan_digest(session, settings, digest, now=now)
+        digest.recipient_count = count
+        if count == 0:
+            digest.status = DigestStatus.DONE
+            digest.finished_at = now
+    return digest
+
+
+async def count_recipients(database: Database, settings: Settings, frequency: str = "all") -> int:
+    """What a send would address now, without writing anything (``--dry-run``)."""
+    from mailer.digest import plan_digest
+
+    async with database.transaction() as session:
+        digest = Digest(kind="manual", frequency=frequency, status=DigestStatus.SENDING)
+        session.add(digest)
+        await session.flush()
+        count = await plan_digest(session, settings, digest)
+        await session.rollback()
+    return count
+
+
+async def set_digest_state(database: Database, digest_id: int, action: str) -> Digest:
+    """pause, resume or cancel a send. Cancelling marks every unsent row cancelled."""
+    allowed = {
+        "pause": ({DigestStatus.SENDING}, DigestStatus.PAUSED),
+        "resume": ({DigestStatus.PAUSED}, DigestStatus.SENDING),
+        "cancel": (
+            {DigestStatus.SENDING, DigestStatus.PAUSED, DigestStatus.QUEUED},
+            DigestStatus.CANCELLED,
+        ),
+    }
+    if action not in allowed:
+        raise SendError(f"unknown action {action!r}")
+    sources, target = allowed[action]
+    async with database.transaction() as session:
+        digest = await session.get(Digest, digest_id)
+        if digest is None:
+            raise SendError(f"no digest with id {digest_id}")
+        if digest.status not in sources:
+            raise SendError(f"digest {digest_id} is {digest.status.value}; cannot {action} it")
+        digest.status = target
+        if action == "resume":
+            digest.pause_reason = None
+        if action == "pause":
+            digest.pause_reason = "paused by an operator"
+        if action == "cancel":
+            digest.finished_at = utcnow()
+            # Rows on the wire right now finish; everything else is withdrawn.
+            await session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.digest_id == digest_id,
+                    Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]),
+                )
+                .values(status=DeliveryStatus.CANCELLED, last_error="cancelled")
+            )
+    return digest
+
+
+@dataclass
+class DigestProgress:
+    digest_id: int
+    status: str
+    recipients: int
+    counts: dict[str, int]
+    started_at: datetime | None
+    finished_at: datetime | None
+    pause_reason: str | None
+    bounced: int = 0
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.get(s, 0) for s in ("sent", "failed", "cancelled"))
+
+    @property
+    def open(self) -> int:
+        return sum(self.counts.get(s.value, 0) for s in OPEN_STATES)
+
+
+async def digest_progress(session: AsyncSession, digest_id: int) -> DigestProgress:
+    digest = await session.get(Digest, digest_id, populate_existing=True)
+    if digest is None:
+        raise SendError(f"no digest with id {digest_id}")
+    rows = await session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.digest_id == digest_id)
+        .group_by(Delivery.status)
+    )
+    counts = {status.value: n for status, n in rows.all()}
+    bounced = await session.scalar(
+        select(func.count()).where(Delivery.digest_id == digest_id, Delivery.bounced)
+    )
+    return DigestProgress(
+        digest.id,
+        digest.status.value,
+        digest.recipient_count,
+        counts,
+        digest.started_at,
+        digest.finished_at,
+        digest.pause_reason,
+        bounced or 0,
+    )
+
+
+async def finish_completed(session: AsyncSession, now: datetime | None = None) -> None:
+    """Mark sends done once no row of theirs can still be sent."""
+    open_rows = exists().where(
+        Delivery.digest_id == Digest.id, Delivery.status.in_(list(OPEN_STATES))
+    )
+    await session.execute(
+        update(Digest)
+        .where(Digest.status == DigestStatus.SENDING, ~open_rows)
+        .values(status=DigestStatus.DONE, finished_at=now or utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+# --- recovery ---------------------------------------------------------------------
+
+
+def journal_dir(settings: Settings) -> os.PathLike[str]:
+    return settings.data_path / "journal"
+
+
+async def recover(database: Database, settings: Settings, now: datetime | None = None) -> int:
+    """Apply dead workers' journals, then return their unsent claims to the queue.
+    Returns how many rows were put back."""
+    now = now or utcnow()
+    released = 0
+    for orphan in orphan_journals(settings.data_path / "journal"):
+        try:
+            entries = orphan.entries()
+            async with database.transaction() as session:
+                if entries:
+                    await session.execute(
+                        update(Delivery),
+                        [
+                            {
+                                "id": e.delivery_id,
+                                "status": DeliveryStatus.SENT,
+                                "sent_at": e.sent_at,
+                                "message_id": e.message_id,
+                                "claimed_by": None,
+                            }
+                            for e in entries
+                        ],
+                    )
+                result = await session.execute(
+                    update(Delivery)
+                    .where(
+                        Delivery.claimed_by == orphan.worker_id,
+                        Delivery.status == DeliveryStatus.SENDING,
+                    )
+                    .values(status=DeliveryStatus.PENDING, claimed_by=None)
+                )
+                released += result.rowcount or 0
+                await finish_completed(session, now)
+        except BaseException:
+            orphan.release()
+            raise
+        orphan.discard()
+        log.info(
+            "recovered journal of %s: %d sent, %d requeued",
+            orphan.worker_id,
+            len(entries),
+            released,
+        )
+    async with database.transaction() as session:
+        result = await session.execute(
+            update(Delivery)
+            .where(
+                Delivery.status == DeliveryStatus.SENDING,
+                Delivery.claimed_at < now - CLAIM_LEASE,
+            )
+            .values(status=DeliveryStatus.PENDING, claimed_by=None)
+        )
+        released += result.rowcount or 0
+    return released
+
+
+# --- the worker -------------------------------------------------------------------
+
+
+@dataclass
+class Claimed:
+    id: int
+    digest_id: int
+    subscriber_id: int | None
+    email: str
+    name: str | None
+    release_ids: list[int]
+    content_key: str
+    attempts: int
+    created_at: datetime
+
+
+@dataclass
+class Recorded:
+    claimed: Claimed
+    result: SendResult
+    message_id: str | None = None
+    at: datetime = field(default_factory=utcnow)
+    # False when the worker stopped or the server was down before this one was tried.
+    attempted: bool = True
+
+
+@dataclass
+class WorkerStats:
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+
+    def count(self, outcome: Outcome) -> None:
+        setattr(self, outcome.value, getattr(self, outcome.value) + 1)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Delivers due outbox rows until stopped (or, with until_empty, until none are left)."""
+
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        digest_id: int | None = None,
+        rate_limit: float | None = None,
+        poll_interval: float = 2.0,
+    ):
+        self.database = database
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id()
+        self.digest_id = digest_id
+        smtp = settings.smtp
+        self.connections = smtp.connections
+        self.rate = RateLimiter(smtp.rate_limit if rate_limit is None else rate_limit)
+        per_second = smtp.rate_limit if rate_limit is None else rate_limit
+        # A claim should not outlive its usefulness: about half a minute of work.
+        self.batch_size = int(min(500, max(10, per_second * 30))) if per_second else 500
+        self.poll_interval = poll_interval
+        self.stats = WorkerStats()
+        self._domains: dict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(smtp.per_domain_connections)
+        )
+        self._queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
+        self._results: list[Recorded] = []
+        self._journal: Journal | None = None
+        self._composers: dict[int, Any] = {}
+        self._failure_streak: dict[int, int] = defaultdict(int)
+        self._outage_until = 0.0
+        self._outage_delay = OUTAGE_BACKOFF[0]
+        self._stopping = asyncio.Event()
+        self._in_flight = 0
+
+    def stop(self) -> None:
+        """Finish what is on the wire, record it, and return from run()."""
+        self._stopping.set()
+
+    async def run(self, *, until_empty: bool = False) -> WorkerStats:
+        await recover(self.database, self.settings)
+        self._journal = Journal(self.settings.data_path / "journal", self.worker_id)
+        try:
+            async with smtp_target(self.settings) as target:
+                connections = [Connection(target) for _ in range(self.connections)]
+                senders = [asyncio.create_task(self._sender(c)) for c in connections]
+                recorder = asyncio.create_task(self._recorder())
+                try:
+                    await self._feed(until_empty)
+                finally:
+                    for _ in senders:
+                        self._queue.put_nowait(None)
+                    await asyncio.gather(*senders, return_exceptions=True)
+                    self._stopping.set()
+                    await recorder
+                    await self._record_batch()
+                    await self._release_unsent()
+                    await asyncio.gather(*(c.close() for c in connections))
+        finally:
+            self._journal.close()
+        return self.stats
+
+    async def _feed(self, until_empty: bool) -> None:
+        while not self._stopping.is_set():
+            wait = self._outage_until - asyncio.get_running_loop().time()
+            if wait > 0:
+                await self._sleep(wait)
+                continue
+            # Keep at most about one batch queued ahead of the senders.
+            if self._queue.qsize() > self.batch_size // 2:
+                await self._sleep(0.05)
+                continue
+            batch = await self.claim(self.batch_size)
+            if batch:
+                for item in batch:
+                    self._queue.put_nowait(item)
+                continue
+            if self._queue.qsize() or self._in_flight:
+                await self._sleep(0.05)
+                continue
+            await self._record_batch()
+            if until_empty and not await self._anything_left():
+                return
+            await self._sleep(self.poll_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _anything_left(self) -> bool:
+        """True while any row of a running send can still be sent (now or later)."""
+        async with self.database.session() as session:
+            query = (
+                select(Delivery.id)
+                .join(Digest, Digest.id == Delivery.digest_id)
+                .where(
+                    Digest.status == DigestStatus.SENDING,
+                    Delivery.status.in_(list(OPEN_STATES)),
+                )
+                .limit(1)
+            )
+            if self.digest_id is not None:
+                query = query.where(Delivery.digest_id == self.digest_id)
+            return (await session.scalar(query)) is not None
+
+    async def claim(self, limit: int) -> list[Claimed]:
+        now = utcnow()
+        async with self.database.transaction() as session:
+            query = (
+                select(Delivery.id)
+                .join(Digest, Digest.id == Delivery.digest_id)
+                .where(
+                    Digest.status == DigestStatus.SENDING,
+                    Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]),
+                    or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+                )
+                .order_by(Delivery.id)
+                .limit(limit)
+            )
+            if self.digest_id is not None:
+                query = query.where(Delivery.digest_id == self.digest_id)
+            if not self.database.is_sqlite:
+                query = query.with_for_update(skip_locked=True, of=Delivery)
+            ids = list((await session.scalars(query)).all())
+            if not ids:
+                return []
+            rows = (
+                await session.execute(
+                    select(Delivery, Subscriber.name, Subscriber.status, Digest.kind)
+                    .join(Digest, Digest.id == Delivery.digest_id)
+                    .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                    .where(Delivery.id.in_(ids))
+                )
+            ).all()
+            suppressed = set(
+                (
+                    await session.scalars(
+                        select(Suppression.email_hash).where(
+                            Suppression.email_hash.in_(
+                                [email_hash(self.settings, row[0].email) for row in rows]
+                            )
+                        )
+                    )
+                ).all()
+            )
+            claimed, withdrawn = [], []
+            for delivery, name, status, kind in rows:
+                # A test send has no subscriber; any other row without one was erased.
+                gone = kind != "test" and status != SubscriberStatus.CONFIRMED
+                if gone or email_hash(self.settings, delivery.email) in suppressed:
+                    withdrawn.append(delivery.id)
+                    continue
+                claimed.append(
+                    Claimed(
+                        delivery.id,
+                        delivery.digest_id,
+                        delivery.subscriber_id,
+                        delivery.email,
+                        name,
+                        list(delivery.release_ids),
+                        delivery.content_key,
+                        delivery.attempts,
+                        delivery.created_at,
+                    )
+                )
+            if withdrawn:
+                await session.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(withdrawn))
+                    .values(
+                        status=DeliveryStatus.CANCELLED,
+                        last_error="recipient unsubscribed, erased or suppressed before sending",
+                    )
+                )
+            if claimed:
+                await session.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_([c.id for c in claimed]))
+                    .values(
+                        status=DeliveryStatus.SENDING, claimed_by=self.worker_id, claimed_at=now
+                    )
+                )
+        return claimed
+
+    async def _composer(self, claimed: Claimed) -> Any:
+        from mailer.message import MessageComposer
+
+        composer = self._composers.get(claimed.digest_id)
+        if composer is None:
+            async with self.database.session() as session:
+                release_ids = await session.scalars(
+                    select(Delivery.release_ids)
+                    .where(
+                        Delivery.digest_id == claimed.digest_id,
+                        Delivery.content_key == claimed.content_key,
+                    )
+                    .limit(1)
+                )
+                ids = {int(i) for row in release_ids.all() for i in row} | set(claimed.release_ids)
+                composer = await MessageComposer.load(session, self.settings, sorted(ids))
+            self._composers[claimed.digest_id] = composer
+        elif not composer.has_releases(claimed.release_ids):
+            async with self.database.session() as session:
+                await composer.add_releases(session, claimed.release_ids)
+        return composer
+
+    async def _sender(self, connection: Connection) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            self._in_flight += 1
+            try:
+                await self._deliver(connection, item)
+            finally:
+                self._in_flight -= 1
+
+    async def _deliver(self, connection: Connection, item: Claimed) -> None:
+        if asyncio.get_running_loop().time() < self._outage_until or self._stopping.is_set():
+            # Not attempted: it goes back to the queue unchanged.
+            not_tried = SendResult(Outcome.DEFERRED, None, "not attempted")
+            self._results.append(Recorded(item, not_tried, attempted=False))
+            return
+        composer = await self._composer(item)
+        message = composer.compose(
+            delivery_id=item.id,
+            subscriber_id=item.subscriber_id,
+            email=item.email,
+            name=item.name,
+            release_ids=item.release_ids,
+        )
+        domain = item.email.rpartition("@")[2].lower()
+        async with self._domains[domain]:
+            await self.rate.wait()
+            result = await connection.send(message.envelope_from, message.recipients, message.data)
+        now = utcnow()
+        if result.outcome is Outcome.SENT:
+            assert self._journal is not None
+            self._journal.record(item.id, message.message_id, now)
+            self._outage_delay = OUTAGE_BACKOFF[0]
+            self._failure_streak[item.digest_id] = 0
+        elif result.connection_error:
+            loop_time = asyncio.get_running_loop().time()
+            self._outage_until = max(self._outage_until, loop_time + self._outage_delay)
+            self._outage_delay = min(self._outage_delay * 2, OUTAGE_BACKOFF[1])
+            log.warning(
+                "SMTP server unreachable (%s); retrying in %.0fs", result.reason, self._outage_delay
+            )
+        elif result.outcome is Outcome.FAILED:
+            self._failure_streak[item.digest_id] += 1
+        self.stats.count(result.outcome)
+        self._results.append(Recorded(item, result, message.message_id, now))
+
+    async def _recorder(self) -> None:
+        while not self._stopping.is_set():
+            await self._sleep(RECORD_EVERY_SECONDS)
+            if self._results:
+                await self._record_batch()
+
+    async def _record_batch(self) -> None:
+        if not self._results:
+            return
+        batch, self._results = self._results, []
+        sent, other, bounces = [], [], []
+        now = utcnow()
+        for record in batch:
+            item, result = record.claimed, record.result
+            if result.outcome is Outcome.SENT:
+                sent.append(
+                    {
+                        "id": item.id,
+                        "status": DeliveryStatus.SENT,
+                        "sent_at": record.at,
+                        "message_id": record.message_id,
+                        "claimed_by": None,
+                        "attempts": item.attempts + 1,
+                        "last_error": None,
+                    }
+                )
+            elif not record.attempted:
+                other.append({"id": item.id, "status": DeliveryStatus.PENDING, "claimed_by": None})
+            elif result.outcome is Outcome.DEFERRED:
+                other.append(self._deferral(item, result, now))
+            else:
+                other.append(
+                    {
+                        "id": item.id,
+                        "status": DeliveryStatus.FAILED,
+                        "claimed_by": None,
+                        "attempts": item.attempts + 1,
+                        "last_error": result.reason[:2000],
+                        "bounced": result.hard_bounce,
+                    }
+                )
+                if result.hard_bounce:
+                    bounces.append(record)
+        async with self.database.transaction() as session:
+            for rows in (sent, other):
+                if rows:
+                    await session.execute(update(Delivery), rows)
+            for record in bounces:
+                await suppress(
+                    session,
+                    self.settings,
+                    record.claimed.email,
+                    "hard-bounce",
+                    record.result.reason[:500],
+                )
+                session.add(
+                    Bounce(
+                        delivery_id=record.claimed.id,
+                        email_hash=email_hash(self.settings, record.claimed.email),
+                        kind="hard",
+                        status_code=str(record.result.code or ""),
+                        diagnostic=record.result.reason[:2000],
+                    )
+                )
+            await self._pause_failing_digests(session)
+            await finish_completed(session, now)
+        # Every journaled acceptance is now either committed or still in _results
+        # (journal write and append happen with no await between them).
+        if not self._results and self._journal is not None:
+            self._journal.clear()
+
+    def _deferral(self, item: Claimed, result: SendResult, now: datetime) -> dict[str, Any]:
+        smtp = self.settings.smtp
+        attempts = item.attempts + 1
+        if now - item.created_at >= smtp.retry_for:
+            return {
+                "id": item.id,
+                "status": DeliveryStatus.FAILED,
+                "claimed_by": None,
+                "attempts": attempts,
+                "last_error": f"gave up after {attempts} attempts: {result.reason}"[:2000],
+            }
+        base = smtp.retry_base.total_seconds()
+        delay = min(base * 2 ** (attempts - 1), smtp.retry_max_interval.total_seconds())
+        delay *= random.uniform(0.75, 1.25)  # jitter: retries must not arrive in waves
+        return {
+            "id": item.id,
+            "status": DeliveryStatus.DEFERRED,
+            "claimed_by": None,
+            "attempts": attempts,
+            "next_attempt_at": now + timedelta(seconds=delay),
+            "last_error": result.reason[:2000],
+        }
+
+    async def _pause_failing_digests(self, session: AsyncSession) -> None:
+        limit = self.settings.smtp.pause_after_failures
+        for digest_id, streak in list(self._failure_streak.items()):
+            if streak < limit:
+                continue
+            self._failure_streak[digest_id] = 0
+            reason = f"paused after {streak} permanent failures in a row; check the SMTP logs"
+            await session.execute(
+                update(Digest)
+                .where(Digest.id == digest_id, Digest.status == DigestStatus.SENDING)
+                .values(status=DigestStatus.PAUSED, pause_reason=reason)
+            )
+            log.error("digest %d %s", digest_id, reason)
+
+    async def _release_unsent(self) -> None:
+        """On a clean stop, give queued but unsent claims back to the queue."""
+        leftover: list[Claimed] = []
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None:
+                leftover.append(item)
+        if not leftover:
+            return
+        async with self.database.transaction() as session:
+            await session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.id.in_([c.id for c in leftover]),
+                    Delivery.status == DeliveryStatus.SENDING,
+                )
+                .values(status=DeliveryStatus.PENDING, claimed_by=None)
+            )
+
+
+async def deliver_until_empty(
+    database: Database,
+    settings: Settings,
+    *,
+    digest_id: int | None = None,
+    rate_limit: float | None = None,
+    on_start: Callable[[Worker], None] | None = None,
+) -> WorkerStats:
+    worker = Worker(
+        database, settings, digest_id=digest_id, rate_limit=rate_limit, poll_interval=0.5
+    )
+    if on_start:
+        on_start(worker)
+    return await worker.run(until_empty=True)
