@@ -1,0 +1,3 @@
+from mailer.cli import main
+
+main(prog_name="mailer")

@@ -1,0 +1,292 @@
+"""Sending from the command line: `digest send|status|pause|resume|cancel` and `worker`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from sqlalchemy import select
+
+from mailer.cli import BadInput, OperationalError, run
+from mailer.context import AppContext
+from mailer.db import Database
+from mailer.models import Digest
+from mailer.send import (
+    DigestProgress,
+    SendError,
+    Worker,
+    WorkerStats,
+    count_recipients,
+    digest_progress,
+    set_digest_state,
+    start_digest,
+)
+
+FREQUENCIES = click.Choice(["all", "immediately", "daily", "weekly"])
+
+
+def _default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+@click.command("send")
+@click.option("--yes", is_flag=True, help="Send without asking for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Count the recipients; send and record nothing.")
+@click.option(
+    "--frequency",
+    type=FREQUENCIES,
+    default="all",
+    show_default=True,
+    help="Which subscribers: all, or only those with this frequency.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 32),
+    default=_default_workers,
+    show_default="CPUs, max 4",
+    help="Delivery processes for this send (the rate limit is shared between them).",
+)
+@click.option("--no-wait", is_flag=True, help="Queue the send and return; workers deliver it.")
+@click.pass_context
+def digest_send(
+    ctx: click.Context, yes: bool, dry_run: bool, frequency: str, workers: int, no_wait: bool
+) -> None:
+    """Send the digest of new releases to every confirmed subscriber."""
+    if dry_run:
+
+        async def count(app: AppContext) -> int:
+            async with app.database() as database:
+                return await count_recipients(database, app.settings, frequency)
+
+        click.echo(f"Would send to {run(ctx, count)} recipients (dry run: nothing sent).")
+        return
+    if not yes and not click.confirm("Send the digest now?", default=False):
+        raise click.Abort()
+
+    async def send(app: AppContext) -> DigestProgress:
+        async with app.database() as database:
+            digest = await start_digest(database, app.settings, frequency=frequency)
+            if digest.recipient_count == 0 or no_wait:
+                async with database.session() as session:
+                    return await digest_progress(session, digest.id)
+            return await _deliver_with_progress(app, database, digest.id, workers)
+
+    progress = run(ctx, send)
+    if progress.recipients == 0:
+        click.echo("Nothing new to send: no subscriber has releases they have not received.")
+        return
+    if no_wait:
+        click.echo(f"Digest {progress.digest_id} queued for {progress.recipients} recipients.")
+        return
+    counts = progress.counts
+    click.echo(
+        f"Digest {progress.digest_id}: sent {counts.get('sent', 0)} of {progress.recipients}"
+        f", failed {counts.get('failed', 0)}, deferred {counts.get('deferred', 0)}"
+        f", cancelled {counts.get('cancelled', 0)}."
+    )
+    if progress.status == "paused":
+        raise OperationalError(f"digest {progress.digest_id} paused: {progress.pause_reason}")
+    if counts.get("deferred", 0) and not counts.get("sent", 0):
+        raise OperationalError(
+            "nothing could be delivered; the deferred messages will be retried by "
+            "`mailer worker` or `mailer serve`"
+        )
+
+
+async def _deliver_with_progress(
+    app: AppContext, database: Database, digest_id: int, workers: int
+) -> DigestProgress:
+    settings = app.settings
+    rate = settings.smtp.rate_limit / workers if settings.smtp.rate_limit else 0.0
+    helpers = [_spawn_worker(app, digest_id, rate) for _ in range(workers - 1)]
+    worker = Worker(database, settings, digest_id=digest_id, rate_limit=rate, poll_interval=0.5)
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("[bold]digest {task.fields[digest]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn(
+            "sent {task.fields[sent]} failed {task.fields[failed]} "
+            "deferred {task.fields[deferred]} · {task.fields[rate]}/s"
+        ),
+        TimeRemainingColumn(),
+    )
+    started = time.monotonic()
+    with Progress(
+        *columns, console=console, transient=False, disable=not console.is_terminal
+    ) as bar:
+        task = bar.add_task(
+            "send", total=None, digest=digest_id, sent=0, failed=0, deferred=0, rate=0
+        )
+        work = asyncio.create_task(worker.run(until_empty=True))
+        stop = _stop_on_signals(worker)
+        try:
+            while True:
+                async with database.session() as session:
+                    progress = await digest_progress(session, digest_id)
+                sent = progress.counts.get("sent", 0)
+                rate_now = sent / max(time.monotonic() - started, 1e-6)
+                bar.update(
+                    task,
+                    total=progress.recipients,
+                    completed=progress.done,
+                    sent=sent,
+                    failed=progress.counts.get("failed", 0),
+                    deferred=progress.counts.get("deferred", 0),
+                    rate=f"{rate_now:.0f}",
+                )
+                if work.done():
+                    break
+                await asyncio.sleep(0.5)
+            await work
+        finally:
+            stop()
+            for helper in helpers:
+                try:
+                    helper.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    helper.terminate()
+    async with database.session() as session:
+        return await digest_progress(session, digest_id)
+
+
+def _spawn_worker(app: AppContext, digest_id: int, rate: float) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "mailer"]
+    config_path = app.settings.config_path
+    if config_path is not None and Path(config_path).exists():
+        command += ["--config", str(config_path)]
+    command += [
+        "worker",
+        "--until-empty",
+        "--digest",
+        str(digest_id),
+        "--rate-limit",
+        str(rate),
+        "--quiet",
+    ]
+    return subprocess.Popen(command)  # noqa: S603 - our own interpreter and module
+
+
+def _stop_on_signals(worker: Worker) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, worker.stop)
+
+    def restore() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    return restore
+
+
+@click.command("status")
+@click.argument("digest_id", type=int, required=False)
+@click.pass_context
+def digest_status(ctx: click.Context, digest_id: int | None) -> None:
+    """Show one send's progress, or the most recent sends."""
+
+    async def work(app: AppContext) -> list[DigestProgress]:
+        async with app.database() as database, database.session() as session:
+            if digest_id is not None:
+                return [await digest_progress(session, digest_id)]
+            ids = await session.scalars(select(Digest.id).order_by(Digest.id.desc()).limit(10))
+            return [await digest_progress(session, i) for i in ids.all()]
+
+    try:
+        rows = run(ctx, work)
+    except SendError as exc:
+        raise BadInput(str(exc)) from None
+    if not rows:
+        click.echo("No digests have been sent yet.")
+        return
+    table = Table(
+        "id",
+        "status",
+        "recipients",
+        "sent",
+        "deferred",
+        "failed",
+        "bounced",
+        "cancelled",
+        "started",
+        "finished",
+    )
+    for p in rows:
+        c = p.counts
+        table.add_row(
+            str(p.digest_id),
+            p.status + (f" ({p.pause_reason})" if p.pause_reason else ""),
+            str(p.recipients),
+            str(c.get("sent", 0)),
+            str(c.get("deferred", 0)),
+            str(c.get("failed", 0)),
+            str(p.bounced),
+            str(c.get("cancelled", 0)),
+            f"{p.started_at:%Y-%m-%d %H:%M}" if p.started_at else "",
+            f"{p.finished_at:%Y-%m-%d %H:%M}" if p.finished_at else "",
+        )
+    Console(width=140).print(table)
+
+
+def _state_command(action: str, help_text: str) -> click.Command:
+    @click.command(action, help=help_text)
+    @click.argument("digest_id", type=int)
+    @click.pass_context
+    def command(ctx: click.Context, digest_id: int) -> None:
+        async def work(app: AppContext) -> Digest:
+            async with app.database() as database:
+                return await set_digest_state(database, digest_id, action)
+
+        try:
+            digest = run(ctx, work)
+        except SendError as exc:
+            raise BadInput(str(exc)) from None
+        click.echo(f"Digest {digest.id} is now {digest.status.value}.")
+
+    return command
+
+
+digest_pause = _state_command("pause", "Pause a send; workers stop claiming its messages.")
+digest_resume = _state_command("resume", "Resume a paused send.")
+digest_cancel = _state_command("cancel", "Cancel a send; unsent messages are withdrawn.")
+
+
+@click.command("worker")
+@click.option("--until-empty", is_flag=True, help="Exit 0 once nothing is pending or due.")
+@click.option("--digest", "digest_id", type=int, help="Deliver only this send.")
+@click.option("--rate-limit", type=float, help="Messages per second (default: smtp.rate_limit).")
+@click.option("--quiet", is_flag=True, help="Print nothing on success.")
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    until_empty: bool,
+    digest_id: int | None,
+    rate_limit: float | None,
+    quiet: bool,
+) -> None:
+    """Run delivery workers only (no web app, no scheduler)."""
+
+    async def work(app: AppContext) -> WorkerStats:
+        async with app.database() as database:
+            delivery = Worker(database, app.settings, digest_id=digest_id, rate_limit=rate_limit)
+            restore = _stop_on_signals(delivery)
+            try:
+                return await delivery.run(until_empty=until_empty)
+            finally:
+                restore()
+
+    stats = run(ctx, work)
+    if not quiet:
+        click.echo(
+            f"Worker done: sent {stats.sent}, deferred {stats.deferred}, failed {stats.failed}."
+        )
