@@ -1,5 +1,6 @@
 """Every command group, in the order `mailer --help` lists them."""
 
 from mailer.cli.db import db
+from mailer.cli.subscribers import subscribers
 
-ALL = [db]
+ALL = [db, subscribers]
