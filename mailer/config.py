@@ -37,6 +37,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "MAILER_SMTP_PASSWORD": ("smtp", "password"),
     "MAILER_BASE_URL": ("site", "base_url"),
     "MAILER_SECRET_KEY": ("secret_key",),
+    "MAILER_BOUNCE_WEBHOOK_SECRET": ("bounces", "webhook_secret"),
 }
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
@@ -175,14 +176,43 @@ class DigestSchedule(Section):
 
 
 class DigestConfig(Section):
+    # {site}, {count} and {title} (the newest release's title) are filled in.
     subject: HeaderSafe = "{site} — {count} new press releases"
+    # Used instead of subject when a digest holds a single release.
+    subject_single: HeaderSafe | None = "{site}: {title}"
     max_items: int = Field(50, ge=1, le=500)
+    # Releases published longer ago than this are never sent (say, an archive a
+    # newly added source brings in), however recently they were collected.
+    max_age: Duration = timedelta(days=14)
+    # Dates in emails are shown in this timezone.
+    timezone: str = "UTC"
     schedules: list[DigestSchedule] = Field(
         default_factory=lambda: [
             DigestSchedule(frequency="daily", cron="0 7 * * *", timezone="UTC"),
             DigestSchedule(frequency="weekly", cron="0 7 * * mon", timezone="UTC"),
         ]
     )
+
+    @field_validator("subject", "subject_single")
+    @classmethod
+    def _subject_fields(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                value.format_map({"site": "", "count": 0, "title": ""})
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"{value!r}: only {{site}}, {{count}} and {{title}} can be filled in ({exc})"
+                ) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _display_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
 
 
 class SourceConfig(Section):
@@ -257,6 +287,33 @@ class SignupConfig(Section):
         return value
 
 
+class MailboxConfig(Section):
+    host: str
+    port: int = Field(993, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "tls"
+    username: str
+    password: str
+    folder: str = "INBOX"
+
+
+class BounceConfig(Section):
+    # A Maildir the MTA delivers bounces to (VERP addresses press+d<id>@domain).
+    maildir: Path | None = None
+    # Or a mailbox polled over IMAP or POP3; read messages are deleted.
+    imap: MailboxConfig | None = None
+    pop3: MailboxConfig | None = None
+    poll_interval: Duration = timedelta(minutes=5)
+    # Bearer secret for POST /webhooks/bounce; without it the endpoint answers 404.
+    webhook_secret: str | None = Field(None, min_length=16)
+    # This many soft bounces within soft_window suppress an address.
+    soft_limit: int = Field(3, ge=1)
+    soft_window: Duration = timedelta(days=30)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.maildir or self.imap or self.pop3)
+
+
 class DkimConfig(Section):
     domain: str
     selector: str
@@ -272,6 +329,7 @@ class Settings(Section):
     sources: list[SourceConfig] = Field(default_factory=list)
     topics: list[TopicConfig] = Field(default_factory=list)
     dkim: DkimConfig | None = None
+    bounces: BounceConfig = BounceConfig()
     signup: SignupConfig = SignupConfig()
     # Holds the SQLite database, the generated secret key and the caught mail.
     data_dir: Path = Path("data")

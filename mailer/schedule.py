@@ -8,6 +8,7 @@ Jobs (APScheduler 3, asyncio scheduler, explicit ids, ``replace_existing``):
 - ``digest:<frequency>`` the daily and weekly digests, on their cron schedules.
 - ``sources:reconcile``  picks up sources added, changed or disabled in the admin.
 - ``confirmations:resend`` retries confirmation mails that could not be sent.
+- ``bounces:poll``       reads the bounce mailbox, when one is configured.
 - ``leader:refresh``     keeps the leadership lock (mailer.locks).
 
 Every instance runs the scheduler, but only the leader's jobs do anything, so two
@@ -121,6 +122,12 @@ async def resend_confirmations(database: Database, settings: Settings) -> None:
     await resend_pending_confirmations(database, settings)
 
 
+async def poll_bounces(database: Database, settings: Settings) -> None:
+    from mailer.bounces import poll_mailboxes
+
+    await poll_mailboxes(database, settings)
+
+
 async def reconcile_sources(
     scheduler: AsyncIOScheduler, leadership: Leadership, database: Database, settings: Settings
 ) -> None:
@@ -206,6 +213,14 @@ async def start_background(
         id="confirmations:resend",
         **common,
     )
+    if settings.bounces.enabled:
+        scheduler.add_job(
+            _leader_only(leadership, poll_bounces),
+            IntervalTrigger(seconds=settings.bounces.poll_interval.total_seconds()),
+            args=[database, settings],
+            id="bounces:poll",
+            **common,
+        )
     scheduler.start()
     background = Background(scheduler, leadership, None)
     if deliver:
