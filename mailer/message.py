@@ -1,0 +1,790 @@
+"""The emails themselves: the digest, the confirmation request and notices.
+
+How a digest is personalised quickly (the sender's throughput rests on this)
+---------------------------------------------------------------------------
+Thousands of subscribers receive the same releases; only a handful of values
+differ between their messages: the greeting with their name, their address, the
+links carrying their signed tokens, the Message-ID and the Date. So the work is
+split in two:
+
+1. Once per *content* (the same set of releases, grouped the same way) the
+   :class:`MessageComposer` renders the HTML and text templates with unguessable
+   marker strings in place of every per-recipient value, inlines the CSS, and
+   cuts each rendered part at the markers. Every fixed piece is quoted-printable
+   encoded right away, and the per-content headers (Subject, From, List-Id, ...)
+   are encoded too. The result, a :class:`_Content`, is cached (LRU).
+2. Per recipient, :meth:`MessageComposer.compose` encodes only the few small
+   values (escaped for HTML, raw for text) and joins the pre-encoded pieces with
+   them: a ``bytes.join`` over a couple of dozen items, no template rendering, no
+   CSS work and no MIME tree.
+
+Quoted-printable makes the splice safe: each fixed piece is encoded with lines of
+at most 75 characters, and every value is put between soft line breaks (``=``
+CRLF, which decoders remove), so the decoded text is exactly the rendered
+template with the values in place, and no encoded line exceeds 76 characters.
+The multipart boundary contains ``=_``, which quoted-printable output can never
+contain, so no body content can end a part early.
+
+Values given by subscribers (their name) and by sources (release titles in a
+subject) can contain anything: they are reduced to one line of printable
+characters before they reach a header, and HTML-escaped in the HTML part.
+"""
+
+from __future__ import annotations
+
+import email.quoprimime
+import hashlib
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.header import Header
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate, parseaddr
+from typing import Any
+
+import css_inline
+from jinja2 import Environment, TemplateNotFound
+from markupsafe import escape
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailer.config import Settings
+from mailer.models import Release, SubscriberTopic, Topic
+from mailer.templating import template_environment
+from mailer.tokens import Purpose, link
+
+# Gmail hides everything after the first 102 KB of a message's HTML behind a
+# "[Message clipped]" link, the footer with the unsubscribe link included. The
+# budget is measured on the encoded part and leaves room for the per-recipient values.
+HTML_SIZE_BUDGET = 100_000
+# Headers that are per content or per recipient; everything the composer writes.
+SUMMARY_CHARACTERS = 420
+COMPACT_SUMMARY_CHARACTERS = 160
+CONTENT_CACHE_SIZE = 256
+
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+_SPACES = re.compile(r"\s+")
+# The composer checks addresses itself because a bad one must never reach a header.
+# Full syntax validation happened at signup (email-validator); this only guarantees
+# one plain addr-spec without whitespace, brackets or separators.
+_ADDR_SPEC = re.compile(r"^[^\s<>()\[\],;:\\\"@]+@[^\s<>()\[\],;:\\\"@]+$")
+# A display name that can go into a header as a quoted-string without encoding.
+_PLAIN_NAME = re.compile(r"^[\x20-\x7e]{1,60}$")
+_VERP = re.compile(r"^(?P<local>[^@]+)\+d(?P<delivery>\d+)@(?P<domain>[^@]+)$", re.IGNORECASE)
+
+
+class MessageError(ValueError):
+    """A message cannot be built from what was given (the reason is in the text)."""
+
+
+@dataclass(frozen=True)
+class ComposedMessage:
+    """A complete message, ready for SMTP: ``data`` has CRLF line endings."""
+
+    envelope_from: str
+    recipients: list[str]
+    data: bytes
+    message_id: str
+
+
+@dataclass(frozen=True)
+class SourceLink:
+    name: str
+    url: str | None
+
+
+@dataclass(frozen=True)
+class DigestItem:
+    """What a digest shows of one release (plain data, so rendering needs no session)."""
+
+    id: int
+    title: str
+    url: str | None
+    published_at: datetime
+    published_estimated: bool
+    summary: str
+    image_url: str | None
+    image_alt: str
+    photo_credit: str | None
+    publisher: str | None
+    sources: tuple[SourceLink, ...]
+    topic_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def from_release(cls, release: Release) -> DigestItem:
+        """From a Release with ``links`` and ``topics`` loaded (both load eagerly)."""
+        sources: list[SourceLink] = []
+        seen: set[tuple[str, str | None]] = set()
+        for release_link in release.links:
+            url = _web_url(release_link.url) or _web_url(release.canonical_url)
+            key = (release_link.source_name, url)
+            if key not in seen:
+                seen.add(key)
+                sources.append(SourceLink(release_link.source_name, url))
+        primary = _web_url(release.canonical_url) or next(
+            (source.url for source in sources if source.url), None
+        )
+        title = one_line(release.title) or "(untitled release)"
+        return cls(
+            id=release.id,
+            title=title,
+            url=primary,
+            published_at=release.published_at,
+            published_estimated=bool(release.published_estimated),
+            summary=_summary_of(release.summary or release.text or ""),
+            image_url=_web_url(release.image_url),
+            image_alt=one_line(release.image_alt or "") or title,
+            photo_credit=_credit(release.photo_credit),
+            publisher=one_line(release.publisher or "") or None,
+            sources=tuple(sources),
+            topic_ids=tuple(topic.id for topic in release.topics),
+        )
+
+
+def one_line(value: str | None) -> str:
+    """Any text as one line of printable characters: safe to put into a header."""
+    if not value:
+        return ""
+    return _SPACES.sub(" ", _LINE_BREAKING.sub(" ", value)).strip()
+
+
+def _credit(credit: str | None) -> str | None:
+    # Sources write "Photo: X", "Foto: X" or just "X"; the templates add the label.
+    cleaned = re.sub(r"^(photo|foto|nuotr\.?|image)\s*[:\-–]\s*", "", one_line(credit), flags=re.I)
+    return cleaned or None
+
+
+def _web_url(url: str | None) -> str | None:
+    if url and re.match(r"^https?://[^\s\"'<>]+$", url.strip(), re.IGNORECASE):
+        return url.strip()
+    return None
+
+
+def _summary_of(text: str, limit: int = SUMMARY_CHARACTERS) -> str:
+    return shorten(" ".join(text.split()), limit)
+
+
+def shorten(text: str, limit: int) -> str:
+    """Cut at a word boundary and mark the cut with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0].rstrip(" ,;:.-–—")
+    return f"{cut}…"
+
+
+def parse_verp(address: str) -> int | None:
+    """The delivery id in a VERP bounce address (``press+d123@example.org`` -> 123)."""
+    match = _VERP.match(address.strip().strip("<>"))
+    return int(match.group("delivery")) if match else None
+
+
+def verp_address(settings: Settings, delivery_id: int) -> str:
+    local, _, domain = settings.sender.from_address.rpartition("@")
+    return f"{local}+d{delivery_id}@{domain}"
+
+
+def checked_address(address: str) -> str:
+    """The recipient address as it may appear in a header and in RCPT TO.
+
+    Raises MessageError for anything that is not one plain address, such as a
+    value carrying line breaks (a header-injection attempt) or a second address.
+    """
+    candidate = address.strip()
+    if not _ADDR_SPEC.match(candidate):
+        raise MessageError(f"{address!r} is not a single email address")
+    local, _, domain = candidate.rpartition("@")
+    if not local.isascii():
+        raise MessageError(
+            f"{address!r} has a non-ASCII local part, which needs SMTPUTF8 (not supported)"
+        )
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise MessageError(f"{address!r} has a domain that cannot be encoded") from None
+    return f"{local}@{domain}"
+
+
+def _display_name(name: str | None) -> str:
+    return one_line(name)[:200]
+
+
+def _to_header(name: str, address: str) -> bytes:
+    if not name:
+        return f"To: {address}\r\n".encode("ascii")
+    if _PLAIN_NAME.match(name):
+        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'To: "{quoted}" <{address}>\r\n'.encode("ascii")
+    # Non-ASCII or long names become RFC 2047 encoded words, split and folded
+    # so that no encoded word exceeds 75 characters.
+    encoded = Header(name, "utf-8", header_name="To").encode(linesep="\r\n")
+    return f"To: {encoded}\r\n <{address}>\r\n".encode("ascii")
+
+
+def _headers(pairs: Iterable[tuple[str, Any]]) -> bytes:
+    """Encode fixed headers once with the standard library (RFC 2047, folding)."""
+    message = EmailMessage(policy=SMTP)
+    for name, value in pairs:
+        message[name] = value
+    return message.as_bytes().removesuffix(b"\r\n")
+
+
+def _qp(text: str) -> bytes:
+    """Quoted-printable, CRLF, lines of at most 75 characters (one spare for a splice)."""
+    if not text:
+        return b""
+    latin = text.encode("utf-8").decode("latin-1")
+    return email.quoprimime.body_encode(latin, maxlinelen=75, eol="\r\n").encode("ascii")
+
+
+def _sender_address(settings: Settings) -> Address:
+    name, address = parseaddr(settings.sender.from_)
+    local, _, domain = address.rpartition("@")
+    return Address(display_name=one_line(name), username=local, domain=domain)
+
+
+def _message_id(settings: Settings, tag: str) -> str:
+    return f"<{int(time.time())}.{tag}.{secrets.token_hex(8)}@{settings.sender.domain}>"
+
+
+def _reply_to(settings: Settings) -> Address | None:
+    if not settings.sender.reply_to:
+        return None
+    name, address = parseaddr(settings.sender.reply_to)
+    local, _, domain = address.rpartition("@")
+    return Address(display_name=one_line(name), username=local, domain=domain)
+
+
+def site_context(settings: Settings) -> dict[str, Any]:
+    return {
+        "site": {
+            "name": settings.site.name,
+            "base_url": settings.site.base_url,
+            "postal_address": settings.site.postal_address,
+        },
+        "timezone": settings.digest.timezone,
+    }
+
+
+# --- the cut-and-splice machinery ---------------------------------------------------
+
+# Per-recipient values the templates can use, as attributes of ``recipient``.
+SLOTS = ("greeting", "name", "email", "unsubscribe_url", "preferences_url")
+
+
+class _Markers:
+    """Unguessable stand-ins for the per-recipient values during rendering."""
+
+    def __init__(self) -> None:
+        token = secrets.token_hex(8)
+        self.by_slot = {slot: f"mailerslot{token}{index}x" for index, slot in enumerate(SLOTS)}
+        self.pattern = re.compile(f"mailerslot{token}(\\d)x")
+
+    def split(self, rendered: str, part: str) -> list[bytes | tuple[str, str]]:
+        """Encoded fixed pieces interleaved with (part, slot) placeholders."""
+        pieces: list[bytes | tuple[str, str]] = []
+        position = 0
+        for match in self.pattern.finditer(rendered):
+            pieces.append(_qp(rendered[position : match.start()]) + b"=\r\n")
+            pieces.append((part, SLOTS[int(match.group(1))]))
+            pieces.append(b"=\r\n")
+            position = match.end()
+        pieces.append(_qp(rendered[position:]))
+        return pieces
+
+
+@dataclass(frozen=True)
+class _Content:
+    """One rendered and encoded body, shared by every recipient of the same content."""
+
+    # Encoded header lines, CRLF-terminated, in the order they appear in a message.
+    head_from: bytes
+    head_subject: bytes
+    head_list: bytes  # Reply-To (when configured), List-Id
+    head_tail: bytes  # Auto-Submitted, MIME-Version
+    pieces: tuple[bytes | tuple[str, str], ...]
+    html: str  # rendered HTML with markers (for previews and checks)
+    text: str
+    html_bytes: int  # size of the encoded HTML part
+    item_count: int
+
+
+def _merge(pieces: Iterable[bytes | tuple[str, str]]) -> tuple[bytes | tuple[str, str], ...]:
+    merged: list[bytes | tuple[str, str]] = []
+    for piece in pieces:
+        if isinstance(piece, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] = merged[-1] + piece
+        else:
+            merged.append(piece)
+    return tuple(merged)
+
+
+def _minify(html: str) -> str:
+    # Indentation from the templates is dead weight in the size budget; the email
+    # templates contain no <pre> or <textarea> where leading spaces would matter.
+    return "\n".join(line.strip() for line in html.splitlines() if line.strip())
+
+
+_INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+
+
+def _inline(html: str) -> str:
+    # @media rules (dark mode, narrow screens) cannot be inlined; keep_at_rules
+    # leaves them in a <style> block for the clients that honour it.
+    return _INLINER.inline(html)
+
+
+def _body_pieces(
+    boundary: str, text_pieces: list[bytes | tuple[str, str]], html_pieces: list[Any]
+) -> tuple[bytes | tuple[str, str], ...]:
+    part_head = (
+        '--{b}\r\nContent-Type: text/{kind}; charset="utf-8"\r\n'
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+    )
+    return _merge(
+        [
+            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
+            part_head.format(b=boundary, kind="plain").encode(),
+            *text_pieces,
+            b"\r\n",
+            part_head.format(b=boundary, kind="html").encode(),
+            *html_pieces,
+            f"\r\n--{boundary}--\r\n".encode(),
+        ]
+    )
+
+
+def _new_boundary() -> str:
+    # "=_" never occurs in quoted-printable output (a literal "=" is encoded as =3D).
+    return f"=_mailer_{secrets.token_hex(12)}"
+
+
+# --- digest --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TopicGroup:
+    name: str | None
+    items: tuple[DigestItem, ...]
+
+
+@dataclass
+class MessageComposer:
+    """Builds digest messages; one instance serves many recipients (see module doc).
+
+    ``topic_choices`` maps subscriber ids to the topic ids they chose: a subscriber
+    with several gets the digest grouped under those topics.
+    """
+
+    settings: Settings
+    releases_by_id: Mapping[int, Release | DigestItem]
+    topic_choices: Mapping[int, Sequence[int]] = field(default_factory=dict)
+    topic_names: Mapping[int, str] = field(default_factory=dict)
+    signer: Any = None
+    cache_size: int = CONTENT_CACHE_SIZE
+
+    def __post_init__(self) -> None:
+        from mailer.dkim import load_signer
+
+        self._items: dict[int, DigestItem] = {
+            release_id: item if isinstance(item, DigestItem) else DigestItem.from_release(item)
+            for release_id, item in self.releases_by_id.items()
+        }
+        if self.signer is None:
+            self.signer = load_signer(self.settings)
+        self._environment = template_environment(self.settings)
+        self._markers = _Markers()
+        self._cache: OrderedDict[tuple[Any, ...], _Content] = OrderedDict()
+        self._greeting = self._environment.get_template("email/greeting.txt.j2")
+        self._greetings: dict[str, str] = {}
+        self._envelope_domain = settings_domain = self.settings.sender.domain
+        self._unsubscribe_mailbox = f"unsubscribe+{{token}}@{settings_domain}"
+        self._missing: set[int] = set()
+        self.renders = 0  # how many bodies were rendered (the rest came from the cache)
+
+    @classmethod
+    async def load(
+        cls,
+        session: AsyncSession,
+        settings: Settings,
+        release_ids: Iterable[int],
+        subscriber_ids: Iterable[int] | None = None,
+    ) -> MessageComposer:
+        """A composer with the given releases loaded, and the topic choices of the
+        given subscribers (or, when None, of every subscriber who chose several)."""
+        ids = sorted(set(release_ids))
+        releases: dict[int, Release] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = await session.scalars(select(Release).where(Release.id.in_(chunk)))
+            releases.update({release.id: release for release in rows})
+        topic_names = {
+            topic.id: topic.name
+            for topic in await session.scalars(select(Topic).where(Topic.active.is_(True)))
+        }
+        choices = await load_topic_choices(session, subscriber_ids)
+        return cls(settings, releases, topic_choices=choices, topic_names=topic_names)
+
+    def has_releases(self, release_ids: Iterable[int]) -> bool:
+        """True when every id is loaded or known to be gone (deleted since planning)."""
+        return all(i in self._items or i in self._missing for i in release_ids)
+
+    async def add_releases(self, session: AsyncSession, release_ids: Iterable[int]) -> None:
+        """Load releases this composer has not seen yet (a later content of the send)."""
+        missing = sorted({i for i in release_ids if i not in self._items})
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            for release in await session.scalars(select(Release).where(Release.id.in_(chunk))):
+                self._items[release.id] = DigestItem.from_release(release)
+        self._missing.update(i for i in missing if i not in self._items)
+
+    # -- per content
+
+    def grouping_for(self, subscriber_id: int | None) -> tuple[int, ...]:
+        """The topics a subscriber's digest is grouped by (none: one flat list)."""
+        if subscriber_id is None:
+            return ()
+        chosen = [t for t in self.topic_choices.get(subscriber_id, ()) if t in self.topic_names]
+        return tuple(sorted(chosen)) if len(chosen) > 1 else ()
+
+    def content(self, release_ids: Iterable[int], grouping: tuple[int, ...] = ()) -> _Content:
+        present = tuple(sorted({i for i in release_ids if i in self._items}))
+        if not present:
+            raise MessageError("none of the digest's releases exist any more")
+        key = (present, grouping)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        content = self._render([self._items[i] for i in present], grouping)
+        self._cache[key] = content
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return content
+
+    def _groups(self, items: list[DigestItem], grouping: tuple[int, ...]) -> list[TopicGroup]:
+        newest_first = sorted(items, key=lambda item: (item.published_at, item.id), reverse=True)
+        if not grouping:
+            return [TopicGroup(None, tuple(newest_first))]
+        buckets: dict[int | None, list[DigestItem]] = {topic: [] for topic in grouping}
+        buckets[None] = []
+        for item in newest_first:
+            home = next((t for t in grouping if t in item.topic_ids), None)
+            buckets[home].append(item)
+        groups = [
+            TopicGroup(self.topic_names[topic], tuple(buckets[topic]))
+            for topic in grouping
+            if buckets[topic]
+        ]
+        if buckets[None]:
+            groups.append(TopicGroup("Other releases", tuple(buckets[None])))
+        return groups
+
+    def subject_for(self, items: Sequence[DigestItem]) -> str:
+        digest = self.settings.digest
+        if len(items) == 1 and digest.subject_single:
+            pattern = digest.subject_single
+        else:
+            pattern = digest.subject
+        title = items[0].title if items else ""
+        subject = pattern.format_map(
+            {"site": self.settings.site.name, "count": len(items), "title": title}
+        )
+        return one_line(subject)
+
+    def _render(self, items: list[DigestItem], grouping: tuple[int, ...]) -> _Content:
+        self.renders += 1
+        groups = self._groups(items, grouping)
+        ordered = [item for group in groups for item in group.items]
+        subject = self.subject_for(ordered)
+        context = {
+            **site_context(self.settings),
+            "subject": subject,
+            "groups": groups,
+            "grouped": bool(grouping),
+            "count": len(ordered),
+            "preheader": _preheader(ordered),
+            "recipient": self._markers.by_slot,
+        }
+        text = self._environment.get_template("email/digest.txt.j2").render(context)
+        html, html_pieces, html_bytes = self._render_html(context, groups, ordered)
+        boundary = _new_boundary()
+        reply_to = _reply_to(self.settings)
+        list_id = f"{one_line(self.settings.site.name)} <{self.settings.sender.list_id}>"
+        return _Content(
+            head_from=_headers([("From", _sender_address(self.settings))]),
+            head_subject=_headers([("Subject", subject)]),
+            head_list=_headers(
+                ([("Reply-To", reply_to)] if reply_to is not None else []) + [("List-Id", list_id)]
+            ),
+            head_tail=_headers([("Auto-Submitted", "auto-generated"), ("MIME-Version", "1.0")]),
+            pieces=_body_pieces(boundary, self._markers.split(text, "text"), html_pieces),
+            html=html,
+            text=text,
+            html_bytes=html_bytes,
+            item_count=len(ordered),
+        )
+
+    def _render_html(
+        self, context: dict[str, Any], groups: list[TopicGroup], ordered: list[DigestItem]
+    ) -> tuple[str, list[bytes | tuple[str, str]], int]:
+        """The HTML part within Gmail's clipping limit.
+
+        The full layout first; if it is too large, the compact one (short summaries,
+        no images); if even that is too large, the newest releases that fit, with a
+        note that the plain-text part lists them all. Never a clipped footer.
+        """
+        template = self._environment.get_template("email/digest.html.j2")
+
+        def attempt(compact: bool, shown: list[DigestItem]) -> tuple[str, list[Any], int]:
+            rendered = template.render(
+                {
+                    **context,
+                    "compact": compact,
+                    "shown": len(shown),
+                    "groups": _regroup(groups, shown),
+                }
+            )
+            html = _inline(_minify(rendered))
+            pieces = self._markers.split(html, "html")
+            return html, pieces, sum(len(p) for p in pieces if isinstance(p, bytes))
+
+        for compact in (False, True):
+            result = attempt(compact, ordered)
+            if result[2] <= HTML_SIZE_BUDGET:
+                return result
+        fitting, low, high = attempt(True, ordered[:1]), 1, len(ordered) - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            result = attempt(True, ordered[:middle])
+            if result[2] <= HTML_SIZE_BUDGET:
+                fitting, low = result, middle
+            else:
+                high = middle - 1
+        return fitting
+
+    # -- per recipient
+
+    def recipient_values(
+        self, subscriber_id: int | None, address: str, name: str | None
+    ) -> dict[str, str]:
+        """The plain-text values of the per-recipient slots."""
+        display = _display_name(name)
+        greeting = self._greetings.get(display)
+        if greeting is None:
+            greeting = one_line(self._greeting.render(name=display))
+            if len(self._greetings) < 10_000:
+                self._greetings[display] = greeting
+        if subscriber_id is None:
+            # Test sends and previews without a subscriber: links to the site itself.
+            unsubscribe = preferences = self.settings.site.base_url + "/"
+        else:
+            unsubscribe = link(self.settings, Purpose.UNSUBSCRIBE, subscriber_id)
+            preferences = link(self.settings, Purpose.MANAGE, subscriber_id)
+        return {
+            "greeting": greeting,
+            "name": display,
+            "email": address,
+            "unsubscribe_url": unsubscribe,
+            "preferences_url": preferences,
+        }
+
+    def compose(
+        self,
+        delivery_id: int,
+        subscriber_id: int | None,
+        email: str,
+        name: str | None,
+        release_ids: Sequence[int],
+    ) -> ComposedMessage:
+        """One recipient's message. Raises MessageError for an unusable address or
+        when none of the releases exist any more."""
+        address = checked_address(email)
+        content = self.content(release_ids, self.grouping_for(subscriber_id))
+        values = self.recipient_values(subscriber_id, address, name)
+        encoded = {("text", slot): _qp(value) for slot, value in values.items()}
+        encoded.update({("html", slot): _qp(str(escape(value))) for slot, value in values.items()})
+        message_id = _message_id(self.settings, f"d{delivery_id}")
+        # Test sends have no subscriber to unsubscribe, so no List-Unsubscribe.
+        unsubscribe = (
+            b"" if subscriber_id is None else self._list_unsubscribe(values["unsubscribe_url"])
+        )
+        data = b"".join(
+            (
+                content.head_from,
+                _to_header(values["name"], address),
+                content.head_subject,
+                f"Date: {formatdate(usegmt=True)}\r\nMessage-ID: {message_id}\r\n".encode(),
+                content.head_list,
+                unsubscribe,
+                content.head_tail,
+                *(
+                    piece if isinstance(piece, bytes) else encoded[piece]
+                    for piece in content.pieces
+                ),
+            )
+        )
+        if self.signer is not None:
+            data = self.signer.sign(data)
+        return ComposedMessage(
+            envelope_from=verp_address(self.settings, delivery_id),
+            recipients=[address],
+            data=data,
+            message_id=message_id,
+        )
+
+    def _list_unsubscribe(self, unsubscribe_url: str) -> bytes:
+        """RFC 2369 (an https link and a mailto) plus RFC 8058 one-click unsubscribe."""
+        token = unsubscribe_url.rsplit("/", 1)[1]
+        mailbox = self._unsubscribe_mailbox.format(token=token)
+        return (
+            f"List-Unsubscribe: <{unsubscribe_url}>,\r\n <mailto:{mailbox}?subject=unsubscribe>\r\n"
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        ).encode("ascii")
+
+
+def _preheader(items: Sequence[DigestItem]) -> str:
+    titles = " · ".join(item.title for item in items[:4])
+    return shorten(titles, 150)
+
+
+def _regroup(groups: list[TopicGroup], shown: Sequence[DigestItem]) -> list[TopicGroup]:
+    keep = {item.id for item in shown}
+    trimmed = [TopicGroup(g.name, tuple(i for i in g.items if i.id in keep)) for g in groups]
+    return [group for group in trimmed if group.items]
+
+
+async def load_topic_choices(
+    session: AsyncSession, subscriber_ids: Iterable[int] | None = None
+) -> dict[int, list[int]]:
+    """Topic ids chosen per subscriber, for the subscribers who chose several."""
+    query = select(SubscriberTopic.subscriber_id, SubscriberTopic.topic_id).join(
+        Topic, Topic.id == SubscriberTopic.topic_id
+    )
+    query = query.where(Topic.active.is_(True))
+    choices: dict[int, list[int]] = {}
+    if subscriber_ids is None:
+        rows = (await session.execute(query)).all()
+    else:
+        wanted = sorted(set(subscriber_ids))
+        rows = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows += (
+                await session.execute(query.where(SubscriberTopic.subscriber_id.in_(chunk)))
+            ).all()
+    for subscriber_id, topic_id in rows:
+        choices.setdefault(subscriber_id, []).append(topic_id)
+    return {s: sorted(t) for s, t in choices.items() if len(t) > 1}
+
+
+def content_key(release_ids: Iterable[int]) -> str:
+    """sha256 of the sorted release ids: deliveries with equal keys share a body."""
+    return hashlib.sha256(",".join(map(str, sorted(set(release_ids)))).encode()).hexdigest()
+
+
+# --- transactional messages -------------------------------------------------------------
+
+
+def _transactional(
+    settings: Settings,
+    environment: Environment,
+    template_base: str,
+    email: str,
+    name: str | None,
+    context: dict[str, Any],
+    list_unsubscribe_url: str | None = None,
+) -> ComposedMessage:
+    """Render and encode a one-off message (no cache: each is sent once)."""
+    from mailer.dkim import load_signer
+
+    address = checked_address(email)
+    display = _display_name(name)
+    greeting = one_line(environment.get_template("email/greeting.txt.j2").render(name=display))
+    full_context = {
+        **site_context(settings),
+        **context,
+        "recipient": {
+            "greeting": greeting,
+            "name": display,
+            "email": address,
+            "unsubscribe_url": context.get("unsubscribe_url"),
+            "preferences_url": context.get("manage_url"),
+        },
+    }
+    try:
+        text_template = environment.get_template(f"{template_base}.txt.j2")
+        html_template = environment.get_template(f"{template_base}.html.j2")
+    except TemplateNotFound as exc:
+        raise MessageError(f"no email template {exc.name!r}") from None
+    text_module = text_template.make_module(full_context)
+    subject = one_line(str(getattr(text_module, "subject", "") or settings.site.name))
+    text = str(text_module)
+    html = _inline(_minify(html_template.render({**full_context, "subject": subject})))
+    boundary = _new_boundary()
+    message_id = _message_id(settings, "t")
+    pairs: list[tuple[str, Any]] = [
+        ("From", _sender_address(settings)),
+        ("To", Address(display_name=display, addr_spec=address)),
+        ("Subject", subject),
+        ("Date", formatdate(usegmt=True)),
+        ("Message-ID", message_id),
+    ]
+    reply_to = _reply_to(settings)
+    if reply_to is not None:
+        pairs.append(("Reply-To", reply_to))
+    if list_unsubscribe_url:
+        pairs.append(("List-Unsubscribe", f"<{list_unsubscribe_url}>"))
+    pairs += [("Auto-Submitted", "auto-generated"), ("MIME-Version", "1.0")]
+    pieces = _body_pieces(boundary, [_qp(text)], [_qp(html)])
+    data = _headers(pairs) + b"".join(p for p in pieces if isinstance(p, bytes))
+    signer = load_signer(settings)
+    if signer is not None:
+        data = signer.sign(data)
+    return ComposedMessage(
+        envelope_from=settings.sender.from_address,
+        recipients=[address],
+        data=data,
+        message_id=message_id,
+    )
+
+
+def build_confirmation_message(
+    settings: Settings,
+    email: str,
+    name: str | None,
+    confirm_url: str,
+    manage_url: str | None = None,
+) -> ComposedMessage:
+    """The double opt-in request: one link that confirms the subscription."""
+    return _transactional(
+        settings,
+        template_environment(settings),
+        "email/confirmation",
+        email,
+        name,
+        {"confirm_url": confirm_url, "manage_url": manage_url},
+    )
+
+
+NOTICE_KINDS = ("unsubscribed", "already-subscribed", "preferences-updated")
+
+
+def build_notice_message(
+    settings: Settings, email: str, name: str | None, kind: str, **context: Any
+) -> ComposedMessage:
+    """A short notice about the subscription itself (``kind`` in NOTICE_KINDS, or any
+    kind for which the site provides ``email/notice/<kind>.{txt,html}.j2``)."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,40}", kind):
+        raise MessageError(f"{kind!r} is not a notice kind")
+    environment = template_environment(settings)
+    if f"email/notice/{kind}.txt.j2" not in environment.list_templates():
+        known = ", ".join(NOTICE_KINDS)
+        raise MessageError(f"unknown notice kind {kind!r} (known: {known})")
+    return _transactional(settings, environment, f"email/notice/{kind}", email, name, dict(context))

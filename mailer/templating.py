@@ -1,0 +1,97 @@
+"""The Jinja2 environment shared by the emails and the web pages.
+
+Templates are looked up first in ``site.templates_dir`` (when configured), then in
+the shipped ``templates/`` folder, so a site overrides any single template by
+placing a file with the same name in its own folder and keeps the rest.
+Templates whose names end in ``.html``/``.html.j2``/``.htm``/``.xml`` are
+autoescaped; text templates (``.txt.j2``) are not, because escaping would corrupt
+the plain-text part of an email.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from mailer.config import Settings
+
+SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def template_search_path(settings: Settings) -> list[Path]:
+    """Folders searched for templates, highest precedence first."""
+    folders: list[Path] = []
+    if settings.site.templates_dir is not None:
+        folders.append(settings.resolve(settings.site.templates_dir))
+    folders.append(SHIPPED_TEMPLATES)
+    return folders
+
+
+def template_environment(settings: Settings) -> Environment:
+    """The environment for ``settings`` (cached: one per distinct search path)."""
+    return _environment(tuple(template_search_path(settings)))
+
+
+@lru_cache(maxsize=8)
+def _environment(search_path: tuple[Path, ...]) -> Environment:
+    environment = Environment(
+        loader=FileSystemLoader([str(folder) for folder in search_path]),
+        autoescape=select_autoescape(
+            enabled_extensions=("html", "htm", "xml", "html.j2", "htm.j2", "xml.j2"),
+            default_for_string=True,
+            default=False,
+        ),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        # Templates are read once; a site that edits its overrides restarts the process.
+        auto_reload=False,
+    )
+    environment.filters["wrap"] = wrap_text
+    environment.filters["long_date"] = long_date
+    environment.filters["iso_date"] = iso_date
+    return environment
+
+
+def wrap_text(
+    text: str | None, width: int = 72, indent: str = "", first_indent: str | None = None
+) -> str:
+    """Wrap prose for a plain-text email; paragraphs (blank-line separated) are kept.
+
+    ``first_indent`` (default: ``indent``) starts the first line, e.g. a list number.
+    Long words such as URLs are never broken, so links stay clickable.
+    """
+    if not text:
+        return ""
+    paragraphs = [p for p in (" ".join(block.split()) for block in text.split("\n\n")) if p]
+    wrapped = []
+    for number, paragraph in enumerate(paragraphs):
+        wrapper = textwrap.TextWrapper(
+            width=width,
+            initial_indent=indent if number or first_indent is None else first_indent,
+            subsequent_indent=indent,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        wrapped.append(wrapper.fill(paragraph))
+    return "\n\n".join(wrapped)
+
+
+def long_date(value: datetime | None, timezone: str = "UTC") -> str:
+    """``12 July 2023`` in the given timezone; empty for no date."""
+    if value is None:
+        return ""
+    local = value.astimezone(ZoneInfo(timezone))
+    return f"{local.day} {local:%B %Y}"
+
+
+def iso_date(value: datetime | None, timezone: str = "UTC") -> str:
+    """``2023-07-12`` in the given timezone; empty for no date."""
+    if value is None:
+        return ""
+    return value.astimezone(ZoneInfo(timezone)).date().isoformat()
