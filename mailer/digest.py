@@ -29,15 +29,19 @@ set-based update of ``last_digest_at``. There is no per-subscriber query.
 
 from __future__ import annotations
 
+import email
+import email.policy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import Settings
-from mailer.message import content_key
+from mailer.db import Database
+from mailer.message import ComposedMessage, MessageComposer, content_key
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -51,7 +55,7 @@ from mailer.models import (
     Topic,
     utcnow,
 )
-from mailer.suppression import email_hash, suppressed_hashes
+from mailer.suppression import email_hash, email_key, suppressed_hashes
 
 FREQUENCIES = ("immediately", "daily", "weekly", "all")
 # Any constant works; it only has to be the same for every planner (PostgreSQL).
@@ -109,7 +113,7 @@ async def _serialise_planning(session: AsyncSession) -> None:
         )
 
 
-def _sendable():
+def _sendable() -> tuple[Any, ...]:
     return (Release.excluded.is_(False), Release.merged_into_id.is_(None))
 
 
@@ -293,3 +297,97 @@ async def _plan_subscribers(
         .execution_options(synchronize_session=False)
     )
     return len(deliveries)
+
+
+class PreviewError(ValueError):
+    """The preview cannot be made as asked (unknown or unconfirmed subscriber)."""
+
+
+@dataclass(frozen=True)
+class DigestPreview:
+    message: ComposedMessage
+    recipient: str
+    subject: str
+    release_count: int
+    html: str
+
+
+class _DiscardChanges(Exception):
+    pass
+
+
+async def preview_digest(
+    database: Database,
+    settings: Settings,
+    subscriber_email: str | None = None,
+    now: datetime | None = None,
+) -> DigestPreview | None:
+    """The message a subscriber would get if a digest went out now, or None when
+    they would get none. Without a subscriber: a sample of the newest releases, as
+    a test send would mail it.
+
+    It runs the sending code itself (:func:`plan_digest`, then
+    :class:`MessageComposer`) in a transaction that is always rolled back, so the
+    preview is exactly what would be sent and nothing is marked as sent.
+    """
+    outcome: list[DigestPreview | None] = []
+    try:
+        async with database.transaction() as session:
+            outcome.append(await _preview(session, settings, subscriber_email, now))
+            raise _DiscardChanges
+    except _DiscardChanges:
+        pass
+    return outcome[0]
+
+
+async def _preview(
+    session: AsyncSession, settings: Settings, subscriber_email: str | None, now: datetime | None
+) -> DigestPreview | None:
+    subscriber: Subscriber | None = None
+    if subscriber_email is not None:
+        subscriber = await session.scalar(
+            select(Subscriber).where(Subscriber.email_key == email_key(subscriber_email))
+        )
+        if subscriber is None:
+            raise PreviewError(f"no subscriber with the address {subscriber_email}")
+        if subscriber.status != SubscriberStatus.CONFIRMED:
+            raise PreviewError(
+                f"{subscriber_email} is {subscriber.status.value}: only confirmed subscribers "
+                "receive digests"
+            )
+        digest = Digest(kind="preview", frequency="all", created_by="preview")
+    else:
+        sample_address = f"reader@{settings.sender.domain}"
+        digest = Digest(kind="test", frequency="all", test_address=sample_address)
+    session.add(digest)
+    await session.flush()
+    count = await plan_digest(
+        session, settings, digest, now, only_subscriber_id=subscriber.id if subscriber else None
+    )
+    if count == 0:
+        return None
+    delivery = (
+        await session.scalars(select(Delivery).where(Delivery.digest_id == digest.id))
+    ).one()
+    composer = await MessageComposer.load(
+        session,
+        settings,
+        delivery.release_ids,
+        subscriber_ids=[subscriber.id] if subscriber else [],
+    )
+    message = composer.compose(
+        delivery.id,
+        delivery.subscriber_id,
+        delivery.email,
+        subscriber.name if subscriber else None,
+        delivery.release_ids,
+    )
+    parsed = email.message_from_bytes(message.data, policy=email.policy.default)
+    html_part = parsed.get_body(("html",))
+    return DigestPreview(
+        message=message,
+        recipient=delivery.email,
+        subject=str(parsed["Subject"]),
+        release_count=len(delivery.release_ids),
+        html=html_part.get_content() if html_part is not None else "",
+    )

@@ -1,0 +1,60 @@
+"""`mailer dkim`: DKIM keys for signing the mail."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from mailer.cli import BadInput, OperationalError
+from mailer.dkim import DkimError, dns_record, generate_key, write_private_key
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$", re.I)
+_SELECTOR = re.compile(
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.I
+)
+
+
+@click.group()
+def dkim() -> None:
+    """DKIM signing keys."""
+
+
+@dkim.command("keygen")
+@click.option("--domain", required=True, help="The signing domain (d=), e.g. example.org.")
+@click.option("--selector", required=True, help="The selector (s=), e.g. mailer2025.")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the private key (PEM, readable by the owner only).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing key file.")
+def dkim_keygen(domain: str, selector: str, out_path: Path, force: bool) -> None:
+    """Make a 2048-bit RSA key and print the DNS TXT record to publish."""
+    domain = domain.strip().rstrip(".").lower()
+    if not _DOMAIN.match(domain):
+        raise BadInput(f"--domain: {domain!r} is not a domain name")
+    if not _SELECTOR.match(selector):
+        raise BadInput(f"--selector: {selector!r} is not a valid selector (letters, digits, -)")
+    private_pem, public_key = generate_key()
+    try:
+        write_private_key(out_path, private_pem, overwrite=force)
+    except DkimError as exc:
+        raise BadInput(str(exc)) from None
+    except OSError as exc:
+        raise OperationalError(f"cannot write {out_path}: {exc.strerror}") from None
+    click.echo(f"Wrote the private key to {out_path} (keep it secret).")
+    click.echo("")
+    click.echo("Publish this DNS TXT record:")
+    click.echo("")
+    click.echo(dns_record(domain, selector, public_key))
+    click.echo("")
+    click.echo("Then add to the configuration:")
+    click.echo("")
+    click.echo("dkim:")
+    click.echo(f"  domain: {domain}")
+    click.echo(f"  selector: {selector}")
+    click.echo(f"  private_key_file: {out_path}")
