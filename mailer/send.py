@@ -347,6 +347,7 @@ class Worker:
         self._journal: Journal | None = None
         self._composers: dict[int, Any] = {}
         self._failure_streak: dict[int, int] = defaultdict(int)
+        self._pausing: set[int] = set()
         self._outage_until = 0.0
         self._outage_delay = OUTAGE_BACKOFF[0]
         self._stopping = asyncio.Event()
@@ -537,7 +538,11 @@ class Worker:
                 self._in_flight -= 1
 
     async def _deliver(self, connection: Connection, item: Claimed) -> None:
-        if asyncio.get_running_loop().time() < self._outage_until or self._stopping.is_set():
+        if (
+            asyncio.get_running_loop().time() < self._outage_until
+            or self._stopping.is_set()
+            or item.digest_id in self._pausing
+        ):
             # Not attempted: it goes back to the queue unchanged.
             not_tried = SendResult(Outcome.DEFERRED, None, "not attempted")
             self._results.append(Recorded(item, not_tried, attempted=False))
@@ -569,6 +574,9 @@ class Worker:
             )
         elif result.outcome is Outcome.FAILED:
             self._failure_streak[item.digest_id] += 1
+            if self._failure_streak[item.digest_id] >= self.settings.smtp.pause_after_failures:
+                # Stop at once; the pause itself is written with the next batch.
+                self._pausing.add(item.digest_id)
         self.stats.count(result.outcome)
         self._results.append(Recorded(item, result, message.message_id, now))
 
@@ -667,11 +675,10 @@ class Worker:
         }
 
     async def _pause_failing_digests(self, session: AsyncSession) -> None:
-        limit = self.settings.smtp.pause_after_failures
-        for digest_id, streak in list(self._failure_streak.items()):
-            if streak < limit:
-                continue
+        for digest_id in list(self._pausing):
+            streak = self._failure_streak[digest_id]
             self._failure_streak[digest_id] = 0
+            self._pausing.discard(digest_id)
             reason = f"paused after {streak} permanent failures in a row; check the SMTP logs"
             await session.execute(
                 update(Digest)

@@ -3,7 +3,11 @@
 from mailer.cli.db import db
 from mailer.cli.digest import digest
 from mailer.cli.dkim import dkim
+from mailer.cli.send import SEND_COMMANDS, worker
 from mailer.cli.serve import serve
 from mailer.cli.subscribers import subscribers
 
-ALL = [db, subscribers, digest, dkim, serve]
+for _command in SEND_COMMANDS:
+    digest.add_command(_command)
+
+ALL = [db, subscribers, digest, dkim, serve, worker]

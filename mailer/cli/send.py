@@ -290,3 +290,7 @@ def worker(
         click.echo(
             f"Worker done: sent {stats.sent}, deferred {stats.deferred}, failed {stats.failed}."
         )
+
+
+# Attached to the `digest` group (mailer/cli/digest.py) in mailer/cli/commands.py.
+SEND_COMMANDS = [digest_send, digest_status, digest_pause, digest_resume, digest_cancel]

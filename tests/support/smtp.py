@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import socket
 import threading
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -37,10 +38,17 @@ class RecordingHandler:
         return "250 Message accepted for delivery"
 
 
+def free_port() -> int:
+    """A loopback port free right now (aiosmtpd's Controller cannot take port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class SmtpServer:
     def __init__(self, handler: Any | None = None):
         self.handler = handler or RecordingHandler()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=0)
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=free_port())
 
     def start(self) -> SmtpServer:
         self.controller.start()
@@ -51,7 +59,7 @@ class SmtpServer:
 
     @property
     def port(self) -> int:
-        return self.controller.server.sockets[0].getsockname()[1]
+        return int(self.controller.port)
 
     @property
     def messages(self) -> list[Received]:

@@ -1,0 +1,227 @@
+"""The outbox against a real (and deliberately faulty) SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from mailer.context import AppContext
+from mailer.models import (
+    Bounce,
+    Delivery,
+    DeliveryStatus,
+    Digest,
+    DigestStatus,
+    Subscriber,
+    SubscriberStatus,
+)
+from mailer.send import Worker, digest_progress, set_digest_state, start_digest
+from mailer.suppression import is_suppressed
+from tests.send.conftest import seed, write_config
+from tests.support.faulty_smtp import FaultySmtpServer
+
+
+async def _statuses(database, digest_id: int) -> Counter[str]:
+    async with database.session() as session:
+        rows = await session.execute(
+            select(Delivery.status, func.count())
+            .where(Delivery.digest_id == digest_id)
+            .group_by(Delivery.status)
+        )
+        return Counter({status.value: n for status, n in rows.all()})
+
+
+async def test_every_recipient_gets_exactly_one_message(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(tmp_path, database_url, faulty_smtp.port)
+    async with AppContext(settings=settings).database() as database:
+        addresses = await seed(database, 40)
+        digest = await start_digest(database, settings)
+        assert digest.recipient_count == 40
+        stats = await Worker(database, settings, poll_interval=0.1).run(until_empty=True)
+        assert stats.sent == 40
+        assert faulty_smtp.handler.delivered() == Counter({a: 1 for a in addresses})
+        assert await _statuses(database, digest.id) == Counter({"sent": 40})
+        async with database.session() as session:
+            progress = await digest_progress(session, digest.id)
+            assert progress.status == "done"
+            message_ids = (await session.scalars(select(Delivery.message_id))).all()
+        assert len(set(message_ids)) == 40 and all(message_ids)
+        # A second send right away finds nothing new: no release goes out twice.
+        again = await start_digest(database, settings)
+        assert again.recipient_count == 0 and again.status == DigestStatus.DONE
+
+
+async def test_4xx_is_deferred_with_backoff_then_delivered(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(tmp_path, database_url, faulty_smtp.port)
+    async with AppContext(settings=settings).database() as database:
+        addresses = await seed(database, 5)
+        faulty_smtp.handler.plan.defer_times[addresses[0]] = 2
+        digest = await start_digest(database, settings)
+        await Worker(database, settings, poll_interval=0.1).run(until_empty=True)
+        assert faulty_smtp.handler.delivered()[addresses[0]] == 1
+        assert faulty_smtp.handler.attempts[addresses[0]] == 3
+        async with database.session() as session:
+            row = await session.scalar(select(Delivery).where(Delivery.email == addresses[0]))
+        assert row.status == DeliveryStatus.SENT and row.attempts == 3
+        assert await _statuses(database, digest.id) == Counter({"sent": 5})
+
+
+async def test_4xx_past_the_retry_window_fails(
+    tmp_path: Path, sqlite_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(tmp_path, sqlite_url, faulty_smtp.port, retry_for=0.5)
+    async with AppContext(settings=settings).database() as database:
+        addresses = await seed(database, 2)
+        faulty_smtp.handler.plan.defer_times[addresses[0]] = 1000
+        digest = await start_digest(database, settings)
+        await Worker(database, settings, poll_interval=0.1).run(until_empty=True)
+        async with database.session() as session:
+            row = await session.scalar(select(Delivery).where(Delivery.email == addresses[0]))
+        assert row.status == DeliveryStatus.FAILED
+        assert "gave up after" in row.last_error and "451" in row.last_error
+        assert (await _statuses(database, digest.id))["sent"] == 1
+
+
+async def test_5xx_fails_and_only_address_refusals_suppress(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(tmp_path, database_url, faulty_smtp.port)
+    async with AppContext(settings=settings).database() as database:
+        addresses = await seed(database, 4)
+        unknown_user, policy_refusal = addresses[0], addresses[1]
+        faulty_smtp.handler.plan.reject_rcpt.add(unknown_user)
+        faulty_smtp.handler.plan.reject_data.add(policy_refusal)
+        digest = await start_digest(database, settings)
+        await Worker(database, settings, poll_interval=0.1).run(until_empty=True)
+        assert await _statuses(database, digest.id) == Counter({"sent": 2, "failed": 2})
+        async with database.session() as session:
+            assert await is_suppressed(session, settings, unknown_user)
+            assert not await is_suppressed(session, settings, policy_refusal)
+            bounce = await session.scalar(select(Bounce))
+            assert bounce.kind == "hard" and bounce.status_code == "550"
+            failed = await session.scalar(select(Delivery).where(Delivery.email == unknown_user))
+            assert failed.bounced and "5.1.1" in failed.last_error
+        # The suppressed address is left out of the next send.
+        await seed(database, 0, releases=1)
+        next_digest = await start_digest(database, settings)
+        assert next_digest.recipient_count == 3
+
+
+async def test_connection_dropped_mid_data_is_retried_once(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(tmp_path, database_url, faulty_smtp.port)
+    async with AppContext(settings=settings).database() as database:
+        addresses = await seed(database, 6)
+        faulty_smtp.handler.plan.drop_once.add(addresses[2])
+        digest = await start_digest(database, settings)
+        await Worker(database, settings, poll_interval=0.1).run(until_empty=True)
+        assert faulty_smtp.handler.delivered() == Counter({a: 1 for a in addresses})
+        assert await _statuses(database, digest.id) == Counter({"sent": 6})
+
+
+async def test_server_down_then_up_loses_nothing(tmp_path: Path, database_url: str) -> None:
+    server = FaultySmtpServer().start()
+    port = server.port
+    server.stop()  # down before the send starts
+    settings = write_config(tmp_path, database_url, port)
+    async with AppContext(settings=settings).database() as database:
+        addresses = await seed(database, 10)
+        digest = await start_digest(database, settings)
+        worker = asyncio.create_task(
+            Worker(database, settings, poll_interval=0.1).run(until_empty=True)
+        )
+        await asyncio.sleep(1.5)
+        assert (await _statuses(database, digest.id))["sent"] == 0
+        revived = FaultySmtpServer(port=port).start()
+        try:
+            await asyncio.wait_for(worker, timeout=60)
+            assert revived.handler.delivered() == Counter({a: 1 for a in addresses})
+            assert await _statuses(database, digest.id) == Counter({"sent": 10})
+        finally:
+            revived.stop()
+
+
+async def test_many_permanent_failures_pause_the_send(
+    tmp_path: Path, sqlite_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(
+        tmp_path, sqlite_url, faulty_smtp.port, pause_after_failures=5, connections=1
+    )
+    async with AppContext(settings=settings).database() as database:
+        addresses = await seed(database, 30)
+        faulty_smtp.handler.plan.reject_data.update(addresses)
+        digest = await start_digest(database, settings)
+        await Worker(database, settings, poll_interval=0.1).run(until_empty=True)
+        async with database.session() as session:
+            progress = await digest_progress(session, digest.id)
+        assert progress.status == "paused"
+        assert "5 permanent failures in a row" in progress.pause_reason
+        # The rest waits, untouched, for an operator.
+        assert progress.counts.get("pending", 0) > 0
+        assert progress.counts["failed"] < 30
+
+        faulty_smtp.handler.plan.reject_data.clear()
+        await set_digest_state(database, digest.id, "resume")
+        await Worker(database, settings, poll_interval=0.1).run(until_empty=True)
+        statuses = await _statuses(database, digest.id)
+        assert statuses["sent"] + statuses["failed"] == 30 and statuses["sent"] > 0
+
+
+async def test_rate_limit_is_held(
+    tmp_path: Path, sqlite_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(tmp_path, sqlite_url, faulty_smtp.port, rate_limit=20)
+    async with AppContext(settings=settings).database() as database:
+        await seed(database, 45)
+        await start_digest(database, settings)
+        await Worker(database, settings, poll_interval=0.1).run(until_empty=True)
+    times = sorted(t for _, _, t in faulty_smtp.handler.accepted)
+    assert len(times) == 45
+    # In no one-second window did more than the limit (plus the message that opens
+    # the window) arrive.
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest <= 21, busiest
+
+
+async def test_unsubscribed_after_queueing_is_not_sent(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(tmp_path, database_url, faulty_smtp.port)
+    async with AppContext(settings=settings).database() as database:
+        addresses = await seed(database, 3)
+        digest = await start_digest(database, settings)
+        async with database.transaction() as session:
+            subscriber = await session.scalar(
+                select(Subscriber).where(Subscriber.email_key == addresses[1])
+            )
+            subscriber.status = SubscriberStatus.UNSUBSCRIBED
+        await Worker(database, settings, poll_interval=0.1).run(until_empty=True)
+        assert addresses[1] not in faulty_smtp.handler.delivered()
+        assert await _statuses(database, digest.id) == Counter({"sent": 2, "cancelled": 1})
+
+
+async def test_pause_resume_cancel(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(tmp_path, database_url, faulty_smtp.port)
+    async with AppContext(settings=settings).database() as database:
+        await seed(database, 8)
+        digest = await start_digest(database, settings)
+        await set_digest_state(database, digest.id, "pause")
+        stats = await Worker(database, settings, poll_interval=0.1).run(until_empty=True)
+        assert stats.sent == 0
+        await set_digest_state(database, digest.id, "resume")
+        await set_digest_state(database, digest.id, "cancel")
+        await Worker(database, settings, poll_interval=0.1).run(until_empty=True)
+        assert faulty_smtp.handler.delivered() == Counter()
+        assert await _statuses(database, digest.id) == Counter({"cancelled": 8})
+        async with database.session() as session:
+            assert (await session.get(Digest, digest.id)).status == DigestStatus.CANCELLED
