@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -235,7 +236,8 @@ class Release(Base):
     publisher: Mapped[str | None] = mapped_column(String(200))
     # sha256 of the normalised text, and a 64-bit SimHash of it for near-duplicates.
     content_hash: Mapped[str] = mapped_column(String(64), index=True)
-    simhash: Mapped[int] = mapped_column(default=0)
+    # Stored signed (BIGINT); the collector converts from the unsigned fingerprint.
+    simhash: Mapped[int] = mapped_column(BigInteger, default=0)
     excluded: Mapped[bool] = mapped_column(default=False)
     # Set on a release that dedupe folded into another; such rows are never sent.
     merged_into_id: Mapped[int | None] = mapped_column(

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 23:52:07.774027
+Create Date: 2026-11-24 00:04:07.551816
 """
 
 from collections.abc import Sequence
@@ -117,7 +117,7 @@ def upgrade() -> None:
         sa.Column("photo_credit", sa.String(length=500), nullable=True),
         sa.Column("publisher", sa.String(length=200), nullable=True),
         sa.Column("content_hash", sa.String(length=64), nullable=False),
-        sa.Column("simhash", sa.Integer(), nullable=False),
+        sa.Column("simhash", sa.BigInteger(), nullable=False),
         sa.Column("excluded", sa.Boolean(), nullable=False),
         sa.Column("merged_into_id", sa.Integer(), nullable=True),
         sa.Column("added_by", sa.String(length=100), nullable=True),
