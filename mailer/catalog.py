@@ -26,7 +26,7 @@ async def sync_catalog(database: Database, settings: Settings) -> None:
         sources = {s.name: s for s in (await session.scalars(select(Source))).all()}
         for config in settings.sources:
             path = str(settings.resolve(config.path)) if config.path else None
-            options = {"link_selector": config.link_selector} if config.link_selector else {}
+            options = config.collector_options()
             source = sources.get(config.name)
             if source is None:
                 source = Source(name=config.name, origin="config", enabled=config.enabled)

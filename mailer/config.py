@@ -224,6 +224,43 @@ class SourceConfig(Section):
     enabled: bool = True
     # page sources: CSS selector for the links to release pages on the listing page.
     link_selector: str | None = None
+    # page sources: at most this many new release pages are fetched per run.
+    max_pages: int = Field(30, ge=1, le=1000)
+    # HTTP: longest wait for the server to answer or send more (the whole response
+    # may take three times this), largest response, extra attempts after 5xx/network errors.
+    timeout: Duration = timedelta(seconds=20)
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    retries: int = Field(2, ge=0, le=10)
+    # Zone for dates the source writes without one ("2023 07 12", "12.07.2023 14:00").
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _source_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _source_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    def collector_options(self) -> dict[str, Any]:
+        """What the collector reads from Source.options (admin-added sources have the same)."""
+        options: dict[str, Any] = {
+            "timeout": self.timeout.total_seconds(),
+            "max_bytes": self.max_bytes,
+            "retries": self.retries,
+            "timezone": self.timezone,
+        }
+        if self.kind == "page":
+            options.update(link_selector=self.link_selector, max_pages=self.max_pages)
+        return options
 
     @model_validator(mode="after")
     def _location(self) -> SourceConfig:
