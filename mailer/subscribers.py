@@ -162,7 +162,8 @@ class SubscriberView:
 @dataclass(frozen=True)
 class SignupResult:
     subscriber_id: int
-    # True when a confirmation mail should go out now (see send_confirmation).
+    # True when a mail should go out now: the confirmation link, or for an address
+    # that is already confirmed the "already subscribed" notice (send_confirmation).
     confirmation_due: bool
 
 
@@ -537,9 +538,8 @@ async def _signup_once(
                 )
             ],
         )
-        due = subscriber.status is SubscriberStatus.PENDING and _confirmation_allowed(
-            subscriber.confirmation_sent_at, settings, now
-        )
+        # Confirmed addresses get a notice rather than a link (see send_confirmation).
+        due = _confirmation_allowed(subscriber.confirmation_sent_at, settings, now)
         return SignupResult(subscriber.id, due)
 
 
@@ -550,15 +550,20 @@ def _confirmation_allowed(last_sent: datetime | None, settings: Settings, now: d
 async def send_confirmation(
     database: Database, settings: Settings, subscriber_id: int, *, now: datetime | None = None
 ) -> bool:
-    """Send the confirmation mail if one is due; True when a mail was handed to SMTP.
+    """Send the mail a signup calls for, if one is due; True when SMTP accepted it.
+
+    A pending subscriber gets the confirmation link. A confirmed one (someone signed
+    up with an address that is already subscribed) gets the "already subscribed"
+    notice with the preferences link instead, so the page can look the same for
+    both while the mailbox owner still learns what happened.
 
     The send is claimed first by stamping ``confirmation_sent_at`` in a conditional
     update, so two processes (a signup and the resend job, or two signups) never
-    both mail the same address within the interval. If SMTP refuses, the stamp is
-    put back and :class:`mailer.transport.TransportError` propagates; the resend job
-    picks the subscriber up later.
+    both mail an address within ``signup.confirmation_interval``. If SMTP refuses,
+    the stamp is put back and :class:`mailer.transport.TransportError` propagates;
+    :func:`resend_pending_confirmations` retries a pending subscriber's link later.
     """
-    from mailer.message import build_confirmation_message
+    from mailer.message import build_confirmation_message, build_notice_message
     from mailer.transport import send_now
 
     now = now or utcnow()
@@ -568,16 +573,16 @@ async def send_confirmation(
                 select(
                     Subscriber.email,
                     Subscriber.name,
+                    Subscriber.status,
                     Subscriber.confirm_nonce,
                     Subscriber.confirmation_sent_at,
-                ).where(
-                    Subscriber.id == subscriber_id,
-                    Subscriber.status == SubscriberStatus.PENDING,
-                    Subscriber.confirm_nonce.is_not(None),
-                )
+                ).where(Subscriber.id == subscriber_id)
             )
         ).one_or_none()
         if row is None or not _confirmation_allowed(row.confirmation_sent_at, settings, now):
+            return False
+        pending = row.status is SubscriberStatus.PENDING and row.confirm_nonce is not None
+        if not pending and row.status is not SubscriberStatus.CONFIRMED:
             return False
         previous = row.confirmation_sent_at
         claimed = await session.execute(
@@ -592,14 +597,25 @@ async def send_confirmation(
         )
         if claimed.rowcount != 1:
             return False
-    message = build_confirmation_message(
-        settings,
-        row.email,
-        row.name,
-        link(settings, Purpose.CONFIRM, subscriber_id, row.confirm_nonce),
-        link(settings, Purpose.MANAGE, subscriber_id),
-    )
+    manage_url = link(settings, Purpose.MANAGE, subscriber_id)
     try:
+        if pending:
+            message = build_confirmation_message(
+                settings,
+                row.email,
+                row.name,
+                link(settings, Purpose.CONFIRM, subscriber_id, row.confirm_nonce),
+                manage_url,
+            )
+        else:
+            message = build_notice_message(
+                settings,
+                row.email,
+                row.name,
+                "already-subscribed",
+                manage_url=manage_url,
+                unsubscribe_url=link(settings, Purpose.UNSUBSCRIBE, subscriber_id),
+            )
         await send_now(settings, message)
     except BaseException:
         async with database.transaction() as session:
@@ -1183,7 +1199,8 @@ async def import_csv(
         suppressed = await suppressed_hashes(session)
         wanted: dict[str, _ImportRow] = {}
         for row in rows:
-            if email_hash(settings, row.email) in suppressed:
+            # Hashing every row costs seconds on a big file; skip it when nothing is suppressed.
+            if suppressed and email_hash(settings, row.email) in suppressed:
                 report.suppressed.append((row.line, f"{row.email} is on the suppression list"))
             else:
                 wanted[row.key] = row
@@ -1326,7 +1343,7 @@ async def _import_new(
             }
             for row in chunk
         ]
-        await session.execute(insert(Subscriber), values)
+        await session.execute(insert(Subscriber.__table__), values)
         ids = dict(
             (
                 await session.execute(
@@ -1340,9 +1357,9 @@ async def _import_new(
             {"subscriber_id": ids[row.key], "topic_id": t} for row in chunk for t in row.topic_ids
         ]
         if pairs:
-            await session.execute(insert(SubscriberTopic), pairs)
+            await session.execute(insert(SubscriberTopic.__table__), pairs)
         await session.execute(
-            insert(ConsentEvent),
+            insert(ConsentEvent.__table__),
             [
                 _consent(
                     ids[row.key],
@@ -1409,7 +1426,7 @@ async def _import_existing(
             names,
         )
     if topic_pairs:
-        await session.execute(insert(SubscriberTopic), topic_pairs)
+        await session.execute(insert(SubscriberTopic.__table__), topic_pairs)
     for start in range(0, len(confirm_ids), _CHUNK):
         await session.execute(
             update(Subscriber)
@@ -1422,7 +1439,7 @@ async def _import_existing(
             )
         )
     if events:
-        await session.execute(insert(ConsentEvent), events)
+        await session.execute(insert(ConsentEvent.__table__), events)
 
 
 # --- export -----------------------------------------------------------------------------

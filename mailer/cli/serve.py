@@ -1,0 +1,72 @@
+"""`mailer serve`: the web app, the scheduler and the delivery worker in one process."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from mailer.cli import BadInput, OperationalError
+from mailer.context import AppContext
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--no-background",
+    is_flag=True,
+    help="Serve the web pages only: no scheduled jobs and no mail delivery.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, no_background: bool, log_level: str) -> None:
+    """Run the signup pages, the scheduler and mail delivery until Ctrl-C or SIGTERM.
+
+    Stopping lets requests and messages in flight finish; queued mail stays in the
+    outbox in the database and goes out on the next start.
+    """
+    import uvicorn
+
+    from mailer.web.app import create_app
+
+    app_context: AppContext = ctx.find_object(AppContext)
+    settings = app_context.settings
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(app_context, run_background=not no_background)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        log_level=log_level,
+        # Behind a reverse proxy on this machine, X-Forwarded-For names the client.
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1,::1",
+        server_header=False,
+        # Long enough for a confirmation mail in a background task to finish.
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    where = (
+        f"caught in {settings.mail_dir}"
+        if settings.smtp.embedded
+        else f"sent via {settings.smtp.host}:{settings.smtp.port}"
+    )
+    click.echo(f"{settings.site.name}: http://{host}:{port}/ (mail is {where}). Ctrl-C stops.")
+    try:
+        server.run()
+    except OSError as exc:
+        raise OperationalError(f"cannot serve on {host}:{port}: {exc}") from None
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    if not server.started:
+        # Start-up failed (port taken, database unreachable): uvicorn logged why.
+        raise OperationalError(f"mailer serve did not start on {host}:{port}; see the log above")
