@@ -335,8 +335,11 @@ class Worker:
         self.connections = smtp.connections
         self.rate = RateLimiter(smtp.rate_limit if rate_limit is None else rate_limit)
         per_second = smtp.rate_limit if rate_limit is None else rate_limit
-        # A claim should not outlive its usefulness: about half a minute of work.
-        self.batch_size = int(min(500, max(10, per_second * 30))) if per_second else 500
+        # Small enough that several workers share a send, large enough that claiming
+        # is a small part of the work; with a rate limit, at most ~30 s of work.
+        self.batch_size = min(500, 50 * self.connections)
+        if per_second:
+            self.batch_size = int(min(self.batch_size, max(10, per_second * 30)))
         self.poll_interval = poll_interval
         self.stats = WorkerStats()
         self._domains: dict[str, asyncio.Semaphore] = defaultdict(

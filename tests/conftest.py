@@ -98,6 +98,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield url
 
 
+@pytest.fixture
+def postgres_database_url(postgres_url: str) -> str:
+    """An emptied PostgreSQL database, for tests only PostgreSQL can run."""
+    _truncate_all(postgres_url)
+    return postgres_url
+
+
 def _truncate_all(url: str) -> None:
     async def truncate() -> None:
         database = Database(url)

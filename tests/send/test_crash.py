@@ -114,11 +114,9 @@ async def test_journal_of_a_dead_worker_is_replayed(tmp_path: Path, sqlite_url: 
 
 @pytest.mark.postgres
 async def test_two_workers_on_postgresql_share_a_send_without_duplicates(
-    tmp_path: Path, postgres_url: str
+    tmp_path: Path, postgres_database_url: str
 ) -> None:
-    from tests.conftest import _truncate_all
-
-    _truncate_all(postgres_url)
+    postgres_url = postgres_database_url
     server = FaultySmtpServer(FaultPlan(data_delay=0.002)).start()
     try:
         settings = write_config(tmp_path, postgres_url, server.port, connections=2)
