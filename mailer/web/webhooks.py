@@ -1,0 +1,82 @@
+"""``POST /webhooks/bounce``: bounces reported by a relay instead of by mail.
+
+Authenticated by ``Authorization: Bearer <bounces.webhook_secret>``; without a
+configured secret the route does not exist (404). The body is either a raw bounce
+message (``message/rfc822``, ``multipart/report`` or ``text/plain``), parsed like a
+bounce from the mailbox, or JSON: one object or a list of objects with ``email``,
+``kind`` (``hard`` or ``soft``) and optionally ``status`` and ``diagnostic``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from mailer.bounces import BounceReport, parse_dsn, record_bounce
+from mailer.web.app import web_state
+
+MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def bounce_webhook(request: Request) -> Response:
+    state = web_state(request)
+    secret = state.settings.bounces.webhook_secret
+    if not secret:
+        return _error(404, "the bounce webhook is not enabled")
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {secret}".encode()):
+        return _error(401, "a valid bearer secret is required")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return _error(413, "the body is larger than 10 MB")
+    if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+        try:
+            reports = _reports_from_json(json.loads(body))
+        except (ValueError, TypeError) as exc:
+            return _error(422, f"invalid bounce JSON: {exc}")
+    else:
+        reports = parse_dsn(bytes(body))
+        if not reports:
+            return _error(422, "no failed recipient found in the message")
+    results = [await record_bounce(state.db, state.settings, report) for report in reports]
+    return JSONResponse({"recorded": len(results), "results": results})
+
+
+def _reports_from_json(data: Any) -> list[BounceReport]:
+    items = data if isinstance(data, list) else [data]
+    if not items or len(items) > 1000:
+        raise ValueError("expected 1 to 1000 bounce objects")
+    reports = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ValueError("each bounce must be an object")
+        address, kind = item.get("email"), item.get("kind")
+        if not isinstance(address, str) or "@" not in address or len(address) > 320:
+            raise ValueError("'email' must be an email address")
+        if kind not in ("hard", "soft"):
+            raise ValueError("'kind' must be 'hard' or 'soft'")
+        status, diagnostic = item.get("status"), item.get("diagnostic")
+        reports.append(
+            BounceReport(
+                address.strip(),
+                kind,
+                str(status)[:20] if status is not None else None,
+                str(diagnostic)[:2000] if diagnostic is not None else None,
+            )
+        )
+    return reports
+
+
+def routes() -> list[BaseRoute]:
+    return [Route("/webhooks/bounce", bounce_webhook, methods=["POST"], name="bounce_webhook")]
