@@ -1,0 +1,312 @@
+"""`mailer ingest`, `mailer collect`, `mailer sources`, `mailer releases`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from mailer.cli import BadInput, OperationalError, echo_json, run
+from mailer.collect import (
+    INGEST_SOURCE,
+    IngestReport,
+    SourceRunResult,
+    collect_all,
+    ingest_paths,
+)
+from mailer.collect.store import Outcome
+from mailer.context import AppContext
+from mailer.models import Release, ReleaseLink, ReleaseTopic, Source, Topic
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "—"
+
+
+def _stdout() -> Console:
+    return Console(soft_wrap=False, highlight=False)
+
+
+@click.command("ingest")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--dry-run", is_flag=True, help="Read and show the releases; store nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per release per line.")
+@click.option(
+    "--source",
+    "source_name",
+    default=INGEST_SOURCE,
+    show_default=True,
+    help="Source name the releases are filed under.",
+)
+@click.pass_context
+def ingest(
+    ctx: click.Context, paths: tuple[str, ...], dry_run: bool, as_json: bool, source_name: str
+) -> None:
+    """Read release files (.txt, .md, .html, .eml, and feed files .xml .rss .atom .json)
+    or folders of them, and store the releases. Files that cannot be read are listed
+    and the others are stored all the same; the exit status is then 2."""
+
+    async def work(app: AppContext) -> IngestReport:
+        if dry_run:
+            return await ingest_paths(None, app.settings, paths, True, source_name=source_name)
+        async with app.database() as database:
+            return await ingest_paths(database, app.settings, paths, source_name=source_name)
+
+    report = run(ctx, work)
+    for item in report.releases:
+        if as_json:
+            row = item.candidate.as_json(report.source)
+            if item.release_id is not None:
+                row = {"id": item.release_id, "outcome": str(item.outcome), **row}
+            echo_json(row)
+        else:
+            state = "would store" if dry_run else str(item.outcome or "failed")
+            date = _when(item.candidate.published) if item.candidate.published else "no date"
+            click.echo(f"{state:>11}  {date:16}  {item.candidate.title}  ({item.path})")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for error in report.errors:
+        click.echo(f"error: {error}", err=True)
+    if not as_json:
+        if dry_run:
+            click.echo(f"{len(report.releases)} release(s) read; nothing stored (--dry-run).")
+        else:
+            counts = ", ".join(f"{report.count(o)} {o}" for o in Outcome)
+            click.echo(f"{len(report.releases)} release(s) read: {counts}.")
+    if report.errors:
+        raise BadInput(f"{len(report.errors)} input(s) could not be read or stored (see above)")
+
+
+@click.command("collect")
+@click.option("--source", "only", metavar="NAME", help="Collect only this source.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per source per line.")
+@click.pass_context
+def collect(ctx: click.Context, only: str | None, as_json: bool) -> None:
+    """Collect now from every enabled source (or one), then show what came in.
+
+    Exit status 1 when a source failed; the others are collected regardless."""
+    errors = Console(stderr=True)
+
+    async def work(app: AppContext) -> list[SourceRunResult]:
+        async with app.database() as database:
+            if only is not None:
+                await _require_source(database, only)
+            with Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} sources"),
+                TimeElapsedColumn(),
+                console=errors,
+                transient=True,
+                disable=as_json or not errors.is_terminal,
+            ) as progress:
+                overall = progress.add_task("Collecting", total=None)
+                running: set[str] = set()
+
+                def report(name: str, result: SourceRunResult | None) -> None:
+                    if result is None:
+                        running.add(name)
+                    else:
+                        running.discard(name)
+                        progress.advance(overall)
+                    shown = ", ".join(sorted(running)) or "done"
+                    progress.update(overall, description=f"Collecting: {shown}")
+
+                async with database.session() as session:
+                    query = select(Source.name).where(Source.enabled)
+                    if only is not None:
+                        query = query.where(Source.name == only)
+                    total = len((await session.scalars(query)).all())
+                progress.update(overall, total=total)
+                return await collect_all(database, app.settings, only=only, progress=report)
+
+    results = run(ctx, work)
+    if as_json:
+        for result in results:
+            echo_json({"source": result.source, "error": result.error, **result.counts()})
+    else:
+        _results_table(results)
+    failed = [r for r in results if r.error and not r.skipped]
+    if failed:
+        raise OperationalError(f"{len(failed)} of {len(results)} source(s) failed")
+
+
+async def _require_source(database: Any, name: str) -> None:
+    async with database.session() as session:
+        sources = (await session.execute(select(Source.name, Source.enabled))).all()
+    if not any(row.name == name and row.enabled for row in sources):
+        known = ", ".join(sorted(row.name for row in sources if row.enabled)) or "none"
+        raise BadInput(f"no enabled source named {name!r} (enabled sources: {known})")
+
+
+def _results_table(results: list[SourceRunResult]) -> None:
+    table = Table(title="Collection", title_justify="left")
+    for column in ("Source", "New", "Updated", "Unchanged", "Merged", "Failed"):
+        table.add_column(column, justify="left" if column == "Source" else "right")
+    table.add_column("Error", overflow="fold")
+    for result in results:
+        error = result.error
+        if error is None and result.entry_errors:
+            more = len(result.entry_errors) - 1
+            error = result.entry_errors[0] + (f" (+{more} more)" if more else "")
+        if result.not_modified and error is None:
+            error = "not modified since the last run"
+        table.add_row(
+            result.source,
+            str(result.new),
+            str(result.updated),
+            str(result.unchanged),
+            str(result.merged),
+            str(result.failed + (1 if result.error and not result.skipped else 0)),
+            error or "",
+        )
+    _stdout().print(table)
+
+
+@click.command("sources")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per source per line.")
+@click.pass_context
+def sources(ctx: click.Context, as_json: bool) -> None:
+    """List sources and their health."""
+
+    async def work(app: AppContext) -> list[Source]:
+        async with app.database() as database, database.session() as session:
+            return list((await session.scalars(select(Source).order_by(Source.name))).all())
+
+    rows = run(ctx, work)
+    if as_json:
+        for source in rows:
+            echo_json(
+                {
+                    "name": source.name,
+                    "kind": source.kind,
+                    "url": source.url,
+                    "path": source.path,
+                    "enabled": source.enabled,
+                    "status": str(source.status),
+                    "interval_seconds": source.interval_seconds,
+                    "last_run_at": source.last_run_at,
+                    "last_success_at": source.last_success_at,
+                    "last_error": source.last_error,
+                    "last_error_at": source.last_error_at,
+                    "consecutive_failures": source.consecutive_failures,
+                    "total_releases": source.total_releases,
+                    "last_counts": source.last_counts,
+                }
+            )
+        return
+    table = Table(title="Sources", title_justify="left")
+    for column in ("Name", "Kind", "Status", "Every", "Last run", "Last success", "Releases"):
+        table.add_column(column)
+    table.add_column("Last error", overflow="fold")
+    for source in rows:
+        status = str(source.status)
+        if source.consecutive_failures:
+            status += f" ({source.consecutive_failures}×)"
+        error = ""
+        if source.last_error and source.status != "ok":
+            error = f"{_when(source.last_error_at)}: {source.last_error}"
+        every = f"{source.interval_seconds // 60} min" if source.interval_seconds else "—"
+        table.add_row(
+            source.name,
+            source.kind,
+            status,
+            every,
+            _when(source.last_run_at),
+            _when(source.last_success_at),
+            str(source.total_releases),
+            error,
+        )
+    _stdout().print(table)
+
+
+@click.command("releases")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per release per line.")
+@click.option("--limit", default=50, show_default=True, help="How many; 0 for all.")
+@click.option("--source", "source_name", metavar="NAME", help="Only releases from this source.")
+@click.option("--topic", metavar="SLUG", help="Only releases with this topic.")
+@click.pass_context
+def releases(
+    ctx: click.Context, as_json: bool, limit: int, source_name: str | None, topic: str | None
+) -> None:
+    """List stored releases, newest first."""
+    if limit < 0:
+        raise BadInput("--limit must be 0 (all) or more")
+
+    async def work(app: AppContext) -> list[Release]:
+        async with app.database() as database, database.session() as session:
+            query = (
+                select(Release)
+                .where(Release.merged_into_id.is_(None))
+                .options(selectinload(Release.links), selectinload(Release.topics))
+                .order_by(Release.published_at.desc(), Release.id.desc())
+            )
+            if source_name:
+                query = query.where(
+                    Release.id.in_(
+                        select(ReleaseLink.release_id).where(ReleaseLink.source_name == source_name)
+                    )
+                )
+            if topic:
+                query = query.where(
+                    Release.id.in_(
+                        select(ReleaseTopic.release_id)
+                        .join(Topic, Topic.id == ReleaseTopic.topic_id)
+                        .where(Topic.slug == topic)
+                    )
+                )
+            if limit:
+                query = query.limit(limit)
+            return list((await session.scalars(query)).all())
+
+    rows = run(ctx, work)
+    if as_json:
+        for release in rows:
+            echo_json(release_json(release))
+        return
+    table = Table(title="Releases", title_justify="left")
+    for column in ("Id", "Published", "Title", "Sources", "Topics"):
+        table.add_column(column, overflow="fold")
+    for release in rows:
+        published = _when(release.published_at) + (" ~" if release.published_estimated else "")
+        table.add_row(
+            str(release.id),
+            published,
+            release.title,
+            ", ".join(dict.fromkeys(link.source_name for link in release.links)),
+            ", ".join(t.name for t in release.topics),
+        )
+    _stdout().print(table)
+    if not rows:
+        click.echo("No releases yet: run `mailer collect`.", err=True)
+
+
+def release_json(release: Release) -> dict[str, Any]:
+    return {
+        "id": release.id,
+        "title": release.title,
+        "published": release.published_at.isoformat(),
+        "published_estimated": release.published_estimated,
+        "first_seen": release.first_seen_at.isoformat(),
+        "updated": release.updated_at.isoformat(),
+        "sources": [{"name": link.source_name, "url": link.url} for link in release.links],
+        "url": release.canonical_url,
+        "publisher": release.publisher,
+        "summary": release.summary,
+        "text": release.text,
+        "html": release.html,
+        "image_url": release.image_url,
+        "image_alt": release.image_alt,
+        "photo_credit": release.photo_credit,
+        "topics": [topic.slug for topic in release.topics],
+    }
+
+
+COMMANDS = [ingest, collect, sources, releases]

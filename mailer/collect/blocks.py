@@ -1,0 +1,301 @@
+"""A release body as a list of blocks (paragraphs, headings, lists, quotes, tables).
+
+Both HTML and plain text become blocks of text lines, so one boilerplate filter
+works on either; a block that the filter leaves untouched keeps its sanitised
+HTML, and one it trimmed is rebuilt from the lines that are left.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from lxml import etree
+from lxml import html as lxml_html
+
+from mailer.collect.sanitize import escape_text
+
+HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+# Elements whose children are laid out as separate blocks.
+CONTAINERS = {
+    "div", "article", "section", "main", "header", "footer", "body", "html", "center",
+    "details",
+}  # fmt: skip
+_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+_SPACES = re.compile(r"[ \t\r\f\v\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+
+
+def clean_line(text: str) -> str:
+    """NFC, no invisible characters, single spaces, trimmed."""
+    text = unicodedata.normalize("NFC", _INVISIBLE.sub("", text))
+    return _SPACES.sub(" ", text).strip()
+
+
+@dataclass
+class Image:
+    src: str
+    alt: str | None = None
+    caption_lines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Block:
+    # p, h (heading), ul, ol, quote, pre, table
+    kind: str
+    lines: list[str]
+    # Sanitised HTML of the element; used as it is while no line was removed.
+    html: str | None = None
+    level: int = 2
+    removed: set[int] = field(default_factory=set)
+
+    @property
+    def kept_lines(self) -> list[str]:
+        return [line for index, line in enumerate(self.lines) if index not in self.removed]
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(line.strip() for line in self.kept_lines)
+
+    def text(self) -> str:
+        lines = self.kept_lines
+        if self.kind in ("ul", "ol"):
+            return "\n".join(
+                f"{index}. {line}" if self.kind == "ol" else f"- {line}"
+                for index, line in enumerate(lines, start=1)
+            )
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        if self.html is not None and not self.removed:
+            return self.html
+        lines = [escape_text(line) for line in self.kept_lines]
+        if self.kind == "h":
+            return f"<h{self.level}>{' '.join(lines)}</h{self.level}>"
+        if self.kind in ("ul", "ol"):
+            items = "".join(f"<li>{line}</li>" for line in lines)
+            return f"<{self.kind}>{items}</{self.kind}>"
+        if self.kind == "quote":
+            return "<blockquote>" + "".join(f"<p>{line}</p>" for line in lines) + "</blockquote>"
+        if self.kind == "pre":
+            return "<pre>" + "\n".join(lines) + "</pre>"
+        return "<p>" + "<br>".join(lines) + "</p>"
+
+
+@dataclass
+class Body:
+    blocks: list[Block]
+    images: list[Image] = field(default_factory=list)
+
+
+# --- plain text -----------------------------------------------------------------------
+
+
+def blocks_from_text(text: str) -> Body:
+    """Paragraphs are separated by blank lines; text with no blank lines at all (as
+    scraped text often is) has one paragraph per line. Hard-wrapped paragraphs are
+    joined back into one line."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    raw_lines = [clean_line(line) for line in text.split("\n")]
+    if not any(not line for line in _trim(raw_lines)):
+        return Body([Block("p", [line]) for line in raw_lines if line])
+    blocks: list[Block] = []
+    paragraph: list[str] = []
+    for line in [*raw_lines, ""]:
+        if line:
+            paragraph.append(line)
+            continue
+        if paragraph:
+            blocks.append(Block("p", _unwrap(paragraph)))
+            paragraph = []
+    return Body(blocks)
+
+
+def _trim(lines: list[str]) -> list[str]:
+    start = next((i for i, line in enumerate(lines) if line), len(lines))
+    end = len(lines) - next((i for i, line in enumerate(reversed(lines)) if line), 0)
+    return lines[start:end]
+
+
+_BULLET = re.compile(r"^([-*•–]|\d+[.)])\s+")
+_BOX_EDGE = re.compile(r"^[|│┃║]")
+
+
+def _unwrap(lines: list[str]) -> list[str]:
+    """Join lines of a paragraph that was wrapped at a fixed width (e-mail style)."""
+    if len(lines) < 2 or any(_BULLET.match(line) or _BOX_EDGE.match(line) for line in lines):
+        return lines
+    body = lines[:-1]
+    if all(45 <= len(line) <= 100 for line in body):
+        return [" ".join(lines)]
+    return lines
+
+
+# --- HTML -----------------------------------------------------------------------------
+
+
+def blocks_from_html(fragment: str) -> Body:
+    """Blocks from a sanitised HTML fragment. Images are taken out of the flow and
+    returned separately: the lead image is stored on its own, not inline."""
+    body = Body([])
+    if not fragment.strip():
+        return body
+    try:
+        root = lxml_html.fragment_fromstring(fragment, create_parent="div")
+    except (etree.ParserError, ValueError):
+        return blocks_from_text(lxml_html.fromstring(fragment).text_content())
+    _walk(root, body)
+    return body
+
+
+class _Inline:
+    """Loose inline content between blocks, gathered into one paragraph."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def add(self, html: str) -> None:
+        self.parts.append(html)
+
+    def flush(self, body: Body) -> None:
+        html = "".join(self.parts).strip()
+        self.parts = []
+        if not html:
+            return
+        wrapper = lxml_html.fragment_fromstring(f"<p>{html}</p>")
+        lines = _element_lines(wrapper)
+        if lines:
+            body.blocks.append(Block("p", lines, lxml_html.tostring(wrapper, encoding="unicode")))
+
+
+def _walk(element: etree._Element, body: Body) -> None:
+    inline = _Inline()
+    if element.text and element.text.strip():
+        inline.add(escape_text(element.text))
+    for child in element:
+        tag = child.tag if isinstance(child.tag, str) else ""
+        tail = child.tail
+        child.tail = None
+        if tag == "img":
+            _take_image(child, body)
+        elif tag in CONTAINERS:
+            inline.flush(body)
+            _walk(child, body)
+        elif tag == "figure":
+            inline.flush(body)
+            _take_figure(child, body)
+        elif tag in HEADINGS or tag in ("p", "pre", "blockquote", "ul", "ol", "dl", "table"):
+            inline.flush(body)
+            _take_block(child, tag, body)
+        elif tag == "hr":
+            inline.flush(body)
+        elif tag == "br":
+            inline.add("<br>")
+        elif tag:
+            for image in list(child.iter("img")):
+                _take_image(image, body)
+            inline.add(lxml_html.tostring(child, encoding="unicode"))
+        if tail and tail.strip():
+            inline.add(escape_text(tail))
+        elif tail:
+            inline.add(" ")
+    inline.flush(body)
+
+
+def _take_image(image: etree._Element, body: Body) -> None:
+    src = image.get("src")
+    if src:
+        body.images.append(Image(src, clean_line(image.get("alt") or "") or None))
+    if image.getparent() is not None:
+        image.drop_tree()  # keeps the text that followed the image
+
+
+def _take_figure(figure: etree._Element, body: Body) -> None:
+    caption_lines: list[str] = []
+    for caption in figure.iter("figcaption"):
+        caption_lines.extend(_element_lines(caption))
+    sources = [img for img in figure.iter("img") if img.get("src")]
+    if sources:
+        first = sources[0]
+        body.images.append(
+            Image(first.get("src"), clean_line(first.get("alt") or "") or None, caption_lines)
+        )
+    elif caption_lines:
+        body.blocks.append(Block("p", caption_lines))
+
+
+def _take_block(element: etree._Element, tag: str, body: Body) -> None:
+    for image in list(element.iter("img")):
+        _take_image(image, body)
+    html = lxml_html.tostring(element, encoding="unicode").strip()
+    if tag in HEADINGS:
+        lines = [" ".join(_element_lines(element))]
+        level = max(2, min(int(tag[1]), 6))
+        if lines[0]:
+            heading_html = re.sub(r"^<h\d", f"<h{level}", re.sub(r"</h\d>$", f"</h{level}>", html))
+            body.blocks.append(Block("h", lines, heading_html, level=level))
+        return
+    if tag in ("ul", "ol"):
+        items = [" ".join(_element_lines(li)) for li in element if li.tag == "li"]
+        items = [item for item in items if item]
+        if items:
+            body.blocks.append(Block(tag, items, html))
+        return
+    if tag == "table":
+        rows = []
+        for row in element.iter("tr"):
+            cells = [" ".join(_element_lines(cell)) for cell in row if cell.tag in ("td", "th")]
+            if any(cells):
+                rows.append(" | ".join(cells))
+        if rows:
+            body.blocks.append(Block("table", rows, html))
+        return
+    if tag == "pre":
+        text = element.text_content()
+        lines = [line.rstrip() for line in text.strip("\n").split("\n")]
+        if any(lines):
+            body.blocks.append(Block("pre", lines, html))
+        return
+    if tag == "blockquote":
+        lines = []
+        inner = Body([])
+        _walk(element, inner)
+        for block in inner.blocks:
+            lines.extend(block.lines)
+        body.images.extend(inner.images)
+        if lines:
+            body.blocks.append(Block("quote", lines, html))
+        return
+    if tag == "dl":
+        lines = [" ".join(_element_lines(item)) for item in element if item.tag in ("dt", "dd")]
+        lines = [line for line in lines if line]
+        if lines:
+            body.blocks.append(Block("p", lines, html))
+        return
+    # A paragraph that itself holds block elements (invalid but common) is walked.
+    nested_blocks = HEADINGS | {"p", "ul", "ol", "table"}
+    if any(isinstance(c.tag, str) and c.tag in nested_blocks for c in element):
+        _walk(element, body)
+        return
+    lines = _element_lines(element)
+    if lines:
+        body.blocks.append(Block("p", lines, html))
+
+
+def _element_lines(element: etree._Element) -> list[str]:
+    """Text of an element, one entry per <br>-separated line."""
+    pieces: list[str] = []
+
+    def visit(node: etree._Element) -> None:
+        if node.tag == "br":
+            pieces.append("\n")
+        elif isinstance(node.tag, str) and node.text:
+            pieces.append(node.text)
+        for child in node:
+            visit(child)
+            if child.tail:
+                pieces.append(child.tail)
+
+    visit(element)
+    text = "".join(pieces)
+    return [line for line in (clean_line(part) for part in text.split("\n")) if line]

@@ -1,0 +1,382 @@
+"""Keep page furniture out of a release: cookie banners, rating widgets, share bars,
+image file names, newsletter boxes, navigation, labels; and lift out what the
+furniture tells us (photo credit, date lines, the publisher line under the title).
+
+Hand-written: readability-style extractors (trafilatura) decide which part of a
+page is the article, but what they keep still carries these lines, and plain text
+or e-mail releases never pass through them. The rules work line by line on the
+text of every block, with a little context (a "Date" label and its value, a
+"Rating" label and its number, a boxed newsletter footer).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+
+from mailer.collect.blocks import Block
+from mailer.collect.dates import is_date_label, parse_date
+
+_BOX_CHARS = "|│┃║┆┇┊┋╎╏"
+_BORDER = re.compile(r"^[\s\-=_*~#+.•·|│┃║═─━┌┐└┘╔╗╚╝╭╮╯╰┼├┤┬┴┏┓┗┛┣┫┳┻╋]+$")
+
+# Whole lines, compared after normalising (lower case, no accents, no punctuation).
+_EXACT = {
+    # consent and cookie banners (English and Lithuanian)
+    "bdar", "gdpr", "close", "uzdaryti", "accept", "accept all", "accept all cookies",
+    "accept cookies", "allow all", "allow cookies", "allow all cookies", "reject", "reject all",
+    "decline", "i agree", "agree", "ok", "got it", "sutinku", "nesutinku", "priimti",
+    "priimti visus", "atmesti", "cookie settings", "cookies settings", "cookie preferences",
+    "manage cookies", "manage preferences", "cookie policy", "privacy policy", "cookies",
+    "slapukai", "slapuku nustatymai", "slapuku politika", "necessary cookies",
+    "statistics cookies", "marketing cookies", "preferences", "more information",
+    "learn more", "customize", "save preferences", "save settings",
+    # rating widgets
+    "rating", "rate this", "rate this article", "rate this page", "rate", "ivertinimas",
+    "ivertinkite", "ivertinti", "votes", "average rating",
+    # share bars and print
+    "share", "share this", "share this article", "share this page", "share on facebook",
+    "share on twitter", "share on x", "share on linkedin", "tweet", "print", "print this page",
+    "print version", "printer friendly version", "email", "e mail", "facebook", "twitter",
+    "linkedin", "whatsapp", "telegram", "copy link", "link copied", "dalintis",
+    "dalinkites", "pasidalinti", "spausdinti", "siusti",
+    # navigation
+    "back", "back to top", "go back", "to top", "top", "read more", "skaityti daugiau",
+    "skip to content", "skip to main content", "home", "pradzia", "news", "naujienos",
+    "press releases", "pranesimai spaudai", "all news", "visos naujienos", "previous", "next",
+    "menu", "meniu", "search", "paieska", "related articles", "related news",
+    "susijusios naujienos", "atgal", "grizti",
+    # newsletter prompts standing alone
+    "subscribe", "sign up", "newsletter", "naujienlaiskis", "prenumeruoti",
+    "enter your email", "your email", "email address", "your email address",
+    "el pastas", "el pasto adresas",
+    # labels
+    "press release", "news release", "media release", "for immediate release",
+    "pranesimas spaudai", "pranesimas ziniasklaidai", "photo gallery", "gallery", "video",
+    "nuotraukos", "galerija", "was this page helpful", "was this information useful",
+    "ar si informacija buvo naudinga", "yes", "no", "taip", "ne",
+}  # fmt: skip
+_PATTERNS = [
+    # share bars: several share targets on one line
+    re.compile(
+        r"^((share( on)?|tweet|print|email|e mail|facebook|twitter|x|linkedin|whatsapp|"
+        r"telegram|copy link|pinterest|reddit|dalintis|spausdinti)\s*){2,}$"
+    ),
+    # rating widgets with their value
+    re.compile(r"^(rating|rate this( article| page)?|ivertinimas|average rating)\s*[\d\s/.,]*$"),
+    re.compile(r"^\d+\s*(votes?|balsai|balsu|ratings?|ivertinimai|ivertinimu)$"),
+    # navigation with arrows
+    re.compile(r"^(back to|return to|grizti i)\b.{0,40}$"),
+    # tags and categories
+    re.compile(r"^(tags|zymes|keywords|categories|kategorijos|topics)\s*:?\s.{0,200}$"),
+    re.compile(r"^(download|atsisiusti)( \w+){0,6}( pdf| doc| docx| \d+ ?(kb|mb))?$"),
+    re.compile(r"^(last (modified|updated)|page last (modified|updated))\s*:?.{0,40}$"),
+]
+_RAW_PATTERNS = [
+    re.compile(r"^[\d\s.,/%()★☆*+\-]{1,8}$"),  # stray counters: "0", "4.5", "(12)"
+    re.compile(
+        r"^[\w\-.()%, ]{1,120}\.(jpe?g|png|gif|webp|svg|bmp|tiff?|heic|avif)$", re.IGNORECASE
+    ),
+    re.compile(r"^[«‹←<]+\s*\S.{0,40}$"),
+    re.compile(r"^.{0,40}\s*[»›→>]+$"),
+]
+_COOKIE_WORDS = re.compile(r"\b(cookies?|slapuk\w*)\b")
+_COOKIE_CONTEXT = re.compile(
+    r"\b(we use|this (web)?site uses|uses cookies|accept|consent|privacy|browsing|"
+    r"naudoja|naudojame|sutinkate|sutikim\w*|nar[sš]ym\w*|experience|analytics|settings)\b"
+)
+_NEWSLETTER = re.compile(
+    r"\b((join|subscribe to|sign up (for|to)|get) (our|the)( \w+){0,2} (mailing list|newsletter|"
+    r"updates|press releases)|mailing list|newsletter|in your inbox|straight to your inbox|"
+    r"prenumeruok\w*|naujienlaiski\w*)\b"
+)
+_PHOTO_CREDIT = [
+    re.compile(
+        r"^[(\[]?(?:photo|photos|photograph|image|picture|foto|pictured|photo credit|"
+        r"image credit|credit|credits|nuotrauka|nuotraukos autorius|nuotr\.)\s*"
+        r"(?:by\b|:|–|—|-|©)\s*(?P<credit>[^\s].{1,150}?)[)\]]?$",
+        re.IGNORECASE,
+    ),
+    re.compile(r"^(?:nuotr\.|foto)\s+(?P<credit>[^\s].{1,150})$", re.IGNORECASE),
+    re.compile(r"^(?P<credit>[^\s].{1,120}?)\s*(?:nuotr\.|nuotrauka)$", re.IGNORECASE),
+    re.compile(r"^[(\[]?©\s*(?P<credit>[^\s].{1,120}?)[)\]]?$"),
+]
+_ATTRIBUTION = re.compile(
+    r"^(?:source|originally published (?:by|on|at)|republished from|distributed on behalf of|"
+    r"šaltinis|saltinis)\s*:?\s+(?P<publisher>[^\s].{1,150})$",
+    re.IGNORECASE,
+)
+_UPDATED_LABEL = re.compile(r"^\s*(last\s+)?updated|^\s*atnaujinta", re.IGNORECASE)
+_ORGANISATION = re.compile(
+    r"\b(ministry|ministries|ministerija\w*|government|vyriausyb\w*|office|department|"
+    r"departamentas|agency|agentūra|agentura|embassy|ambasada|council|taryba|commission|"
+    r"komisija|parliament|seimas|presidency|prezident\w*|chancellery|kanceliarija|"
+    r"inspectorate|inspekcija|authority|service|tarnyba|bank|bankas|municipality|"
+    r"savivaldyb\w*|institute|institutas|university|universitetas|secretariat|press office|"
+    r"spaudos|foundation|fondas|association|asociacija|police|policija|directorate)\b",
+    re.IGNORECASE,
+)
+# How many lines from the top are a release's "header" (date, publisher, title).
+HEADER_LINES = 12
+_SENTENCE_END = re.compile(r"[.!?:;…]$")
+
+
+def normalise(text: str) -> str:
+    """Compare-friendly form: no accents, lower case, words separated by single spaces."""
+    stripped = "".join(
+        c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)
+    )
+    return " ".join(re.sub(r"[^\w]+", " ", stripped.casefold()).split())
+
+
+@dataclass
+class CleanResult:
+    blocks: list[Block]
+    title: str | None = None
+    published: datetime | None = None
+    updated: datetime | None = None
+    photo_credit: str | None = None
+    publisher: str | None = None
+    removed_lines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Line:
+    block: Block
+    index: int
+
+    @property
+    def text(self) -> str:
+        return self.block.lines[self.index]
+
+    @property
+    def removed(self) -> bool:
+        return self.index in self.block.removed
+
+    def remove(self, result: CleanResult) -> None:
+        if not self.removed:
+            self.block.removed.add(self.index)
+            result.removed_lines.append(self.text)
+
+
+def strip_box(text: str) -> str:
+    return text.strip().strip(_BOX_CHARS).strip()
+
+
+def is_boilerplate(line: str) -> bool:
+    """A whole line that is page furniture, never release content."""
+    inner = strip_box(line)
+    if not inner or _BORDER.match(line.strip()):
+        return True
+    key = normalise(inner)
+    if not key:
+        return True
+    if key in _EXACT or any(p.match(key) for p in _PATTERNS):
+        return True
+    if any(p.match(inner) for p in _RAW_PATTERNS):
+        return True
+    if len(inner) < 400 and _COOKIE_WORDS.search(key) and _COOKIE_CONTEXT.search(key):
+        return True
+    return is_newsletter_prompt(inner)
+
+
+def is_newsletter_prompt(line: str) -> bool:
+    key = normalise(strip_box(line))
+    return len(key) < 200 and _NEWSLETTER.search(key) is not None
+
+
+def photo_credit_of(line: str) -> str | None:
+    inner = strip_box(line)
+    if len(inner) > 160:
+        return None
+    for pattern in _PHOTO_CREDIT:
+        if match := pattern.match(inner):
+            credit = match.group("credit").strip(" .;,")
+            if credit and not _SENTENCE_END.search(credit.rstrip(".")):
+                return credit
+    return None
+
+
+_NAME_JOINERS = {"of", "the", "and", "for", "on", "in", "at", "to", "&", "ir", "del", "de", "und"}
+
+
+def looks_like_publisher(line: str) -> bool:
+    """An organisation's name on a line of its own: "Ministry of Foreign Affairs of the
+    Republic of Lithuania", "Lietuvos bankas". A headline that starts with a ministry
+    ("Ministry of Health opens …") has lower-case words that are not name joiners."""
+    words = [w.strip(",.()\"'“”„") for w in line.split()]
+    words = [w for w in words if w]
+    if not words or len(line) > 120 or len(words) > 14 or _SENTENCE_END.search(line):
+        return False
+    if _ORGANISATION.search(line) is None:
+        return False
+    ends_with_organisation = _ORGANISATION.fullmatch(words[-1]) is not None
+    all_name_words = all(
+        w[0].isupper() or w.casefold() in _NAME_JOINERS or _ORGANISATION.fullmatch(w) for w in words
+    )
+    return ends_with_organisation or all_name_words
+
+
+def clean_title(title: str | None, site_names: list[str | None] = ()) -> str | None:
+    """Strip a trailing "| Site name" and boilerplate; None when nothing real is left."""
+    if not title:
+        return None
+    from mailer.collect.blocks import clean_line
+
+    title = clean_line(title.replace("\n", " "))
+    for name in site_names:
+        if name:
+            for separator in (" | ", " - ", " – ", " — ", " :: ", " · "):
+                suffix = f"{separator}{name}"
+                if title.casefold().endswith(suffix.casefold()) and len(title) > len(suffix):
+                    title = title[: -len(suffix)].rstrip()
+    if " | " in title:
+        head, _, tail = title.rpartition(" | ")
+        if _ORGANISATION.search(tail) and len(head) > 15:
+            title = head
+    title = re.sub(
+        r"^(press release|news release|pranešimas spaudai)\s*[:\-–—|]\s*", "", title, flags=re.I
+    )
+    if not title or is_boilerplate(title):
+        return None
+    return title
+
+
+def clean_blocks(
+    blocks: list[Block],
+    *,
+    title: str | None,
+    default_tz: tzinfo = UTC,
+    take_title: bool = True,
+) -> CleanResult:
+    """Remove furniture lines in place; find date, credit, publisher and title."""
+    result = CleanResult(blocks=blocks, title=title)
+    lines = [_Line(block, i) for block in blocks for i in range(len(block.lines))]
+    _remove_boxes(lines, result)
+
+    position = 0  # index among lines that were not removed before this one
+    for number, line in enumerate(lines):
+        if line.removed:
+            continue
+        text = line.text
+        in_header = position < HEADER_LINES
+        position += 1
+        if is_newsletter_prompt(text):
+            line.remove(result)
+            _remove_form_lines(lines[number + 1 : number + 6], result)
+            continue
+        if is_boilerplate(text):
+            line.remove(result)
+            continue
+        credit = photo_credit_of(text)
+        if credit:
+            result.photo_credit = result.photo_credit or credit
+            line.remove(result)
+            continue
+        if attribution := _ATTRIBUTION.match(strip_box(text)):
+            result.publisher = result.publisher or attribution.group("publisher").strip(" .")
+            line.remove(result)
+            continue
+        if in_header and is_date_label(text):
+            following = _next_kept(lines, number)
+            if following is not None:
+                value = parse_date(following.text, default_tz=default_tz)
+                if value is not None:
+                    _record_date(result, value, text)
+                    line.remove(result)
+                    following.remove(result)
+                    continue
+        value = parse_date(text, default_tz=default_tz)
+        if value is not None and (in_header or _UPDATED_LABEL.match(text) or len(text) <= 40):
+            _record_date(result, value, text)
+            line.remove(result)
+            continue
+
+    if take_title:
+        _settle_title(lines, result)
+    _find_publisher(lines, result)
+    result.blocks = [block for block in blocks if not block.is_empty]
+    return result
+
+
+def _record_date(result: CleanResult, value: datetime, label: str) -> None:
+    if _UPDATED_LABEL.match(label):
+        result.updated = result.updated or value
+    else:
+        result.published = result.published or value
+
+
+def _next_kept(lines: list[_Line], number: int) -> _Line | None:
+    for line in lines[number + 1 :]:
+        if not line.removed:
+            return line
+    return None
+
+
+def _remove_boxes(lines: list[_Line], result: CleanResult) -> None:
+    """A run of lines drawn as a box (| … |, ║ … ║ or ┌──┐ borders) that holds a
+    newsletter or cookie prompt goes as a whole, sign-up button included."""
+    run: list[_Line] = []
+    for line in [*lines, None]:
+        text = line.text.strip() if line is not None else ""
+        boxed = bool(text) and (text[0] in _BOX_CHARS or bool(_BORDER.match(text)))
+        if line is not None and boxed:
+            run.append(line)
+            continue
+        if len(run) >= 2 and any(
+            is_newsletter_prompt(member.text)
+            or (_COOKIE_WORDS.search(normalise(member.text)) is not None)
+            for member in run
+        ):
+            for member in run:
+                member.remove(result)
+        run = []
+
+
+def _remove_form_lines(following: list[_Line], result: CleanResult) -> None:
+    """The short lines under a newsletter prompt: "Email address", "Subscribe", a
+    line of small print about the list."""
+    for line in following:
+        if line.removed:
+            continue
+        text = strip_box(line.text)
+        form_like = (
+            is_boilerplate(text)
+            or "@" in text
+            or (len(text) <= 80 and not _SENTENCE_END.search(text))
+            or re.search(r"\b(unsubscribe|spam|privacy|inbox|e-?mail)\b", text, re.I)
+        )
+        if not form_like:
+            return
+        line.remove(result)
+
+
+def _settle_title(lines: list[_Line], result: CleanResult) -> None:
+    kept = [line for line in lines if not line.removed][:6]
+    if result.title:
+        wanted = normalise(result.title)
+        for line in kept:
+            key = normalise(line.text)
+            if key == wanted or (key and wanted.startswith(key) and len(key) > 0.6 * len(wanted)):
+                line.remove(result)
+                return
+        return
+    headings = [line for line in kept if line.block.kind == "h"]
+    candidates = headings or kept
+    for line in candidates:
+        text = strip_box(line.text).lstrip("#").strip()
+        if 3 <= len(text) <= 250:
+            result.title = text
+            line.remove(result)
+            return
+
+
+def _find_publisher(lines: list[_Line], result: CleanResult) -> None:
+    for line in [line for line in lines if not line.removed][:3]:
+        text = strip_box(line.text)
+        if line.block.kind == "p" and looks_like_publisher(text):
+            result.publisher = result.publisher or text
+            line.remove(result)
+            return

@@ -1,0 +1,267 @@
+"""Feeds: RSS 0.9x/1.0/2.0 and Atom through feedparser (given bytes we fetched
+ourselves, never a URL), JSON Feed 1.0/1.1 through the json module."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+
+import feedparser
+from lxml import html as lxml_html
+
+from mailer.collect.dates import parse_date
+from mailer.collect.extract import Candidate, EntryError, build_candidate
+
+log = logging.getLogger(__name__)
+
+FEED_SUFFIXES = (".xml", ".rss", ".atom", ".json", ".rdf")
+_HTML_START = re.compile(rb"^\s*(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)\b", re.I | re.S)
+
+
+class SourceError(Exception):
+    """The whole source (feed, listing page, folder) could not be read this time."""
+
+
+@dataclass
+class ParsedEntries:
+    candidates: list[Candidate] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    title: str | None = None
+
+
+def parse_feed(
+    content: bytes,
+    *,
+    url: str | None = None,
+    content_type: str | None = None,
+    charset: str | None = None,
+    default_tz: tzinfo = UTC,
+) -> ParsedEntries:
+    """Every entry of a feed document. Raises SourceError when it is not a feed."""
+    if not content.strip():
+        raise SourceError("the feed is empty (no content)")
+    head = content.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if head == b"{" or (content_type or "").endswith("json"):
+        return _parse_json_feed(content, url=url, default_tz=default_tz)
+    headers = {"content-location": url or ""}
+    if content_type:
+        headers["content-type"] = content_type + (f"; charset={charset}" if charset else "")
+    # A stream, never bytes or str: feedparser treats a string that names a URL or a
+    # file as something to open, and the content is untrusted.
+    parsed = feedparser.parse(io.BytesIO(content), response_headers=headers, sanitize_html=False)
+    if not parsed.get("version"):
+        served_html = (content_type or "") in ("text/html", "application/xhtml+xml")
+        if served_html or _HTML_START.match(content[:2048]):
+            raise SourceError(_html_instead_of_feed(content, url, content_type))
+        if parsed.get("bozo"):
+            raise SourceError(f"malformed feed: {_describe(parsed.get('bozo_exception'))}")
+        raise SourceError("not a feed: no RSS, Atom or JSON Feed content found")
+    result = ParsedEntries(title=_text(parsed.feed.get("title")) or None)
+    if parsed.get("bozo"):
+        problem = _describe(parsed.get("bozo_exception"))
+        if parsed.entries:
+            result.warnings.append(f"feed is not well-formed ({problem}); read what could be read")
+        else:
+            raise SourceError(f"malformed feed: {problem}")
+    base = parsed.feed.get("link") or url
+    seen: set[str] = set()
+    for number, entry in enumerate(parsed.entries, start=1):
+        guid = (entry.get("id") or entry.get("link") or "").strip() or None
+        label = f"entry {number}" + (f" ({guid})" if guid else "")
+        if guid and guid in seen:
+            result.errors.append(f"{label}: duplicate GUID in this feed; kept the first")
+            continue
+        try:
+            candidate = _entry_candidate(entry, label, guid, base, result.title, default_tz)
+        except EntryError as exc:
+            result.errors.append(str(exc))
+            continue
+        except Exception as exc:  # one malformed entry must not sink the feed
+            log.exception("%s: unexpected error", label)
+            result.errors.append(f"{label}: could not be read ({type(exc).__name__}: {exc})")
+            continue
+        seen.add(candidate.guid)
+        result.warnings.extend(candidate.warnings)
+        result.candidates.append(candidate)
+    return result
+
+
+def _describe(exc: object) -> str:
+    if exc is None:
+        return "unknown problem"
+    message = getattr(exc, "getMessage", None)
+    text = message() if callable(message) else str(exc)
+    line = getattr(exc, "getLineNumber", None)
+    where = f" at line {line()}" if callable(line) else ""
+    return f"{text}{where}"
+
+
+def _html_instead_of_feed(content: bytes, url: str | None, content_type: str | None) -> str:
+    message = f"expected a feed but got an HTML page (Content-Type {content_type or 'unknown'})"
+    try:
+        page = lxml_html.fromstring(content[:500_000], base_url=url)
+    except Exception:
+        return message
+    for link in page.xpath("//link[@rel='alternate'][@href]"):
+        kind = (link.get("type") or "").lower()
+        if any(word in kind for word in ("rss", "atom", "feed+json")):
+            found = link.get("href")
+            if url:
+                from urllib.parse import urljoin
+
+                found = urljoin(url, found)
+            return f"{message}; the page links to a feed at {found}"
+    return message
+
+
+def _text(value: Any) -> str:
+    if not value:
+        return ""
+    text = str(value)
+    if "<" in text and ">" in text:
+        text = lxml_html.fromstring(f"<div>{text}</div>").text_content()
+    return " ".join(text.split())
+
+
+def _struct_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = datetime(*value[:6], tzinfo=UTC)
+    except (TypeError, ValueError):
+        return None
+    return parse_date(moment.isoformat())
+
+
+def _entry_candidate(
+    entry: Any,
+    label: str,
+    guid: str | None,
+    base: str | None,
+    feed_title: str | None,
+    default_tz: tzinfo,
+) -> Candidate:
+    html, text = _entry_body(entry)
+    published = _struct_time(entry.get("published_parsed")) or _struct_time(
+        entry.get("created_parsed")
+    )
+    image_url, image_alt = _entry_image(entry)
+    credits = entry.get("media_credit") or []
+    credit = credits[0].get("content") if credits and isinstance(credits[0], dict) else None
+    source = entry.get("source") or {}
+    return build_candidate(
+        label=label,
+        guid=guid,
+        title=_text(entry.get("title")),
+        url=entry.get("link"),
+        html=html,
+        text=text,
+        published=published,
+        published_text=entry.get("published") if not published else None,
+        updated_text=entry.get("updated"),
+        image_url=image_url,
+        image_alt=image_alt,
+        photo_credit=credit,
+        publisher=_text(source.get("title")) or None,
+        site_names=(feed_title,),
+        base_url=base,
+        default_tz=default_tz,
+    )
+
+
+def _entry_body(entry: Any) -> tuple[str | None, str | None]:
+    """The fullest body the entry carries: content over summary, HTML over text."""
+    options: list[tuple[str, str]] = []
+    for content in entry.get("content") or []:
+        options.append((content.get("type") or "text/html", content.get("value") or ""))
+    summary = entry.get("summary")
+    if summary:
+        kind = (entry.get("summary_detail") or {}).get("type") or "text/html"
+        options.append((kind, summary))
+    options = [(kind, value) for kind, value in options if value.strip()]
+    if not options:
+        return None, None
+    kind, value = max(options, key=lambda option: len(option[1]))
+    if "html" in kind:
+        return value, None
+    return None, value
+
+
+def _entry_image(entry: Any) -> tuple[str | None, str | None]:
+    for media in entry.get("media_content") or []:
+        medium = (media.get("medium") or "").lower()
+        kind = (media.get("type") or "").lower()
+        if media.get("url") and (medium == "image" or kind.startswith("image/")):
+            return media["url"], None
+    for thumbnail in entry.get("media_thumbnail") or []:
+        if thumbnail.get("url"):
+            return thumbnail["url"], None
+    for link in entry.get("links") or []:
+        if link.get("rel") == "enclosure" and (link.get("type") or "").startswith("image/"):
+            return link.get("href"), None
+    image = entry.get("image")
+    if isinstance(image, dict) and image.get("href"):
+        return image["href"], image.get("title")
+    return None, None
+
+
+# --- JSON Feed ----------------------------------------------------------------------
+
+
+def _parse_json_feed(content: bytes, *, url: str | None, default_tz: tzinfo) -> ParsedEntries:
+    try:
+        document = json.loads(content.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"JSON Feed is not UTF-8: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SourceError(f"malformed JSON Feed: {exc}") from None
+    if not isinstance(document, dict) or "jsonfeed.org" not in str(document.get("version", "")):
+        raise SourceError("not a JSON Feed: no jsonfeed.org version field")
+    items = document.get("items")
+    if not isinstance(items, list):
+        raise SourceError("malformed JSON Feed: 'items' is not a list")
+    title = _text(document.get("title")) or None
+    base = document.get("home_page_url") or url
+    result = ParsedEntries(title=title)
+    seen: set[str] = set()
+    for number, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            result.errors.append(f"entry {number}: not an object")
+            continue
+        guid = str(item.get("id") or item.get("url") or "").strip() or None
+        label = f"entry {number}" + (f" ({guid})" if guid else "")
+        if guid and guid in seen:
+            result.errors.append(f"{label}: duplicate GUID in this feed; kept the first")
+            continue
+        try:
+            candidate = build_candidate(
+                label=label,
+                guid=guid,
+                title=_text(item.get("title")),
+                url=_string(item.get("url")) or _string(item.get("external_url")),
+                html=_string(item.get("content_html")),
+                text=_string(item.get("content_text")) or _string(item.get("summary")),
+                published_text=_string(item.get("date_published")),
+                updated_text=_string(item.get("date_modified")),
+                image_url=_string(item.get("image")) or _string(item.get("banner_image")),
+                site_names=(title,),
+                base_url=base,
+                default_tz=default_tz,
+            )
+        except EntryError as exc:
+            result.errors.append(str(exc))
+            continue
+        seen.add(candidate.guid)
+        result.warnings.extend(candidate.warnings)
+        result.candidates.append(candidate)
+    return result
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None

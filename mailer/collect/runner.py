@@ -1,0 +1,544 @@
+"""Running sources: fetch or read, extract, store, and record the source's health.
+
+A run of one source never raises for that source's problems and never waits on
+another source: each run has its own time limits, and ``collect_all`` runs them
+side by side. Two runs of one source never overlap, neither in one process (a
+set of running names per event loop) nor across processes (a lease row in the
+``locks`` table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta, tzinfo
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from mailer.collect.extract import Candidate, EntryError
+from mailer.collect.feeds import ParsedEntries, SourceError, parse_feed
+from mailer.collect.fetch import Fetcher, FetchError, FetchPolicy, user_agent
+from mailer.collect.files import is_supported, read_release_file
+from mailer.collect.pages import extract_page, listing_links
+from mailer.collect.store import Outcome, ReleaseStore
+from mailer.collect.topics import TopicRules
+from mailer.config import Settings
+from mailer.db import Database
+from mailer.models import Lock, ReleaseLink, Source, SourceStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+COLLECT_CONCURRENCY = 8
+LEASE = timedelta(minutes=15)
+# Kept on the source row so that `mailer sources` and the admin can show them.
+KEPT_MESSAGES = 20
+COLLECTABLE_KINDS = ("feed", "page", "folder")
+FEED_ACCEPT = (
+    "application/rss+xml, application/atom+xml, application/feed+json, application/json;q=0.9,"
+    " application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5"
+)
+PAGE_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.5"
+
+
+@dataclass
+class SourceRunResult:
+    source: str
+    kind: str | None = None
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    # Copies of releases another source had already brought: linked, not new.
+    merged: int = 0
+    failed: int = 0
+    # Why the source as a whole failed this run (None: it was read).
+    error: str | None = None
+    entry_errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    new_release_ids: list[int] = field(default_factory=list)
+    # Not run: already running elsewhere, disabled or unknown (see error).
+    skipped: bool = False
+    # This run disabled the source (HTTP 410).
+    disabled: bool = False
+    # The source answered 304 / the file did not change.
+    not_modified: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "new": self.new,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "merged": self.merged,
+            "failed": self.failed,
+            "not_modified": self.not_modified,
+            "errors": self.entry_errors[:KEPT_MESSAGES],
+            "warnings": self.warnings[:KEPT_MESSAGES],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class _Gathered:
+    candidates: list[Candidate] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    not_modified: bool = False
+    # New conditional-GET validators to keep (only when everything was read).
+    etag: str | None = None
+    last_modified: str | None = None
+    keep_validators: bool = False
+    seen_files: dict[str, Any] | None = None
+
+
+ProgressCallback = Callable[[str, "SourceRunResult | None"], None]
+
+_RUNNING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[str]]
+_RUNNING = weakref.WeakKeyDictionary()
+
+
+def _running_set() -> set[str]:
+    return _RUNNING.setdefault(asyncio.get_running_loop(), set())
+
+
+def _lock_name(name: str) -> str:
+    wanted = f"collect:{name}"
+    if len(wanted) <= 100:
+        return wanted
+    return "collect:" + hashlib.sha256(name.encode()).hexdigest()[:64]
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+async def collect_source(
+    database: Database,
+    settings: Settings,
+    name: str,
+    *,
+    fetcher: Fetcher | None = None,
+) -> SourceRunResult:
+    """Collect one enabled source now and record its health on the Source row."""
+    started = time.monotonic()
+    result = SourceRunResult(source=name)
+    running = _running_set()
+    key = f"{database.url}|{name}"
+    if key in running:
+        result.skipped = True
+        result.error = "skipped: a collection of this source is already running"
+        return result
+    running.add(key)
+    holder = _holder()
+    try:
+        source = await _enabled_source(database, name)
+        if source is None:
+            result.skipped = True
+            result.error = f"no enabled source named {name!r}"
+            return result
+        result.kind = source.kind
+        if not await _take_lease(database, name, holder):
+            result.skipped = True
+            result.error = "skipped: another process is collecting this source"
+            return result
+        try:
+            await _run(database, settings, source, result, fetcher)
+        finally:
+            await _drop_lease(database, name, holder)
+    finally:
+        running.discard(key)
+        result.seconds = time.monotonic() - started
+    return result
+
+
+async def collect_all(
+    database: Database,
+    settings: Settings,
+    only: str | None = None,
+    progress: ProgressCallback | None = None,
+    *,
+    concurrency: int = COLLECT_CONCURRENCY,
+) -> list[SourceRunResult]:
+    """Collect every enabled source (or just ``only``), several at a time.
+
+    ``progress(name, None)`` is called when a source starts and
+    ``progress(name, result)`` when it is done. Results come in source-name order.
+    """
+    async with database.session() as session:
+        query = select(Source.name).where(Source.enabled, Source.kind.in_(COLLECTABLE_KINDS))
+        if only is not None:
+            query = query.where(Source.name == only)
+        names = list((await session.scalars(query.order_by(Source.name))).all())
+    slots = asyncio.Semaphore(max(1, concurrency))
+    async with Fetcher(agent=user_agent(settings.site.base_url)) as fetcher:
+
+        async def one(name: str) -> SourceRunResult:
+            async with slots:
+                if progress:
+                    progress(name, None)
+                try:
+                    outcome = await collect_source(database, settings, name, fetcher=fetcher)
+                except Exception as exc:
+                    # Only a database failure gets here; the other sources still run.
+                    log.exception("collecting %s failed", name)
+                    outcome = SourceRunResult(source=name, error=f"internal error: {exc}")
+                if progress:
+                    progress(name, outcome)
+                return outcome
+
+        return list(await asyncio.gather(*(one(name) for name in names)))
+
+
+async def _enabled_source(database: Database, name: str) -> Source | None:
+    async with database.session() as session:
+        return await session.scalar(
+            select(Source).where(
+                Source.name == name, Source.enabled, Source.kind.in_(COLLECTABLE_KINDS)
+            )
+        )
+
+
+async def _take_lease(database: Database, name: str, holder: str) -> bool:
+    now = utcnow()
+    lock_name = _lock_name(name)
+    insert = sqlite_insert if database.is_sqlite else pg_insert
+    statement = insert(Lock).values(name=lock_name, holder=holder, expires_at=now + LEASE)
+    statement = statement.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"holder": holder, "expires_at": now + LEASE},
+        where=Lock.__table__.c.expires_at < now,
+    )
+    async with database.transaction() as session:
+        await session.execute(statement)
+        current = await session.scalar(select(Lock.holder).where(Lock.name == lock_name))
+    return current == holder
+
+
+async def _drop_lease(database: Database, name: str, holder: str) -> None:
+    try:
+        async with database.transaction() as session:
+            await session.execute(
+                delete(Lock).where(Lock.name == _lock_name(name), Lock.holder == holder)
+            )
+    except Exception:
+        # The lease expires by itself; a stuck row only delays the next run.
+        log.exception("could not release the collection lease of %s", name)
+
+
+def _zone(options: dict[str, Any]) -> tzinfo:
+    try:
+        return ZoneInfo(str(options.get("timezone") or "UTC"))
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+async def _run(
+    database: Database,
+    settings: Settings,
+    source: Source,
+    result: SourceRunResult,
+    fetcher: Fetcher | None,
+) -> None:
+    options = dict(source.options or {})
+    policy = FetchPolicy().with_options(options)
+    gathered: _Gathered | None = None
+    own_fetcher = None
+    try:
+        if fetcher is None and source.kind in ("feed", "page") and source.url:
+            own_fetcher = fetcher = Fetcher(policy, agent=user_agent(settings.site.base_url))
+        gathered = await _gather(database, source, options, policy, fetcher)
+    except FetchError as exc:
+        result.error = str(exc)
+        result.disabled = exc.gone
+    except SourceError as exc:
+        result.error = str(exc)
+    except Exception as exc:
+        log.exception("source %s: unexpected failure", source.name)
+        result.error = f"unexpected error: {type(exc).__name__}: {exc}"
+    finally:
+        if own_fetcher is not None:
+            await own_fetcher.aclose()
+    if gathered is None:
+        await _record_failure(database, source.id, result)
+        return
+    result.entry_errors.extend(gathered.errors)
+    result.warnings.extend(gathered.warnings)
+    result.failed += len(gathered.errors)
+    result.unchanged += gathered.unchanged
+    result.not_modified = gathered.not_modified
+    await _store_and_record(database, source, gathered, result)
+
+
+async def _gather(
+    database: Database,
+    source: Source,
+    options: dict[str, Any],
+    policy: FetchPolicy,
+    fetcher: Fetcher | None,
+) -> _Gathered:
+    zone = _zone(options)
+    if source.kind == "folder":
+        return _gather_folder(source, zone)
+    if source.kind == "feed" and not source.url:
+        return _gather_feed_file(source, zone)
+    assert fetcher is not None and source.url
+    if source.kind == "feed":
+        return await _gather_feed(source, policy, fetcher, zone)
+    return await _gather_pages(database, source, options, policy, fetcher, zone)
+
+
+def _apply(gathered: _Gathered, parsed: ParsedEntries) -> _Gathered:
+    gathered.candidates.extend(parsed.candidates)
+    gathered.errors.extend(parsed.errors)
+    gathered.warnings.extend(parsed.warnings)
+    return gathered
+
+
+async def _gather_feed(
+    source: Source, policy: FetchPolicy, fetcher: Fetcher, zone: tzinfo
+) -> _Gathered:
+    assert source.url
+    response = await fetcher.get(
+        source.url,
+        etag=source.etag,
+        last_modified=source.last_modified,
+        accept=FEED_ACCEPT,
+        policy=policy,
+    )
+    gathered = _Gathered(etag=source.etag, last_modified=source.last_modified)
+    if response.not_modified:
+        gathered.not_modified = True
+        return gathered
+    parsed = parse_feed(
+        response.content,
+        url=response.url,
+        content_type=response.content_type,
+        charset=response.charset,
+        default_tz=zone,
+    )
+    gathered.etag, gathered.last_modified = response.etag, response.last_modified
+    gathered.keep_validators = True
+    return _apply(gathered, parsed)
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _unchanged_file(path: Path, seen: dict[str, Any] | None) -> tuple[bool, dict[str, Any]]:
+    """Same size and time as last run, or the same bytes after a mere touch."""
+    fingerprint = _fingerprint(path)
+    if seen and seen.get("size") == fingerprint["size"]:
+        if seen.get("mtime_ns") == fingerprint["mtime_ns"]:
+            return True, seen
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if seen.get("sha256") == digest:
+            return True, {**seen, **fingerprint}
+    fingerprint["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return False, fingerprint
+
+
+def _gather_feed_file(source: Source, zone: tzinfo) -> _Gathered:
+    path = Path(source.path or "")
+    if not path.is_file():
+        raise SourceError(f"feed file {path} does not exist")
+    seen = dict(source.seen_files or {})
+    unchanged, fingerprint = _unchanged_file(path, seen.get(str(path)))
+    gathered = _Gathered(seen_files={str(path): fingerprint})
+    if unchanged:
+        gathered.not_modified = True
+        return gathered
+    try:
+        parsed = parse_feed(path.read_bytes(), url=None, default_tz=zone)
+    except SourceError as exc:
+        raise SourceError(f"{path}: {exc}") from None
+    return _apply(gathered, parsed)
+
+
+def _gather_folder(source: Source, zone: tzinfo) -> _Gathered:
+    folder = Path(source.path or "")
+    if not folder.is_dir():
+        raise SourceError(f"folder {folder} does not exist or is not a folder")
+    previous = dict(source.seen_files or {})
+    gathered = _Gathered(seen_files={})
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and is_supported(p) and not any(part.startswith(".") for part in p.parts)
+    )
+    for path in files:
+        relative = path.relative_to(folder).as_posix()
+        try:
+            unchanged, fingerprint = _unchanged_file(path, previous.get(relative))
+        except OSError as exc:
+            gathered.errors.append(f"{relative}: cannot read: {exc.strerror or exc}")
+            continue
+        assert gathered.seen_files is not None
+        gathered.seen_files[relative] = fingerprint
+        if unchanged:
+            gathered.unchanged += 1
+            continue
+        try:
+            parsed = read_release_file(
+                path, guid=f"file:{relative}", label=relative, default_tz=zone
+            )
+        except EntryError as exc:
+            gathered.errors.append(str(exc))
+            continue
+        _apply(gathered, parsed)
+    return gathered
+
+
+async def _gather_pages(
+    database: Database,
+    source: Source,
+    options: dict[str, Any],
+    policy: FetchPolicy,
+    fetcher: Fetcher,
+    zone: tzinfo,
+) -> _Gathered:
+    assert source.url
+    selector = str(options.get("link_selector") or "")
+    if not selector:
+        raise SourceError("a page source needs a link_selector")
+    listing = await fetcher.get(
+        source.url,
+        etag=source.etag,
+        last_modified=source.last_modified,
+        accept=PAGE_ACCEPT,
+        policy=policy,
+    )
+    gathered = _Gathered(etag=source.etag, last_modified=source.last_modified)
+    if listing.not_modified:
+        gathered.not_modified = True
+        return gathered
+    links = listing_links(
+        listing.content, url=listing.url, selector=selector, charset=listing.charset
+    )
+    async with database.session() as session:
+        known = set(
+            await session.scalars(
+                select(ReleaseLink.guid).where(
+                    ReleaseLink.source_id == source.id, ReleaseLink.guid.in_(links)
+                )
+            )
+        )
+    fresh = [link for link in links if link not in known]
+    gathered.unchanged = len(links) - len(fresh)
+    limit = int(options.get("max_pages") or 30)
+    if len(fresh) > limit:
+        gathered.warnings.append(
+            f"{len(fresh)} new pages; read the first {limit}, the rest on the next runs"
+        )
+    batch = fresh[:limit]
+
+    async def read(link: str) -> Candidate | str:
+        try:
+            page = await fetcher.get(link, accept=PAGE_ACCEPT, policy=policy)
+            return extract_page(
+                page.content, url=page.url, charset=page.charset, default_tz=zone, guid=link
+            )
+        except (FetchError, EntryError) as exc:
+            return f"{link}: {exc}"
+        except Exception as exc:
+            log.exception("page %s: unexpected failure", link)
+            return f"{link}: could not be read ({type(exc).__name__}: {exc})"
+
+    for outcome in await asyncio.gather(*(read(link) for link in batch)):
+        if isinstance(outcome, str):
+            gathered.errors.append(outcome)
+        else:
+            gathered.candidates.append(outcome)
+            gathered.warnings.extend(outcome.warnings)
+    # Keep the listing's validators only if every page was read: otherwise the next
+    # run would get a 304 and never retry the pages that failed or were left over.
+    gathered.keep_validators = not gathered.errors and len(fresh) <= limit
+    if gathered.keep_validators:
+        gathered.etag, gathered.last_modified = listing.etag, listing.last_modified
+    return gathered
+
+
+async def _store_and_record(
+    database: Database, source: Source, gathered: _Gathered, result: SourceRunResult
+) -> None:
+    now = utcnow()
+    async with database.transaction() as session:
+        if gathered.candidates:
+            store = ReleaseStore(
+                session,
+                source_id=source.id,
+                source_name=source.name,
+                rules=await TopicRules.load(session),
+                now=now,
+            )
+            await store.prepare(gathered.candidates)
+            for candidate in gathered.candidates:
+                try:
+                    async with session.begin_nested():
+                        stored = await store.store(candidate)
+                except Exception as exc:
+                    log.exception("source %s: storing %s failed", source.name, candidate.guid)
+                    result.failed += 1
+                    result.entry_errors.append(f"{candidate.guid}: could not be stored ({exc})")
+                    continue
+                if stored.outcome is Outcome.NEW:
+                    result.new += 1
+                    result.new_release_ids.append(stored.release_id)
+                elif stored.outcome is Outcome.UPDATED:
+                    result.updated += 1
+                elif stored.outcome is Outcome.MERGED:
+                    result.merged += 1
+                else:
+                    result.unchanged += 1
+        row = await session.get(Source, source.id)
+        if row is None:
+            return
+        row.status = SourceStatus.OK
+        row.last_run_at = now
+        row.last_success_at = now
+        row.consecutive_failures = 0
+        if gathered.keep_validators:
+            row.etag = (gathered.etag or None) and gathered.etag[:500]
+            row.last_modified = (gathered.last_modified or None) and gathered.last_modified[:100]
+        if gathered.seen_files is not None:
+            row.seen_files = gathered.seen_files
+        row.total_releases = (row.total_releases or 0) + result.new
+        result.seconds = max(result.seconds, 0.0)
+        row.last_counts = result.counts()
+
+
+async def _record_failure(database: Database, source_id: int, result: SourceRunResult) -> None:
+    now = utcnow()
+    async with database.transaction() as session:
+        row = await session.get(Source, source_id)
+        if row is None:
+            return
+        row.last_run_at = now
+        row.last_error = (result.error or "")[:5000]
+        row.last_error_at = now
+        row.consecutive_failures = (row.consecutive_failures or 0) + 1
+        if result.disabled:
+            row.enabled = False
+            row.status = SourceStatus.DISABLED
+            row.last_error = f"{result.error}; the source was disabled"
+        else:
+            row.status = SourceStatus.FAILING
+        row.last_counts = result.counts()

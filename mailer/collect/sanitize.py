@@ -1,0 +1,97 @@
+"""Allow-list HTML sanitising (nh3) for anything that came from outside.
+
+What survives: structural and inline text markup, links (http, https, mailto,
+tel) and images (http, https). Scripts, styles, forms, frames, embedded objects,
+SVG/MathML, event-handler and style attributes, ``javascript:``/``data:`` URLs
+and tracking pixels do not. Relative links are made absolute against the page
+they came from (an email has no page to be relative to) or dropped.
+"""
+
+from __future__ import annotations
+
+import re
+
+import nh3
+from lxml import html as lxml_html
+
+ALLOWED_TAGS = {
+    "a", "abbr", "b", "blockquote", "br", "caption", "cite", "code", "dd", "div", "dl",
+    "dt", "em", "figcaption", "figure", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i",
+    "img", "li", "ol", "p", "pre", "q", "s", "small", "span", "strong", "sub", "sup",
+    "table", "tbody", "td", "tfoot", "th", "thead", "tr", "u", "ul",
+}  # fmt: skip
+# Removed together with everything inside them, not just unwrapped.
+DROPPED_WITH_CONTENT = {
+    "script", "style", "noscript", "template", "iframe", "frame", "frameset", "object",
+    "embed", "applet", "form", "select", "textarea", "button", "svg", "math", "head",
+    "title", "nav", "aside", "audio", "video", "canvas", "map", "dialog",
+}  # fmt: skip
+ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "title", "width", "height"},
+    "td": {"colspan", "rowspan"},
+    "th": {"colspan", "rowspan", "scope"},
+    "ol": {"start"},
+}
+URL_SCHEMES = {"http", "https", "mailto", "tel"}
+_PIXEL_NAME = re.compile(
+    r"^(pixel|tracking|tracker|beacon|spacer|blank|1x1|open|transparent)[-_]?\d*(x\d+)?$"
+)
+_PIXEL_PATH = re.compile(r"/(pixel|track|tracking|beacon)s?/", re.IGNORECASE)
+
+
+def sanitize_html(html: str, base_url: str | None = None) -> str:
+    """Sanitised HTML fragment: safe to show in a browser or an email as it is."""
+    if not html or not html.strip():
+        return ""
+    cleaned = nh3.clean(
+        html,
+        tags=ALLOWED_TAGS,
+        clean_content_tags=DROPPED_WITH_CONTENT,
+        attributes=ALLOWED_ATTRIBUTES,
+        url_schemes=URL_SCHEMES,
+        strip_comments=True,
+        link_rel="noopener noreferrer nofollow",
+        url_relative=("rewrite_with_base", base_url) if _is_http(base_url) else "deny",
+    )
+    return _drop_pixels_and_empty_images(cleaned)
+
+
+def _is_http(url: str | None) -> bool:
+    return bool(url) and re.match(r"^https?://[^/\s]+", url or "") is not None
+
+
+def _drop_pixels_and_empty_images(fragment: str) -> str:
+    if "<img" not in fragment:
+        return fragment
+    root = lxml_html.fragment_fromstring(fragment, create_parent="div")
+    changed = False
+    for image in root.iter("img"):
+        src = image.get("src", "")
+        if not src.startswith(("http://", "https://")) or is_tracking_pixel(
+            src, image.get("width"), image.get("height")
+        ):
+            image.drop_tree()
+            changed = True
+    if not changed:
+        return fragment
+    return "".join(
+        [root.text or ""] + [lxml_html.tostring(child, encoding="unicode") for child in root]
+    )
+
+
+def is_tracking_pixel(src: str, width: str | None = None, height: str | None = None) -> bool:
+    """An image too small to see or named like a web beacon."""
+    for size in (width, height):
+        if size is not None:
+            digits = re.match(r"\s*(\d+)", size)
+            if digits and int(digits.group(1)) <= 2:
+                return True
+    path = src.split("#", 1)[0].split("?", 1)[0]
+    stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0].lower()
+    return _PIXEL_NAME.match(stem) is not None or _PIXEL_PATH.search(path) is not None
+
+
+def escape_text(text: str) -> str:
+    """Plain text as HTML text content."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
