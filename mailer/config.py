@@ -233,6 +233,20 @@ class SourceConfig(Section):
     retries: int = Field(2, ge=0, le=10)
     # Zone for dates the source writes without one ("2023 07 12", "12.07.2023 14:00").
     timezone: str = "UTC"
+    # The character encoding to read the source in, when it declares a wrong one.
+    encoding: str | None = None
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        import codecs
+
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown character encoding {value!r}") from None
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -257,6 +271,7 @@ class SourceConfig(Section):
             "max_bytes": self.max_bytes,
             "retries": self.retries,
             "timezone": self.timezone,
+            "encoding": self.encoding,
         }
         if self.kind == "page":
             options.update(link_selector=self.link_selector, max_pages=self.max_pages)
