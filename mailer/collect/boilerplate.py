@@ -11,10 +11,13 @@ text of every block, with a little context (a "Date" label and its value, a
 
 from __future__ import annotations
 
+import html as html_lib
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+
+import nh3
 
 from mailer.collect.blocks import Block
 from mailer.collect.dates import is_date_label, parse_date
@@ -80,8 +83,12 @@ _RAW_PATTERNS = [
         r"^[\w\-.()%, ]{1,120}\.(jpe?g|png|gif|webp|svg|bmp|tiff?|heic|avif)$", re.IGNORECASE
     ),
     re.compile(r"^[«‹←<]+\s*\S.{0,40}$"),
-    re.compile(r"^.{0,40}\s*[»›→>]+$"),
+    re.compile(r"^.{0,40}\s[»›→>]+$"),
 ]
+# An aggregator's banner and "About us" footer around a republished release.
+_REPUBLISHER = re.compile(
+    r"\b(republished|re published|reproduced|redistributed|syndicated)\b|^about [\w .&-]{2,50}:"
+)
 _COOKIE_WORDS = re.compile(r"\b(cookies?|slapuk\w*)\b")
 _COOKIE_CONTEXT = re.compile(
     r"\b(we use|this (web)?site uses|uses cookies|accept|consent|privacy|browsing|"
@@ -179,6 +186,8 @@ def is_boilerplate(line: str) -> bool:
         return True
     if len(inner) < 400 and _COOKIE_WORDS.search(key) and _COOKIE_CONTEXT.search(key):
         return True
+    if len(inner) < 250 and _REPUBLISHER.search(inner.casefold()):
+        return True
     return is_newsletter_prompt(inner)
 
 
@@ -225,6 +234,11 @@ def clean_title(title: str | None, site_names: list[str | None] = ()) -> str | N
         return None
     from mailer.collect.blocks import clean_line
 
+    if "<" in title:
+        # Titles are plain text; markup in them (feeds do this) is dropped, scripts whole.
+        title = html_lib.unescape(
+            nh3.clean(title, tags=set(), clean_content_tags={"script", "style"})
+        )
     title = clean_line(title.replace("\n", " "))
     for name in site_names:
         if name:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
+import charset_normalizer
 import feedparser
 from lxml import html as lxml_html
 
@@ -41,20 +42,32 @@ def parse_feed(
     url: str | None = None,
     content_type: str | None = None,
     charset: str | None = None,
+    encoding: str | None = None,
     default_tz: tzinfo = UTC,
 ) -> ParsedEntries:
-    """Every entry of a feed document. Raises SourceError when it is not a feed."""
+    """Every entry of a feed document. Raises SourceError when it is not a feed.
+
+    ``charset`` is what the server declared; ``encoding`` is the source's own
+    override for feeds that declare a wrong one."""
     if not content.strip():
         raise SourceError("the feed is empty (no content)")
     head = content.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
     if head == b"{" or (content_type or "").endswith("json"):
         return _parse_json_feed(content, url=url, default_tz=default_tz)
-    headers = {"content-location": url or ""}
-    if content_type:
-        headers["content-type"] = content_type + (f"; charset={charset}" if charset else "")
+    content, charset, note = _as_declared_or_detected(content, charset, encoding)
+    headers = {
+        "content-type": (content_type or "application/xml")
+        + (f"; charset={charset}" if charset else "")
+    }
     # A stream, never bytes or str: feedparser treats a string that names a URL or a
-    # file as something to open, and the content is untrusted.
-    parsed = feedparser.parse(io.BytesIO(content), response_headers=headers, sanitize_html=False)
+    # file as something to open, and the content is untrusted. Sanitising and link
+    # resolution happen later, against each entry's own link.
+    parsed = feedparser.parse(
+        io.BytesIO(content),
+        response_headers=headers,
+        sanitize_html=False,
+        resolve_relative_uris=False,
+    )
     if not parsed.get("version"):
         served_html = (content_type or "") in ("text/html", "application/xhtml+xml")
         if served_html or _HTML_START.match(content[:2048]):
@@ -63,7 +76,9 @@ def parse_feed(
             raise SourceError(f"malformed feed: {_describe(parsed.get('bozo_exception'))}")
         raise SourceError("not a feed: no RSS, Atom or JSON Feed content found")
     result = ParsedEntries(title=_text(parsed.feed.get("title")) or None)
-    if parsed.get("bozo"):
+    if note:
+        result.warnings.append(note)
+    if parsed.get("bozo") and not isinstance(parsed.get("bozo_exception"), _HARMLESS):
         problem = _describe(parsed.get("bozo_exception"))
         if parsed.entries:
             result.warnings.append(f"feed is not well-formed ({problem}); read what could be read")
@@ -90,6 +105,48 @@ def parse_feed(
         result.warnings.extend(candidate.warnings)
         result.candidates.append(candidate)
     return result
+
+
+# feedparser flags these although the feed was read correctly.
+_HARMLESS = (feedparser.NonXMLContentType, feedparser.CharacterEncodingOverride)
+_XML_DECLARATION = re.compile(rb"^(\s*<\?xml[^>]*?encoding\s*=\s*)([\"'])[^\"']*\2", re.I)
+
+
+def _declared_encoding(content: bytes, charset: str | None) -> str:
+    match = re.match(rb"^\s*<\?xml[^>]*?encoding\s*=\s*[\"']([^\"']+)", content[:200], re.I)
+    if match:
+        return match.group(1).decode("ascii", "replace").lower()
+    return (charset or "utf-8").lower()
+
+
+def _as_declared_or_detected(
+    content: bytes, charset: str | None, override: str | None
+) -> tuple[bytes, str | None, str | None]:
+    """Bytes feedparser can trust: as they are when they decode as declared, else
+    re-encoded as UTF-8 from the override or the most likely encoding."""
+    if content.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        return content, charset, None
+    declared = _declared_encoding(content, charset)
+    source_encoding = override
+    note = None
+    if source_encoding is None:
+        try:
+            content.decode(declared)
+            return content, charset, None
+        except (UnicodeDecodeError, LookupError):
+            best = charset_normalizer.from_bytes(content).best()
+            if best is None:
+                raise SourceError(
+                    f"the feed declares {declared} but is not; its encoding cannot be told"
+                ) from None
+            source_encoding = best.encoding
+            note = (
+                f"the feed declares {declared} but is not valid {declared}; read it as"
+                f" {source_encoding} (set the source's encoding option if letters look wrong)"
+            )
+    text = content.decode(source_encoding, errors="replace")
+    recoded = _XML_DECLARATION.sub(rb'\1"utf-8"', text.encode("utf-8"), count=1)
+    return recoded, "utf-8", note
 
 
 def _describe(exc: object) -> str:

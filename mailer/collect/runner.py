@@ -294,13 +294,14 @@ async def _gather(
     fetcher: Fetcher | None,
 ) -> _Gathered:
     zone = _zone(options)
+    encoding = options.get("encoding") or None
     if source.kind == "folder":
         return _gather_folder(source, zone)
     if source.kind == "feed" and not source.url:
-        return _gather_feed_file(source, zone)
+        return _gather_feed_file(source, zone, encoding)
     assert fetcher is not None and source.url
     if source.kind == "feed":
-        return await _gather_feed(source, policy, fetcher, zone)
+        return await _gather_feed(source, policy, fetcher, zone, encoding)
     return await _gather_pages(database, source, options, policy, fetcher, zone)
 
 
@@ -312,7 +313,7 @@ def _apply(gathered: _Gathered, parsed: ParsedEntries) -> _Gathered:
 
 
 async def _gather_feed(
-    source: Source, policy: FetchPolicy, fetcher: Fetcher, zone: tzinfo
+    source: Source, policy: FetchPolicy, fetcher: Fetcher, zone: tzinfo, encoding: str | None
 ) -> _Gathered:
     assert source.url
     response = await fetcher.get(
@@ -331,6 +332,7 @@ async def _gather_feed(
         url=response.url,
         content_type=response.content_type,
         charset=response.charset,
+        encoding=encoding,
         default_tz=zone,
     )
     gathered.etag, gathered.last_modified = response.etag, response.last_modified
@@ -356,7 +358,7 @@ def _unchanged_file(path: Path, seen: dict[str, Any] | None) -> tuple[bool, dict
     return False, fingerprint
 
 
-def _gather_feed_file(source: Source, zone: tzinfo) -> _Gathered:
+def _gather_feed_file(source: Source, zone: tzinfo, encoding: str | None) -> _Gathered:
     path = Path(source.path or "")
     if not path.is_file():
         raise SourceError(f"feed file {path} does not exist")
@@ -367,7 +369,7 @@ def _gather_feed_file(source: Source, zone: tzinfo) -> _Gathered:
         gathered.not_modified = True
         return gathered
     try:
-        parsed = parse_feed(path.read_bytes(), url=None, default_tz=zone)
+        parsed = parse_feed(path.read_bytes(), url=None, encoding=encoding, default_tz=zone)
     except SourceError as exc:
         raise SourceError(f"{path}: {exc}") from None
     return _apply(gathered, parsed)
@@ -430,8 +432,9 @@ async def _gather_pages(
     if listing.not_modified:
         gathered.not_modified = True
         return gathered
+    encoding = options.get("encoding") or None
     links = listing_links(
-        listing.content, url=listing.url, selector=selector, charset=listing.charset
+        listing.content, url=listing.url, selector=selector, charset=encoding or listing.charset
     )
     async with database.session() as session:
         known = set(
@@ -454,7 +457,11 @@ async def _gather_pages(
         try:
             page = await fetcher.get(link, accept=PAGE_ACCEPT, policy=policy)
             return extract_page(
-                page.content, url=page.url, charset=page.charset, default_tz=zone, guid=link
+                page.content,
+                url=page.url,
+                charset=encoding or page.charset,
+                default_tz=zone,
+                guid=link,
             )
         except (FetchError, EntryError) as exc:
             return f"{link}: {exc}"

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from mailer.config import Settings
+from mailer.context import AppContext
+from mailer.db import Database
+from mailer.models import Release, Source
+from tests.collect.server import FIXTURES, TestServer
+from tests.conftest import make_settings
+
+TOPICS = [
+    {"name": "Economy", "keywords": ["economy", "budget", "tax", "inflation", "investment"]},
+    {"name": "Health", "keywords": ["health", "hospital", "vaccine", "medicine"]},
+    {
+        "name": "Foreign affairs",
+        "keywords": ["foreign minister", "embassy", "NATO", "European Union", "diplomatic"],
+    },
+]
+
+
+@pytest.fixture
+def server() -> Iterator[TestServer]:
+    running = TestServer().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def fixtures() -> Path:
+    return FIXTURES
+
+
+def source(name: str, kind: str, **options: Any) -> dict[str, Any]:
+    """A source as config.yaml would list it, with test-friendly HTTP limits."""
+    return {"name": name, "kind": kind, "timeout": 2, "retries": 0, **options}
+
+
+OpenDatabase = Callable[..., Any]
+
+
+@pytest.fixture
+def open_database(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """open_database(url, sources=[...]) -> an async context manager yielding
+    (settings, database) with the schema current and the catalog synced."""
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def opener(
+        url: str, sources: list[dict[str, Any]], **sections: Any
+    ) -> AsyncIterator[tuple[Settings, Database]]:
+        settings = make_settings(tmp_path, url, sources=sources, topics=TOPICS, **sections)
+        async with AppContext(settings=settings).database() as database:
+            yield settings, database
+
+    yield opener
+
+
+async def stored_releases(database: Database) -> list[Release]:
+    async with database.session() as session:
+        rows = await session.scalars(
+            select(Release)
+            .where(Release.merged_into_id.is_(None))
+            .options(selectinload(Release.links), selectinload(Release.topics))
+            .order_by(Release.published_at, Release.id)
+        )
+        return list(rows.all())
+
+
+async def source_row(database: Database, name: str) -> Source:
+    async with database.session() as session:
+        row = await session.scalar(select(Source).where(Source.name == name))
+        assert row is not None
+        return row
