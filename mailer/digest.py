@@ -389,5 +389,6 @@ async def _preview(
         recipient=delivery.email,
         subject=str(parsed["Subject"]),
         release_count=len(delivery.release_ids),
-        html=html_part.get_content() if html_part is not None else "",
+        # The wire format's CRLF line ends, as a local file would have them.
+        html=html_part.get_content().replace("\r\n", "\n") if html_part is not None else "",
     )
