@@ -377,14 +377,17 @@ def _settle_title(lines: list[_Line], result: CleanResult) -> None:
                 line.remove(result)
                 return
         return
-    headings = [line for line in kept if line.block.kind == "h"]
-    candidates = headings or kept
-    for line in candidates:
-        text = strip_box(line.text).lstrip("#").strip()
-        if 3 <= len(text) <= 250:
-            result.title = text
-            line.remove(result)
-            return
+    # Only the opening line can be the title, and only if it reads like one: a
+    # heading, or a short line that is not a sentence. Otherwise the text keeps its
+    # first paragraph and the caller makes a title of its opening words.
+    if not kept:
+        return
+    first = kept[0]
+    text = strip_box(first.text).lstrip("#").strip()
+    is_heading = first.block.kind == "h"
+    if 3 <= len(text) <= 250 and (is_heading or not re.search(r"[.!?…]$", text)):
+        result.title = text
+        first.remove(result)
 
 
 def _find_publisher(lines: list[_Line], result: CleanResult) -> None:

@@ -72,6 +72,9 @@ def parse_feed(
         served_html = (content_type or "") in ("text/html", "application/xhtml+xml")
         if served_html or _HTML_START.match(content[:2048]):
             raise SourceError(_html_instead_of_feed(content, url, content_type))
+        if not content.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
+            start = content.strip()[:40].decode("utf-8", "replace")
+            raise SourceError(f"not a feed: neither XML nor JSON (it starts {start!r})")
         if parsed.get("bozo"):
             raise SourceError(f"malformed feed: {_describe(parsed.get('bozo_exception'))}")
         raise SourceError("not a feed: no RSS, Atom or JSON Feed content found")
@@ -221,7 +224,9 @@ def _entry_candidate(
         text=text,
         published=published,
         published_text=entry.get("published") if not published else None,
-        updated_text=entry.get("updated"),
+        # dict.get: feedparser's own get() answers "updated" with the published
+        # date (and a deprecation warning) when the entry has no updated date.
+        updated_text=dict.get(entry, "updated"),
         image_url=image_url,
         image_alt=image_alt,
         photo_credit=credit,

@@ -12,7 +12,7 @@ from mailer.config import Settings
 from mailer.context import AppContext
 from mailer.db import Database
 from mailer.models import Release, Source
-from tests.collect.server import FIXTURES, TestServer
+from tests.collect.server import FIXTURES, LocalServer
 from tests.conftest import make_settings
 
 TOPICS = [
@@ -26,8 +26,8 @@ TOPICS = [
 
 
 @pytest.fixture
-def server() -> Iterator[TestServer]:
-    running = TestServer().start()
+def server() -> Iterator[LocalServer]:
+    running = LocalServer().start()
     yield running
     running.stop()
 

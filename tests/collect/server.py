@@ -33,7 +33,7 @@ class Request:
 
 
 class Handler(BaseHTTPRequestHandler):
-    server: TestServer  # type: ignore[assignment]
+    server: LocalServer  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: object) -> None:  # silence stderr
@@ -54,7 +54,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(reply.body)
 
 
-class TestServer(ThreadingHTTPServer):
+class LocalServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self) -> None:
@@ -79,7 +79,7 @@ class TestServer(ThreadingHTTPServer):
         with self._lock:
             return [r for r in self.requests if r.path.split("?", 1)[0] == path]
 
-    def start(self) -> TestServer:
+    def start(self) -> LocalServer:
         self._thread.start()
         return self
 
