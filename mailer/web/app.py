@@ -203,12 +203,16 @@ class SecurityHeadersMiddleware:
 def _collect_routes() -> list[BaseRoute]:
     routes: list[BaseRoute] = []
     for name in ROUTE_MODULES:
-        # A module that is not written yet is skipped; one that fails to import is
-        # a bug and must stop the start-up, so only "does it exist" is checked here.
+        # A module (or package) not written yet is skipped; one that fails to import
+        # is a bug and must stop the start-up, so only "does it exist" is checked.
         if importlib.util.find_spec(name) is None:
             continue
         module = importlib.import_module(name)
-        routes.extend(module.routes())
+        provide = getattr(module, "routes", None)
+        if provide is None:
+            log.debug("%s has no routes() yet; not mounted", name)
+            continue
+        routes.extend(provide())
     routes.append(Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"))
     return routes
 
