@@ -51,7 +51,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         if reply.body:
-            self.wfile.write(reply.body)
+            try:
+                self.wfile.write(reply.body)
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the client gave up (size limit, timeout): that is the test
 
 
 class LocalServer(ThreadingHTTPServer):
