@@ -115,6 +115,86 @@ async def count_recipients(database: Database, settings: Settings, frequency: st
     return count
 
 
+async def schedule_digest(
+    database: Database,
+    *,
+    scheduled_for: datetime,
+    frequency: str = "all",
+    created_by: str = "cli",
+    now: datetime | None = None,
+) -> Digest:
+    """A manual send that :func:`start_due_digests` starts at ``scheduled_for``.
+    Until then it is "queued" and can be cancelled or started at once."""
+    from mailer.digest import FREQUENCIES
+
+    if frequency not in FREQUENCIES:
+        raise SendError(f"unknown frequency {frequency!r}; choose one of {', '.join(FREQUENCIES)}")
+    if scheduled_for.tzinfo is None:
+        raise SendError("the scheduled time needs a timezone")
+    async with database.transaction() as session:
+        digest = Digest(
+            kind="manual",
+            frequency=frequency,
+            status=DigestStatus.QUEUED,
+            created_by=created_by,
+            created_at=now or utcnow(),
+            scheduled_for=scheduled_for,
+        )
+        session.add(digest)
+        await session.flush()
+    return digest
+
+
+async def start_queued_digest(
+    database: Database, settings: Settings, digest_id: int, *, now: datetime | None = None
+) -> Digest:
+    """Plan a queued send now: its time came, or an operator chose to send it at once."""
+    from mailer.digest import plan_digest
+
+    now = now or utcnow()
+    async with database.transaction() as session:
+        digest = await session.get(Digest, digest_id, with_for_update=True)
+        if digest is None:
+            raise SendError(f"no digest with id {digest_id}")
+        if digest.status is not DigestStatus.QUEUED:
+            raise SendError(f"digest {digest_id} is {digest.status.value}, not queued")
+        digest.status = DigestStatus.SENDING
+        digest.started_at = now
+        count = await plan_digest(session, settings, digest, now=now)
+        digest.recipient_count = count
+        if count == 0:
+            digest.status = DigestStatus.DONE
+            digest.finished_at = now
+    return digest
+
+
+async def start_due_digests(
+    database: Database, settings: Settings, now: datetime | None = None
+) -> list[int]:
+    """Start every queued send whose scheduled time has come; returns their ids."""
+    now = now or utcnow()
+    async with database.session() as session:
+        due = list(
+            await session.scalars(
+                select(Digest.id)
+                .where(
+                    Digest.status == DigestStatus.QUEUED,
+                    Digest.scheduled_for.is_not(None),
+                    Digest.scheduled_for <= now,
+                )
+                .order_by(Digest.scheduled_for, Digest.id)
+            )
+        )
+    started = []
+    for digest_id in due:
+        try:
+            await start_queued_digest(database, settings, digest_id, now=now)
+        except SendError:
+            continue  # cancelled or started by someone else in the meantime
+        started.append(digest_id)
+    return started
+
+
 async def set_digest_state(database: Database, digest_id: int, action: str) -> Digest:
     """pause, resume or cancel a send. Cancelling marks every unsent row cancelled."""
     allowed = {
@@ -349,6 +429,7 @@ class Worker:
         self._results: list[Recorded] = []
         self._journal: Journal | None = None
         self._composers: dict[int, Any] = {}
+        self._composer_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._failure_streak: dict[int, int] = defaultdict(int)
         self._pausing: set[int] = set()
         self._outage_until = 0.0
@@ -508,25 +589,30 @@ class Worker:
         return claimed
 
     async def _composer(self, claimed: Claimed) -> Any:
+        """The digest's composer, loaded once even when many senders ask at once."""
         from mailer.message import MessageComposer
 
         composer = self._composers.get(claimed.digest_id)
-        if composer is None:
+        if composer is not None and composer.has_releases(claimed.release_ids):
+            return composer
+        async with self._composer_locks[claimed.digest_id]:
+            composer = self._composers.get(claimed.digest_id)
             async with self.database.session() as session:
-                release_ids = await session.scalars(
-                    select(Delivery.release_ids)
-                    .where(
-                        Delivery.digest_id == claimed.digest_id,
-                        Delivery.content_key == claimed.content_key,
+                if composer is None:
+                    # Every distinct content of the send: one row per content_key.
+                    first_of_each = (
+                        select(func.min(Delivery.id))
+                        .where(Delivery.digest_id == claimed.digest_id)
+                        .group_by(Delivery.content_key)
                     )
-                    .limit(1)
-                )
-                ids = {int(i) for row in release_ids.all() for i in row} | set(claimed.release_ids)
-                composer = await MessageComposer.load(session, self.settings, sorted(ids))
-            self._composers[claimed.digest_id] = composer
-        elif not composer.has_releases(claimed.release_ids):
-            async with self.database.session() as session:
-                await composer.add_releases(session, claimed.release_ids)
+                    rows = await session.scalars(
+                        select(Delivery.release_ids).where(Delivery.id.in_(first_of_each))
+                    )
+                    ids = {int(i) for row in rows.all() for i in row} | set(claimed.release_ids)
+                    composer = await MessageComposer.load(session, self.settings, sorted(ids))
+                    self._composers[claimed.digest_id] = composer
+                elif not composer.has_releases(claimed.release_ids):
+                    await composer.add_releases(session, claimed.release_ids)
         return composer
 
     async def _sender(self, connection: Connection) -> None:

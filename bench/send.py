@@ -1,0 +1,263 @@
+"""Sending benchmark (run by hand; numbers go in the issue note, never in tests).
+
+    python bench/send.py                      # 20,000 subscribers
+    python bench/send.py --subscribers 100000 --skip-baselines
+
+Creates N confirmed subscribers and a digest of 25 releases (about 30 KB a message)
+in a fresh SQLite database, starts a loopback SMTP sink (Postfix smtp-sink when
+installed, else aiosmtpd), and runs a real ``mailer digest send --yes`` against it,
+deliveries recorded. Reports messages per second end to end (planning included) and
+the peak RSS of the largest process. In the same run and against the same sink:
+a naive baseline (smtplib, one connection, one EmailMessage per recipient) and
+Postfix smtp-source with the same size and count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+import yaml
+from sqlalchemy import insert
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mailer.context import AppContext  # noqa: E402
+from mailer.config import load_settings  # noqa: E402
+from mailer.models import Frequency, Release, ReleaseLink, Subscriber, utcnow  # noqa: E402
+
+PARAGRAPH = (
+    "The Ministry of Economy and Innovation announced on Tuesday that Minister Žygimantas "
+    "Šimonytė will present the national investment plan to the Seimas, covering energy, "
+    "digital infrastructure and regional development over the next five years. "
+)
+
+
+# One sentence per release keeps a 25-release digest near the 30 KB the target assumes.
+SUMMARY = "Minister Šimonytė will present the national investment plan to the Seimas."
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Sink:
+    """smtp-sink if Postfix is installed, else an aiosmtpd server that discards mail."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.kind = "smtp-sink" if shutil.which("smtp-sink") else "aiosmtpd"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._controller = None
+
+    def __enter__(self) -> Sink:
+        if self.kind == "smtp-sink":
+            user = "nobody" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
+            self._process = subprocess.Popen(
+                ["smtp-sink", "-u", user, "-c", f"127.0.0.1:{self.port}", "1024"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        else:
+            from aiosmtpd.controller import Controller
+
+            class Discard:
+                async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+                    return "250 OK"
+
+            self._controller = Controller(Discard(), hostname="127.0.0.1", port=self.port)
+            self._controller.start()
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait()
+        if self._controller is not None:
+            self._controller.stop()
+
+
+def write_config(folder: Path, port: int, connections: int) -> Path:
+    config = {
+        "data_dir": str(folder / "data"),
+        "database": {"url": f"sqlite:///{folder}/bench.db"},
+        "secret_key": "bench-secret-key-0123456789abcdef",
+        "site": {"name": "Ministry Press Office", "postal_address": "Gedimino pr. 38, Vilnius"},
+        "sender": {"from": "Press Office <press@ministry.example.org>",
+                   "list_id": "press.ministry.example.org"},
+        "smtp": {"embedded": False, "host": "127.0.0.1", "port": port,
+                 "connections": connections, "per_domain_connections": connections},
+        "topics": [{"name": "Economy", "keywords": ["economy", "investment"]}],
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+async def seed(config: Path, subscribers: int, releases: int) -> None:
+    settings = load_settings(config)
+    now = utcnow()
+    async with AppContext(settings=settings).database() as database:
+        async with database.transaction() as session:
+            for i in range(releases):
+                text = (PARAGRAPH * 6) + f" Release {i}."
+                release = Release(
+                    title=f"Investment plan, part {i + 1}",
+                    published_at=now - timedelta(minutes=i), first_seen_at=now,
+                    text=text, html=f"<p>{text}</p>", summary=SUMMARY,
+                    content_hash=hashlib.sha256(text.encode()).hexdigest(),
+                    canonical_url=f"https://ministry.example.org/news/{i}",
+                )
+                release.links.append(ReleaseLink(
+                    source_name="Ministry of Economy",
+                    url=f"https://ministry.example.org/news/{i}", guid=f"bench-{i}",
+                ))
+                session.add(release)
+        rows = [
+            {"email": f"reader{i:06d}@example.net", "email_key": f"reader{i:06d}@example.net",
+             "name": f"Reader {i}", "status": "confirmed", "frequency": Frequency.DAILY,
+             "created_at": now, "confirmed_at": now - timedelta(days=1),
+             "digest_since": now - timedelta(days=1), "soft_bounces": 0}
+            for i in range(subscribers)
+        ]
+        for start in range(0, len(rows), 5000):
+            async with database.transaction() as session:
+                await session.execute(insert(Subscriber), rows[start:start + 5000])
+
+
+def rss_of_tree(pid: int) -> dict[int, int]:
+    """RSS in bytes of pid and its descendants, from /proc."""
+    found: dict[int, int] = {}
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            with open(f"/proc/{current}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        found[current] = int(line.split()[1]) * 1024
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        pending.extend(int(c) for c in children)
+    return found
+
+
+def run_mailer_send(config: Path, workers: int) -> tuple[float, int, str]:
+    command = [sys.executable, "-m", "mailer", "--config", str(config), "digest", "send",
+               "--yes", "--workers", str(workers)]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    peak = 0
+    while process.poll() is None:
+        sizes = rss_of_tree(process.pid)
+        if sizes:
+            peak = max(peak, max(sizes.values()))
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    out, err = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"mailer digest send failed: {err.decode()[-2000:]}")
+    return elapsed, peak, out.decode().strip()
+
+
+def naive_baseline(port: int, count: int, body: str) -> float:
+    started = time.perf_counter()
+    with smtplib.SMTP("127.0.0.1", port) as client:
+        for i in range(count):
+            message = EmailMessage()
+            message["From"] = "Press Office <press@ministry.example.org>"
+            message["To"] = f"reader{i:06d}@example.net"
+            message["Subject"] = "Ministry Press Office — 25 new press releases"
+            message.set_content(body)
+            message.add_alternative(f"<html><body><pre>{body}</pre></body></html>",
+                                    subtype="html")
+            client.send_message(message)
+    return time.perf_counter() - started
+
+
+def smtp_source(port: int, count: int, size: int, sessions: int) -> float | None:
+    if not shutil.which("smtp-source"):
+        return None
+    started = time.perf_counter()
+    subprocess.run(
+        ["smtp-source", "-s", str(sessions), "-l", str(size), "-m", str(count),
+         "-f", "press@ministry.example.org", "-t", "reader@example.net",
+         f"127.0.0.1:{port}"],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subscribers", type=int, default=20_000)
+    parser.add_argument("--releases", type=int, default=25)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--skip-baselines", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="mailer-bench-") as folder, Sink() as sink:
+        config = write_config(Path(folder), sink.port, args.connections)
+        t0 = time.perf_counter()
+        asyncio.run(seed(config, args.subscribers, args.releases))
+        print(f"seeded {args.subscribers} subscribers and {args.releases} releases "
+              f"in {time.perf_counter() - t0:.1f}s; sink: {sink.kind}")
+        elapsed, peak, output = run_mailer_send(config, args.workers)
+        size = _sample_size(Path(folder), config)
+        print(output)
+        print(f"mailer digest send: {args.subscribers} messages (~{size / 1024:.0f} KB each) in "
+              f"{elapsed:.1f}s = {args.subscribers / elapsed:.0f} msg/s end to end; "
+              f"peak RSS {peak / 2**20:.0f} MB (largest process; {args.workers} workers, "
+              f"{args.connections} connections each)")
+        if args.skip_baselines:
+            return
+        body = (PARAGRAPH * 60)[: size // 2]
+        naive = naive_baseline(sink.port, min(args.subscribers, 5000), body)
+        count = min(args.subscribers, 5000)
+        print(f"naive smtplib baseline: {count / naive:.0f} msg/s "
+              f"({count} messages, one connection)")
+        source = smtp_source(sink.port, args.subscribers, size, args.connections * args.workers)
+        if source is not None:
+            print(f"postfix smtp-source: {args.subscribers / source:.0f} msg/s "
+                  f"({args.connections * args.workers} sessions, {size} bytes)")
+
+
+def _sample_size(folder: Path, config: Path) -> int:
+    """Size of one real message, from a preview (no sending)."""
+    out = folder / "preview"
+    subprocess.run(
+        [sys.executable, "-m", "mailer", "--config", str(config), "digest", "preview",
+         "--out", str(out)],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    emls = list(out.glob("*.eml"))
+    return emls[0].stat().st_size if emls else 30_000
+
+
+if __name__ == "__main__":
+    threading.excepthook = lambda args: None
+    main()
