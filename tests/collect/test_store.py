@@ -1,0 +1,293 @@
+"""Dedupe and storage on SQLite and PostgreSQL: one release per real release."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from mailer.collect import collect_source, retag_release
+from mailer.collect.extract import Candidate, build_candidate
+from mailer.collect.store import Outcome, ReleaseStore
+from mailer.collect.topics import TopicRules
+from mailer.db import Database
+from mailer.models import (
+    Delivery,
+    Digest,
+    Release,
+    ReleaseLink,
+    Source,
+    Subscriber,
+    SubscriberRelease,
+    SubscriberStatus,
+)
+from tests.collect.conftest import source, stored_releases
+from tests.collect.server import LocalServer
+
+BODY = (
+    "Prime Minister Ingrida Šimonytė said on Wednesday that the decisions taken at the NATO "
+    "summit in Vilnius would strengthen the defence of the Baltic region for years to come. "
+    "Allied leaders agreed on new regional defence plans and on a faster path for Ukraine's "
+    "membership of the Alliance.\n\n"
+    "The government will propose raising defence spending to 3 percent of GDP in next year's "
+    "budget. The ministry will brief the diplomatic corps on the summit's results on Friday."
+)
+
+
+def release(guid: str, title: str, text: str, **fields: object) -> Candidate:
+    return build_candidate(label=guid, guid=guid, title=title, text=text, **fields)  # type: ignore[arg-type]
+
+
+async def store_all(
+    database: Database, source_name: str, candidates: list[Candidate]
+) -> list[tuple[Outcome, int]]:
+    async with database.transaction() as session:
+        row = await session.scalar(select(Source).where(Source.name == source_name))
+        store = ReleaseStore(
+            session,
+            source_id=row.id if row else None,
+            source_name=source_name,
+            rules=await TopicRules.load(session),
+        )
+        await store.prepare(candidates)
+        results = []
+        for candidate in candidates:
+            stored = await store.store(candidate)
+            results.append((stored.outcome, stored.release_id))
+        return results
+
+
+SOURCES = [
+    source("Ministry", "feed", url="https://urm.example.lt/rss"),
+    source("Aggregator", "feed", url="https://newswire.example.com/atom"),
+]
+
+
+async def test_same_guid_with_a_changed_body_updates_without_becoming_new(
+    open_database, database_url: str
+) -> None:
+    async with open_database(database_url, SOURCES) as (_settings, database):
+        [(first, release_id)] = await store_all(
+            database, "Ministry", [release("g1", "Summit results", BODY)]
+        )
+        [(again, same_id)] = await store_all(
+            database, "Ministry", [release("g1", "Summit results", BODY)]
+        )
+        changed_body = BODY + "\n\nA public report will follow next month."
+        [(edited, edited_id)] = await store_all(
+            database, "Ministry", [release("g1", "Summit results", changed_body)]
+        )
+        releases = await stored_releases(database)
+    assert (first, again, edited) == (Outcome.NEW, Outcome.UNCHANGED, Outcome.UPDATED)
+    assert release_id == same_id == edited_id
+    assert len(releases) == 1
+    assert releases[0].text.endswith("A public report will follow next month.")
+    assert releases[0].updated_at > releases[0].first_seen_at
+
+
+async def test_same_canonical_url_is_one_release(open_database, database_url: str) -> None:
+    async with open_database(database_url, SOURCES) as (_settings, database):
+        results = await store_all(
+            database,
+            "Ministry",
+            [
+                release("a", "Short note", "Opening hours change.", url="https://x.lt/n/1"),
+                release(
+                    "b", "Short note", "Opening hours change.", url="https://X.lt/n/1?utm_source=t"
+                ),
+            ],
+        )
+        releases = await stored_releases(database)
+    assert [outcome for outcome, _ in results] == [Outcome.NEW, Outcome.MERGED]
+    assert len(releases) == 1 and len(releases[0].links) == 2
+
+
+async def test_aggregator_copy_merges_into_one_release_with_every_source(
+    server: LocalServer, open_database, database_url: str
+) -> None:
+    server.serve_fixture("/ministry", "ministry.xml", "application/rss+xml")
+    server.serve_fixture("/aggregator", "aggregator.xml", "application/atom+xml")
+    sources = [
+        source("Ministry", "feed", url=server.url("/ministry")),
+        source("NewsWire", "feed", url=server.url("/aggregator")),
+    ]
+    async with open_database(database_url, sources) as (settings, database):
+        # The aggregator is read first: its later date must give way to the ministry's.
+        aggregator = await collect_source(database, settings, "NewsWire")
+        ministry = await collect_source(database, settings, "Ministry")
+        releases = await stored_releases(database)
+    assert (aggregator.new, ministry.new, ministry.merged) == (2, 1, 1)
+    summit = next(r for r in releases if "NATO summit in Vilnius" in r.text)
+    assert sorted(link.source_name for link in summit.links) == ["Ministry", "NewsWire"]
+    assert sorted(link.url for link in summit.links) == [
+        "https://newswire.example.com/releases/48812-lithuania-summit",
+        "https://urm.example.lt/news/vilnius-summit",
+    ]
+    assert summit.published_at == datetime(2023, 7, 12, 7, 0, tzinfo=UTC)
+    assert "NewsWire" not in summit.text and "About" not in summit.text
+    assert len(releases) == 3
+    assert {t.slug for t in summit.topics} >= {"foreign-affairs"}
+
+
+async def test_near_duplicate_text_is_detected_not_only_exact_copies(
+    open_database, database_url: str
+) -> None:
+    ministry = release("urm-1", "Summit strengthened the eastern flank", BODY)
+    republished = release(
+        "agg-1",
+        "LITHUANIA: PM says summit was a success",
+        "Media contact: Ona Onaitė, press officer, +370 5 000 0000\n\n"
+        + BODY.replace("Wednesday", "Wednesday (12 July)")
+        + "\n\nQuestions should be sent to the issuing institution's press office.",
+        published=datetime(2023, 7, 13, tzinfo=UTC),
+    )
+    unrelated = release(
+        "agg-2",
+        "Estonia keeps its inflation forecast",
+        "Eesti Pank kept its inflation forecast for the year at 9 percent on Thursday, saying "
+        "that energy prices had stabilised but that wage growth remained strong. The bank "
+        "expects the economy to return to growth in the second half of the year.",
+    )
+    async with open_database(database_url, SOURCES) as (_settings, database):
+        await store_all(database, "Ministry", [ministry])
+        results = await store_all(database, "Aggregator", [republished, unrelated])
+        releases = await stored_releases(database)
+    assert ministry.content_hash != republished.content_hash
+    assert [outcome for outcome, _ in results] == [Outcome.MERGED, Outcome.NEW]
+    assert len(releases) == 2
+
+
+async def test_two_stored_releases_found_to_be_one_are_folded_into_the_earlier(
+    open_database, database_url: str
+) -> None:
+    early = release(
+        "m-1",
+        "Summit",
+        BODY,
+        url="https://urm.example.lt/a",
+        published=datetime(2023, 7, 12, tzinfo=UTC),
+    )
+    late = release(
+        "a-1",
+        "Summit (republished)",
+        "A different first version of the text that the aggregator later corrected, long "
+        "enough not to look like the ministry's release at all, about regional matters.",
+        url="https://newswire.example.com/a",
+        published=datetime(2023, 7, 14, tzinfo=UTC),
+    )
+    async with open_database(database_url, SOURCES) as (_settings, database):
+        [(_, early_id)] = await store_all(database, "Ministry", [early])
+        [(_, late_id)] = await store_all(database, "Aggregator", [late])
+        assert early_id != late_id
+        async with database.transaction() as session:
+            one = Subscriber(email="a@example.org", email_key="a@example.org")
+            both = Subscriber(email="b@example.org", email_key="b@example.org")
+            one.status = both.status = SubscriberStatus.CONFIRMED
+            digest = Digest(kind="manual")
+            session.add_all([one, both, digest])
+            await session.flush()
+            delivery = Delivery(
+                digest_id=digest.id, subscriber_id=one.id, email=one.email, content_key="k"
+            )
+            session.add(delivery)
+            await session.flush()
+            session.add_all(
+                [
+                    SubscriberRelease(
+                        subscriber_id=one.id, release_id=late_id, delivery_id=delivery.id
+                    ),
+                    SubscriberRelease(subscriber_id=both.id, release_id=late_id),
+                    SubscriberRelease(subscriber_id=both.id, release_id=early_id),
+                ]
+            )
+            one_id, both_id = one.id, both.id
+        # The aggregator corrects its copy: now it is the ministry's text, so the two
+        # stored releases are one.
+        corrected = release(
+            "a-1",
+            "Summit (republished)",
+            BODY,
+            url="https://urm.example.lt/a",
+            published=datetime(2023, 7, 14, tzinfo=UTC),
+        )
+        [(outcome, survivor_id)] = await store_all(database, "Aggregator", [corrected])
+        async with database.session() as session:
+            folded = await session.get(Release, late_id)
+            sent = set(
+                (
+                    await session.execute(
+                        select(SubscriberRelease.subscriber_id, SubscriberRelease.release_id)
+                    )
+                ).all()
+            )
+            links = (
+                await session.scalars(
+                    select(ReleaseLink.source_name).where(ReleaseLink.release_id == early_id)
+                )
+            ).all()
+        releases = await stored_releases(database)
+    assert survivor_id == early_id and outcome is Outcome.UPDATED
+    assert folded is not None and folded.merged_into_id == early_id
+    assert [r.id for r in releases] == [early_id]
+    assert releases[0].published_at == datetime(2023, 7, 12, tzinfo=UTC)
+    assert sorted(links) == ["Aggregator", "Ministry"]
+    # Whoever got either copy counts as having got the survivor: never sent twice.
+    assert sent == {(one_id, early_id), (both_id, early_id)}
+
+
+async def test_a_real_date_replaces_an_estimated_one(open_database, database_url: str) -> None:
+    undated = release("u-1", "Summit", BODY)
+    dated = release("d-1", "Summit", BODY, published=datetime(2023, 7, 12, tzinfo=UTC))
+    async with open_database(database_url, SOURCES) as (_settings, database):
+        await store_all(database, "Aggregator", [undated])
+        before = (await stored_releases(database))[0]
+        await store_all(database, "Ministry", [dated])
+        after = (await stored_releases(database))[0]
+    assert before.published_estimated is True
+    assert before.published_at == before.first_seen_at
+    assert after.published_estimated is False
+    assert after.published_at == datetime(2023, 7, 12, tzinfo=UTC)
+
+
+async def test_simhash_fits_a_signed_bigint(open_database, database_url: str) -> None:
+    def words(n: int) -> str:
+        return " ".join(hashlib.sha256(f"{n}:{i}".encode()).hexdigest()[:7] for i in range(40))
+
+    candidates = [release(f"g{n}", f"Release {n}", words(n)) for n in range(6)]
+    async with open_database(database_url, SOURCES) as (_settings, database):
+        await store_all(database, "Ministry", candidates)
+        async with database.session() as session:
+            stored = set((await session.scalars(select(Release.simhash))).all())
+    assert stored == {c.simhash for c in candidates}
+    assert all(-(2**63) <= value < 2**63 for value in stored)
+    assert any(value < 0 for value in stored)  # the top bit set: needs the signed form
+
+
+async def test_topics_are_tagged_on_ingest_and_can_be_retagged(
+    open_database, database_url: str
+) -> None:
+    text = "The Ministry of Health opened a new hospital wing. Vaccines are free for children."
+    async with open_database(database_url, SOURCES) as (settings, database):
+        [(_, release_id)] = await store_all(
+            database, "Ministry", [release("h-1", "New hospital wing opens", text)]
+        )
+        assert {t.slug for t in (await stored_releases(database))[0].topics} == {"health"}
+        async with database.transaction() as session:
+            assert await retag_release(session, settings, release_id, ["economy", "health"]) == [
+                "economy",
+                "health",
+            ]
+        assert {t.slug for t in (await stored_releases(database))[0].topics} == {
+            "economy",
+            "health",
+        }
+        async with database.transaction() as session:
+            assert await retag_release(session, settings, release_id) == ["health"]
+        async with database.transaction() as session:
+            try:
+                await retag_release(session, settings, release_id, ["sport"])
+            except ValueError as exc:
+                assert "unknown topic(s): sport" in str(exc)
+            else:
+                raise AssertionError("an unknown topic was accepted")
