@@ -274,19 +274,19 @@ async def _plan_subscribers(
     delivery_ids: dict[int, int] = {}
     for start in range(0, len(deliveries), _INSERT_CHUNK):
         result = await session.execute(
-            insert(Delivery).returning(Delivery.id, Delivery.subscriber_id),
+            insert(Delivery.__table__).returning(
+                Delivery.__table__.c.id, Delivery.__table__.c.subscriber_id
+            ),
             deliveries[start : start + _INSERT_CHUNK],
         )
         delivery_ids.update({row.subscriber_id: row.id for row in result})
 
     pairs = [
-        {"subscriber_id": subscriber_id, "release_id": release_id, "delivery_id": delivery_id}
+        (subscriber_id, release_id, delivery_id)
         for subscriber_id, delivery_id in delivery_ids.items()
         for release_id in picked_by_subscriber[subscriber_id]
     ]
-    pair_table = SubscriberRelease.__table__
-    for start in range(0, len(pairs), _INSERT_CHUNK * 5):
-        await session.execute(insert(pair_table), pairs[start : start + _INSERT_CHUNK * 5])
+    await _insert_pairs(session, pairs)
 
     await session.execute(
         update(Subscriber)
@@ -297,6 +297,48 @@ async def _plan_subscribers(
         .execution_options(synchronize_session=False)
     )
     return len(deliveries)
+
+
+async def _insert_pairs(session: AsyncSession, pairs: list[tuple[int, int, int]]) -> None:
+    """Bulk insert of (subscriber, release, delivery) rows, straight to the driver.
+
+    These rows are the bulk of a plan (subscribers x releases: half a million for a
+    large list). They are plain integers, so SQLAlchemy's per-row parameter
+    processing does nothing but costs about half of the planning time; the
+    driver's executemany takes the tuples as they are.
+    """
+    if not pairs:
+        return
+    connection = await session.connection()
+    table = SubscriberRelease.__table__
+    columns = ["subscriber_id", "release_id", "delivery_id"]
+    if connection.dialect.name == "postgresql":
+        # COPY, on the transaction's own connection: executemany takes half a
+        # minute for half a million rows on PostgreSQL, COPY about a second.
+        raw = await connection.get_raw_connection()
+        await raw.driver_connection.copy_records_to_table(
+            table.name, records=pairs, columns=columns
+        )
+        return
+    paramstyle = connection.dialect.paramstyle
+    placeholders = {
+        "qmark": "?, ?, ?",
+        "numeric": ":1, :2, :3",
+        "numeric_dollar": "$1, $2, $3",
+        "format": "%s, %s, %s",
+    }.get(paramstyle)
+    if placeholders is None:  # any other driver: the portable (slower) way
+        rows = [
+            dict(zip(("subscriber_id", "release_id", "delivery_id"), p, strict=True)) for p in pairs
+        ]
+        await session.execute(insert(table), rows)
+        return
+    statement = (
+        f"INSERT INTO {table.name} (subscriber_id, release_id, delivery_id) "  # noqa: S608
+        f"VALUES ({placeholders})"
+    )
+    for start in range(0, len(pairs), _INSERT_CHUNK * 10):
+        await connection.exec_driver_sql(statement, pairs[start : start + _INSERT_CHUNK * 10])
 
 
 class PreviewError(ValueError):
