@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import Settings
@@ -376,8 +376,10 @@ class Recorded:
     result: SendResult
     message_id: str | None = None
     at: datetime = field(default_factory=utcnow)
-    # False when the worker stopped or the server was down before this one was tried.
+    # False when the worker stopped or the send was pausing before this one was tried.
     attempted: bool = True
+    # Set while the server is unreachable: try again then, without counting an attempt.
+    retry_at: datetime | None = None
 
 
 @dataclass
@@ -434,6 +436,9 @@ class Worker:
         self._pausing: set[int] = set()
         self._outage_until = 0.0
         self._outage_delay = OUTAGE_BACKOFF[0]
+        self._outage_reason = ""
+        # The last time the server could not be reached, for the caller's message.
+        self.last_connection_error: str | None = None
         self._stopping = asyncio.Event()
         self._in_flight = 0
 
@@ -468,7 +473,15 @@ class Worker:
         while not self._stopping.is_set():
             wait = self._outage_until - asyncio.get_running_loop().time()
             if wait > 0:
-                await self._sleep(wait)
+                # Claim nothing while the server is down; the senders hand back
+                # what is queued as deferred to the end of the outage.
+                if self._queue.qsize() or self._in_flight:
+                    await self._sleep(0.05)
+                    continue
+                await self._record_batch()
+                if until_empty and not await self._work_due():
+                    return
+                await self._sleep(min(wait, self.poll_interval))
                 continue
             # Keep at most about one batch queued ahead of the senders.
             if self._queue.qsize() > self.batch_size // 2:
@@ -483,7 +496,7 @@ class Worker:
                 await self._sleep(0.05)
                 continue
             await self._record_batch()
-            if until_empty and not await self._anything_left():
+            if until_empty and not await self._work_due():
                 return
             await self._sleep(self.poll_interval)
 
@@ -493,15 +506,26 @@ class Worker:
         except TimeoutError:
             pass
 
-    async def _anything_left(self) -> bool:
-        """True while any row of a running send can still be sent (now or later)."""
+    async def _work_due(self) -> bool:
+        """True while a row of a running send is pending or due for a retry now.
+        Rows deferred to later do not count: ``--until-empty`` leaves them to the
+        next worker run (or to `mailer serve`), as the retry schedule says."""
+        now = utcnow()
         async with self.database.session() as session:
             query = (
                 select(Delivery.id)
                 .join(Digest, Digest.id == Delivery.digest_id)
                 .where(
                     Digest.status == DigestStatus.SENDING,
-                    Delivery.status.in_(list(OPEN_STATES)),
+                    or_(
+                        Delivery.status == DeliveryStatus.PENDING,
+                        and_(
+                            Delivery.status == DeliveryStatus.DEFERRED,
+                            or_(
+                                Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now
+                            ),
+                        ),
+                    ),
                 )
                 .limit(1)
             )
@@ -627,11 +651,13 @@ class Worker:
                 self._in_flight -= 1
 
     async def _deliver(self, connection: Connection, item: Claimed) -> None:
-        if (
-            asyncio.get_running_loop().time() < self._outage_until
-            or self._stopping.is_set()
-            or item.digest_id in self._pausing
-        ):
+        outage_left = self._outage_until - asyncio.get_running_loop().time()
+        if outage_left > 0:
+            reason = SendResult(Outcome.DEFERRED, None, self._outage_reason, connection_error=True)
+            retry_at = utcnow() + timedelta(seconds=outage_left)
+            self._results.append(Recorded(item, reason, attempted=False, retry_at=retry_at))
+            return
+        if self._stopping.is_set() or item.digest_id in self._pausing:
             # Not attempted: it goes back to the queue unchanged.
             not_tried = SendResult(Outcome.DEFERRED, None, "not attempted")
             self._results.append(Recorded(item, not_tried, attempted=False))
@@ -655,12 +681,28 @@ class Worker:
             self._outage_delay = OUTAGE_BACKOFF[0]
             self._failure_streak[item.digest_id] = 0
         elif result.connection_error:
+            # The server, not this message, failed: hold everything for a while
+            # (doubling each time) instead of burning through the queue.
             loop_time = asyncio.get_running_loop().time()
             self._outage_until = max(self._outage_until, loop_time + self._outage_delay)
-            self._outage_delay = min(self._outage_delay * 2, OUTAGE_BACKOFF[1])
+            self._outage_reason = result.reason
+            self.last_connection_error = result.reason
             log.warning(
                 "SMTP server unreachable (%s); retrying in %.0fs", result.reason, self._outage_delay
             )
+            self._outage_delay = min(self._outage_delay * 2, OUTAGE_BACKOFF[1])
+            self._results.append(
+                Recorded(
+                    item,
+                    result,
+                    message.message_id,
+                    now,
+                    attempted=False,
+                    retry_at=now + timedelta(seconds=self._outage_until - loop_time),
+                )
+            )
+            self.stats.count(result.outcome)
+            return
         elif result.outcome is Outcome.FAILED:
             self._failure_streak[item.digest_id] += 1
             if self._failure_streak[item.digest_id] >= self.settings.smtp.pause_after_failures:
@@ -693,6 +735,16 @@ class Worker:
                         "claimed_by": None,
                         "attempts": item.attempts + 1,
                         "last_error": None,
+                    }
+                )
+            elif record.retry_at is not None:
+                other.append(
+                    {
+                        "id": item.id,
+                        "status": DeliveryStatus.DEFERRED,
+                        "claimed_by": None,
+                        "next_attempt_at": record.retry_at,
+                        "last_error": result.reason[:2000],
                     }
                 )
             elif not record.attempted:

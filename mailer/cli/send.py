@@ -73,15 +73,15 @@ def digest_send(
     if not yes and not click.confirm("Send the digest now?", default=False):
         raise click.Abort()
 
-    async def send(app: AppContext) -> DigestProgress:
+    async def send(app: AppContext) -> tuple[DigestProgress, str | None]:
         async with app.database() as database:
             digest = await start_digest(database, app.settings, frequency=frequency)
             if digest.recipient_count == 0 or no_wait:
                 async with database.session() as session:
-                    return await digest_progress(session, digest.id)
+                    return await digest_progress(session, digest.id), None
             return await _deliver_with_progress(app, database, digest.id, workers)
 
-    progress = run(ctx, send)
+    progress, unreachable = run(ctx, send)
     if progress.recipients == 0:
         click.echo("Nothing new to send: no subscriber has releases they have not received.")
         return
@@ -96,16 +96,18 @@ def digest_send(
     )
     if progress.status == "paused":
         raise OperationalError(f"digest {progress.digest_id} paused: {progress.pause_reason}")
-    if counts.get("deferred", 0) and not counts.get("sent", 0):
-        raise OperationalError(
-            "nothing could be delivered; the deferred messages will be retried by "
-            "`mailer worker` or `mailer serve`"
-        )
+    if counts.get("deferred", 0):
+        retry = "`mailer serve` or `mailer worker` retries them on schedule"
+        if unreachable and not counts.get("sent", 0):
+            raise OperationalError(f"SMTP server unreachable ({unreachable}); {retry}")
+        click.echo(f"{counts['deferred']} deferred by the server; {retry}.")
 
 
 async def _deliver_with_progress(
     app: AppContext, database: Database, digest_id: int, workers: int
-) -> DigestProgress:
+) -> tuple[DigestProgress, str | None]:
+    """Deliver until nothing is pending or due; returns the progress and the last
+    reason the server could not be reached, if it could not."""
     settings = app.settings
     rate = settings.smtp.rate_limit / workers if settings.smtp.rate_limit else 0.0
     helpers = [_spawn_worker(app, digest_id, rate) for _ in range(workers - 1)]
@@ -157,7 +159,7 @@ async def _deliver_with_progress(
                 except subprocess.TimeoutExpired:
                     helper.terminate()
     async with database.session() as session:
-        return await digest_progress(session, digest_id)
+        return await digest_progress(session, digest_id), worker.last_connection_error
 
 
 def _spawn_worker(app: AppContext, digest_id: int, rate: float) -> subprocess.Popen[bytes]:

@@ -94,3 +94,32 @@ async def seed(
                 )
             )
     return addresses
+
+
+async def deliver_all(database: Database, settings: Settings, timeout: float = 60.0) -> None:
+    """Run `--until-empty` workers until no row of a running send is left open,
+    waiting out retry schedules in between (as `mailer serve` would)."""
+    import asyncio
+    import time
+
+    from sqlalchemy import select
+
+    from mailer.models import Delivery, Digest, DigestStatus
+    from mailer.send import OPEN_STATES, Worker
+
+    deadline = time.monotonic() + timeout
+    while True:
+        await Worker(database, settings, poll_interval=0.05).run(until_empty=True)
+        async with database.session() as session:
+            left = await session.scalar(
+                select(Delivery.id)
+                .join(Digest, Digest.id == Delivery.digest_id)
+                .where(
+                    Digest.status == DigestStatus.SENDING, Delivery.status.in_(list(OPEN_STATES))
+                )
+                .limit(1)
+            )
+        if left is None:
+            return
+        assert time.monotonic() < deadline, "deliveries still open after the timeout"
+        await asyncio.sleep(0.1)
