@@ -30,7 +30,11 @@ def _when(value: datetime | None) -> str:
 
 
 def _stdout() -> Console:
-    return Console(soft_wrap=False, highlight=False)
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        # Piped or redirected: wide enough that errors and titles stay on one line.
+        console = Console(highlight=False, width=200)
+    return console
 
 
 @click.command("ingest")
