@@ -38,6 +38,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "MAILER_BASE_URL": ("site", "base_url"),
     "MAILER_SECRET_KEY": ("secret_key",),
     "MAILER_BOUNCE_WEBHOOK_SECRET": ("bounces", "webhook_secret"),
+    "MAILER_METRICS_TOKEN": ("admin", "metrics_token"),
 }
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
@@ -366,6 +367,19 @@ class BounceConfig(Section):
         return bool(self.maildir or self.imap or self.pop3)
 
 
+class AdminConfig(Section):
+    # A signed-in session ends this long after the login, whatever happens in between.
+    session_lifetime: Duration = timedelta(hours=12)
+    # This many wrong passwords in a row lock the account for lockout_duration.
+    lockout_threshold: int = Field(5, ge=1, le=100)
+    lockout_duration: Duration = timedelta(minutes=15)
+    # Login attempts accepted per client IP address within login_rate_window.
+    login_rate_limit: int = Field(20, ge=1)
+    login_rate_window: Duration = timedelta(minutes=15)
+    # Bearer token for GET /metrics; null leaves the metrics open (bind to a private network).
+    metrics_token: str | None = Field(None, min_length=16)
+
+
 class DkimConfig(Section):
     domain: str
     selector: str
@@ -383,6 +397,7 @@ class Settings(Section):
     dkim: DkimConfig | None = None
     bounces: BounceConfig = BounceConfig()
     signup: SignupConfig = SignupConfig()
+    admin: AdminConfig = AdminConfig()
     # Holds the SQLite database, the generated secret key and the caught mail.
     data_dir: Path = Path("data")
     # Prefer MAILER_SECRET_KEY; if neither is set one is generated into data_dir.

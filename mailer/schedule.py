@@ -7,6 +7,7 @@ Jobs (APScheduler 3, asyncio scheduler, explicit ids, ``replace_existing``):
                           new releases, subscribers who chose "immediately" get them.
 - ``digest:<frequency>`` the daily and weekly digests, on their cron schedules.
 - ``sources:reconcile``  picks up sources added, changed or disabled in the admin.
+- ``digests:due``        starts sends scheduled from the admin or the API.
 - ``confirmations:resend`` retries confirmation mails that could not be sent.
 - ``bounces:poll``       reads the bounce mailbox, when one is configured.
 - ``leader:refresh``     keeps the leadership lock (mailer.locks).
@@ -35,13 +36,15 @@ from mailer.context import AppContext
 from mailer.db import Database
 from mailer.locks import Leadership
 from mailer.models import Frequency, Source, Subscriber, SubscriberStatus, utcnow
-from mailer.send import Worker, new_worker_id, start_digest
+from mailer.send import Worker, new_worker_id, start_digest, start_due_digests
 
 log = logging.getLogger(__name__)
 
 LEADER_REFRESH = timedelta(seconds=15)
 RECONCILE_EVERY = timedelta(minutes=1)
 RESEND_EVERY = timedelta(minutes=5)
+# Sends scheduled in the admin or the API start at most this late.
+DUE_SENDS_EVERY = timedelta(seconds=30)
 STOP_TIMEOUT = timedelta(seconds=60)
 
 
@@ -206,6 +209,13 @@ async def start_background(
             misfire_grace_time=3600,
             **common,
         )
+    scheduler.add_job(
+        _leader_only(leadership, start_due_digests),
+        IntervalTrigger(seconds=DUE_SENDS_EVERY.total_seconds()),
+        args=[database, settings],
+        id="digests:due",
+        **common,
+    )
     scheduler.add_job(
         _leader_only(leadership, resend_confirmations),
         IntervalTrigger(seconds=RESEND_EVERY.total_seconds()),

@@ -1,5 +1,6 @@
 """Every command group, in the order `mailer --help` lists them."""
 
+from mailer.cli.admin import admin
 from mailer.cli.collect import COMMANDS as COLLECT_COMMANDS
 from mailer.cli.db import db
 from mailer.cli.digest import digest
@@ -11,4 +12,4 @@ from mailer.cli.subscribers import subscribers
 for _command in SEND_COMMANDS:
     digest.add_command(_command)
 
-ALL = [db, subscribers, *COLLECT_COMMANDS, digest, dkim, serve, worker]
+ALL = [db, subscribers, *COLLECT_COMMANDS, digest, dkim, admin, serve, worker]

@@ -1,0 +1,240 @@
+"""Signing in and out, the session cookie, and the access check on every admin route.
+
+The session is a cookie signed with the site's secret key holding the user's id,
+the time of sign-in and a fingerprint of the password hash. Every request checks
+it against the database, so switching an account off, changing its role or
+setting a new password takes effect on the next click; the session ends
+``admin.session_lifetime`` after sign-in. Signing out deletes the cookie.
+
+:func:`requires` guards every admin endpoint: anonymous visitors are sent to the
+sign-in page, a role that may not use the page gets 403, and every POST must carry
+the CSRF token (checked here, so a new form cannot forget it).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from itsdangerous import BadSignature, URLSafeSerializer
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from mailer import accounts, audit
+from mailer.accounts import Identity, LoginFailure, Role
+from mailer.web import csrf
+from mailer.web.admin.common import PREFIX, page, read_form, redirect, text
+from mailer.web.app import WebState, web_state
+from mailer.web.ratelimit import RateLimiter, client_key
+
+SESSION_COOKIE = "mailer_admin_session"
+Endpoint = Callable[[Request], Awaitable[Response]]
+SAFE_METHODS = ("GET", "HEAD")
+
+
+def _serializer(state: WebState) -> URLSafeSerializer:
+    return URLSafeSerializer(state.settings.get_secret_key(), salt="mailer.admin.session")
+
+
+def session_value(state: WebState, user_id: int, fingerprint: str, issued: datetime) -> str:
+    return str(_serializer(state).dumps({"u": user_id, "f": fingerprint, "t": issued.timestamp()}))
+
+
+async def current_identity(request: Request) -> Identity | None:
+    """The signed-in user of this request, or None (no, bad or expired cookie)."""
+    state = web_state(request)
+    raw = request.cookies.get(SESSION_COOKIE)
+    if not raw or len(raw) > 500:
+        return None
+    try:
+        value = _serializer(state).loads(raw)
+    except BadSignature:
+        return None
+    if not isinstance(value, dict):
+        return None
+    user_id, fingerprint, issued = value.get("u"), value.get("f"), value.get("t")
+    if not isinstance(user_id, int) or not isinstance(fingerprint, str):
+        return None
+    if not isinstance(issued, int | float):
+        return None
+    age = state.now().timestamp() - issued
+    if age < 0 or age > state.settings.admin.session_lifetime.total_seconds():
+        return None
+    found = await accounts.session_identity(state.db, user_id, fingerprint)
+    return found[0] if found else None
+
+
+def _login_location(request: Request) -> str:
+    wanted = request.url.path
+    if request.url.query:
+        wanted += "?" + request.url.query
+    return f"{PREFIX}/login?next={quote(wanted, safe='')}"
+
+
+def requires(role: Role, *, upload_bytes: int | None = None) -> Callable[[Endpoint], Endpoint]:
+    """Guard an admin endpoint: signed in, role at least ``role``, CSRF on POST."""
+
+    def decorate(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def guarded(request: Request) -> Response:
+            who = await current_identity(request)
+            if who is None:
+                return RedirectResponse(_login_location(request), status_code=303)
+            request.state.identity = who
+            if not who.may(role):
+                raise HTTPException(403, "Your role does not allow this page.")
+            if request.method not in SAFE_METHODS:
+                data = await read_form(request, upload_bytes=upload_bytes)
+                csrf.verify(request, data, web_state(request).settings)
+                request.state.form = data
+            return await endpoint(request)
+
+        guarded.required_role = role  # type: ignore[attr-defined]
+        return guarded
+
+    return decorate
+
+
+# --- sign in and out --------------------------------------------------------------------
+
+
+def _login_limiter(state: WebState) -> RateLimiter:
+    limiter = state.extra.get("admin_login_limiter")
+    if limiter is None:
+        config = state.settings.admin
+        # The signup limiter's clock: tests inject one clock for every limit.
+        limiter = RateLimiter(
+            config.login_rate_limit, config.login_rate_window, state.ip_limiter.clock
+        )
+        state.extra["admin_login_limiter"] = limiter
+    return limiter
+
+
+def _safe_next(raw: str) -> str:
+    """Only a path inside the admin: never an open redirect to another site."""
+    parts = urlsplit(raw)
+    if parts.scheme or parts.netloc or not parts.path.startswith(PREFIX + "/"):
+        return PREFIX + "/"
+    if parts.path.startswith(f"{PREFIX}/login") or parts.path.startswith(f"{PREFIX}/logout"):
+        return PREFIX + "/"
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _login_page(
+    request: Request,
+    *,
+    error: str | None = None,
+    username: str = "",
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return page(
+        request,
+        "login.html",
+        {
+            "error": error,
+            "username": username,
+            "next": _safe_next(request.query_params.get("next", "")),
+        },
+        status_code=status_code,
+        headers=headers,
+    )
+
+
+async def login_form(request: Request) -> Response:
+    if await current_identity(request) is not None:
+        return RedirectResponse(_safe_next(request.query_params.get("next", "")), 303)
+    return _login_page(request)
+
+
+async def login_submit(request: Request) -> Response:
+    state = web_state(request)
+    data = await read_form(request)
+    csrf.verify(request, data, state.settings)
+    username = text(data, "username", limit=200)
+    password = text(data, "password", limit=accounts.MAX_PASSWORD_LENGTH)
+    address = client_key(request.client.host if request.client else None)
+    retry_after = _login_limiter(state).hit(address)
+    if retry_after is not None:
+        minutes = max(1, round(retry_after / 60))
+        return _login_page(
+            request,
+            error=f"Too many sign-in attempts from your network. Try again in about {minutes} "
+            f"minute{'s' if minutes != 1 else ''}.",
+            username=username,
+            status_code=429,
+            headers={"retry-after": str(retry_after)},
+        )
+    now = state.now()
+    result = await accounts.authenticate(state.db, state.settings, username, password, now=now)
+    if result.user is None:
+        details: dict[str, Any] = {"ip": address}
+        if result.failure is LoginFailure.LOCKED:
+            if result.just_locked:
+                await audit.record(
+                    state.db,
+                    f"user:{username[:100]}",
+                    "login.lockout",
+                    "user",
+                    username[:60],
+                    details,
+                    at=now,
+                )
+            until = result.locked_until
+            minutes = max(1, round((until - now).total_seconds() / 60)) if until else 15
+            message = (
+                "This account is locked after too many wrong passwords. Try again in about "
+                f"{minutes} minute{'s' if minutes != 1 else ''}, or ask an admin to unlock it."
+            )
+        else:
+            await audit.record(
+                state.db,
+                f"user:{username[:100]}",
+                "login.failed",
+                "user",
+                username[:60],
+                details,
+                at=now,
+            )
+            message = "The user name or password is wrong."
+        return _login_page(request, error=message, username=username, status_code=401)
+    user = result.user
+    await audit.record(
+        state.db, f"user:{user.username}", "login", "user", user.username, {"ip": address}, at=now
+    )
+    target = _safe_next(text(data, "next", limit=2000))
+    response = RedirectResponse(target, status_code=303)
+    fingerprint = await _fingerprint(state, user.id)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_value(state, user.id, fingerprint, now),
+        max_age=int(state.settings.admin.session_lifetime.total_seconds()),
+        httponly=True,
+        samesite="lax",
+        secure=state.settings.site.base_url.startswith("https://"),
+        path=PREFIX,
+    )
+    return response
+
+
+async def _fingerprint(state: WebState, user_id: int) -> str:
+    from mailer.models import AdminUser
+
+    async with state.db.session() as session:
+        user = await session.get(AdminUser, user_id)
+    assert user is not None
+    return accounts.password_fingerprint(user.password_hash)
+
+
+@requires(Role.EDITOR)
+async def logout(request: Request) -> Response:
+    state = web_state(request)
+    who: Identity = request.state.identity
+    await audit.record(state.db, who.actor, "logout", "user", who.name)
+    response = redirect(request, f"{PREFIX}/login", "You are signed out.")
+    response.delete_cookie(SESSION_COOKIE, path=PREFIX)
+    return response

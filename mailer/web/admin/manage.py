@@ -1,0 +1,223 @@
+"""Admin-only pages: the audit log, users and API tokens, and the settings in force."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mailer import accounts, audit
+from mailer.accounts import Role
+from mailer.web.admin.auth import requires
+from mailer.web.admin.common import (
+    form,
+    identity,
+    page,
+    paging,
+    path_id,
+    query_text,
+    redirect,
+    text,
+)
+from mailer.web.app import web_state
+
+# Keys whose values never appear on the settings page.
+SECRET_KEYS = {"password", "secret_key", "webhook_secret", "metrics_token"}
+
+
+@requires(Role.ADMIN)
+async def audit_page(request: Request) -> Response:
+    state = web_state(request)
+    search, action = query_text(request, "q"), query_text(request, "action")
+    _, total = await audit.query(state.db, search=search, action=action, limit=1)
+    pages = paging(request, total, {"q": search, "action": action})
+    entries, _ = await audit.query(
+        state.db, search=search, action=action, limit=pages.size, offset=pages.offset
+    )
+    return page(
+        request,
+        "audit.html",
+        {
+            "entries": entries,
+            "paging": pages,
+            "search": search,
+            "action": action,
+            "actions": await audit.actions(state.db),
+        },
+    )
+
+
+async def _users_page(
+    request: Request, *, error: str | None = None, new_token: str | None = None, status: int = 200
+) -> Response:
+    state = web_state(request)
+    return page(
+        request,
+        "users.html",
+        {
+            "users": await accounts.list_users(state.db),
+            "tokens": await accounts.list_tokens(state.db),
+            "roles": accounts.ROLES,
+            "error": error,
+            "new_token": new_token,
+            "now": state.now(),
+        },
+        status_code=status,
+    )
+
+
+@requires(Role.ADMIN)
+async def users_index(request: Request) -> Response:
+    return await _users_page(request)
+
+
+@requires(Role.ADMIN)
+async def user_new(request: Request) -> Response:
+    state = web_state(request)
+    data = await form(request)
+    username = text(data, "username", limit=200)
+    try:
+        user = await accounts.create_user(
+            state.db,
+            username,
+            text(data, "password", limit=accounts.MAX_PASSWORD_LENGTH + 1),
+            text(data, "role"),
+        )
+    except accounts.AccountError as exc:
+        return await _users_page(request, error=str(exc), status=422)
+    await audit.record(
+        state.db,
+        identity(request).actor,
+        "user.create",
+        "user",
+        user.username,
+        {"role": user.role.value},
+    )
+    return redirect(request, "/admin/users", f"Created {user.role.value} {user.username}.")
+
+
+@requires(Role.ADMIN)
+async def user_update(request: Request) -> Response:
+    state = web_state(request)
+    user_id = path_id(request)
+    data = await form(request)
+    who = identity(request)
+    change = text(data, "change")
+    target = await accounts.get_user(state.db, user_id)
+    if target is None:
+        raise HTTPException(404, "There is no such user.")
+    if who.kind == "user" and who.id == user_id and change in ("disable", "role"):
+        # An admin locking themselves out leaves nobody to undo it.
+        return redirect(
+            request,
+            "/admin/users",
+            "You cannot disable yourself or change your own role.",
+            kind="error",
+        )
+    changes: dict[str, Any] = {}
+    try:
+        if change == "role":
+            changes["role"] = accounts.parse_role(text(data, "role"))
+        elif change == "disable":
+            changes["active"] = False
+        elif change == "enable":
+            changes["active"] = True
+        elif change == "unlock":
+            changes["unlock"] = True
+        elif change == "password":
+            changes["password"] = text(data, "password", limit=accounts.MAX_PASSWORD_LENGTH + 1)
+            changes["unlock"] = True
+        else:
+            raise HTTPException(400, "Unknown change.")
+        user = await accounts.update_user(state.db, user_id, **changes)
+    except accounts.AccountError as exc:
+        return redirect(request, "/admin/users", str(exc), kind="error")
+    logged = {k: (v.value if isinstance(v, Role) else v) for k, v in changes.items()}
+    logged.pop("password", None)
+    await audit.record(state.db, who.actor, f"user.{change}", "user", user.username, logged)
+    return redirect(request, "/admin/users", f"{user.username}: {change} done.")
+
+
+@requires(Role.ADMIN)
+async def token_new(request: Request) -> Response:
+    state = web_state(request)
+    data = await form(request)
+    try:
+        token, view = await accounts.create_token(
+            state.db, text(data, "name", limit=200), text(data, "role") or "admin"
+        )
+    except accounts.AccountError as exc:
+        return await _users_page(request, error=str(exc), status=422)
+    await audit.record(
+        state.db,
+        identity(request).actor,
+        "token.create",
+        "token",
+        view.name,
+        {"role": view.role.value},
+    )
+    return await _users_page(request, new_token=token)
+
+
+@requires(Role.ADMIN)
+async def token_revoke(request: Request) -> Response:
+    state = web_state(request)
+    try:
+        view = await accounts.revoke_token(state.db, path_id(request))
+    except accounts.AccountError:
+        raise HTTPException(404, "There is no such token.") from None
+    await audit.record(state.db, identity(request).actor, "token.revoke", "token", view.name)
+    return redirect(request, "/admin/users", f"Token {view.name} revoked.")
+
+
+def _masked(value: Any, key: str = "") -> Any:
+    if key in SECRET_KEYS and value:
+        return "(set)"
+    if isinstance(value, dict):
+        return {k: _masked(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
+def _rows(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    if isinstance(value, dict):
+        rows: list[tuple[str, str]] = []
+        for key, inner in value.items():
+            rows += _rows(inner, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        rows = []
+        for number, inner in enumerate(value):
+            rows += _rows(inner, f"{prefix}[{number}]")
+        return rows
+    return [(prefix, "—" if value is None else str(value))]
+
+
+@requires(Role.ADMIN)
+async def settings_page(request: Request) -> Response:
+    state = web_state(request)
+    dumped = state.settings.model_dump(mode="json", by_alias=True, exclude={"config_path"})
+    return page(
+        request,
+        "settings.html",
+        {
+            "rows": _rows(_masked(dumped)),
+            "config_path": str(state.settings.config_path or "(built-in defaults)"),
+        },
+    )
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/audit", audit_page, methods=["GET"]),
+        Route("/users", users_index, methods=["GET"]),
+        Route("/users/new", user_new, methods=["POST"]),
+        Route("/users/{id:int}", user_update, methods=["POST"]),
+        Route("/tokens/new", token_new, methods=["POST"]),
+        Route("/tokens/{id:int}/revoke", token_revoke, methods=["POST"]),
+        Route("/settings", settings_page, methods=["GET"]),
+    ]
