@@ -71,6 +71,7 @@ class PlanningError(ValueError):
 class _Candidate:
     id: int
     published_at: datetime
+    first_seen_at: datetime
     topic_ids: frozenset[int]
 
 
@@ -191,7 +192,7 @@ async def _plan_subscribers(
     candidate_ids = select(Release.id).where(*candidate_filter).scalar_subquery()
     release_rows = (
         await session.execute(
-            select(Release.id, Release.published_at)
+            select(Release.id, Release.published_at, Release.first_seen_at)
             .where(*candidate_filter)
             .order_by(Release.published_at.desc(), Release.id.desc())
         )
@@ -206,7 +207,12 @@ async def _plan_subscribers(
     ):
         release_topics.setdefault(release_id, set()).add(topic_id)
     candidates = [
-        _Candidate(row.id, row.published_at, frozenset(release_topics.get(row.id, ())))
+        _Candidate(
+            row.id,
+            row.published_at,
+            row.first_seen_at,
+            frozenset(release_topics.get(row.id, ())),
+        )
         for row in release_rows
     ]
 
@@ -250,14 +256,17 @@ async def _plan_subscribers(
     for subscriber in subscribers:
         if suppressed and email_hash(keyed, subscriber.email) in suppressed:
             continue
+        # "Since the last digest" is what subscriber_releases records; the first
+        # digest starts at confirmation. Both go by when mailer collected a release,
+        # not by its publication date: a release published before a digest but
+        # collected after it (a slow source) must still reach every reader.
         since = subscriber.digest_since or subscriber.confirmed_at or subscriber.created_at
-        threshold = max(since, oldest_allowed) if since else oldest_allowed
         topics = chosen_topics.get(subscriber.id)
         sent = already_sent.get(subscriber.id, nothing)
         picked: list[int] = []
         for candidate in candidates:
-            if candidate.published_at < threshold:
-                break  # newest first: every later candidate is older still
+            if since and candidate.first_seen_at < since:
+                continue
             if candidate.id in sent or (topics and not topics & candidate.topic_ids):
                 continue
             picked.append(candidate.id)
