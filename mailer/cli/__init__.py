@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from mailer.cli.commands import LazyGroup
 from mailer.config import ConfigError
 from mailer.context import AppContext
 from mailer.db import DatabaseURLError
@@ -44,7 +45,7 @@ def run(ctx: click.Context, work: Callable[[AppContext], Awaitable[T]]) -> T:
         raise OperationalError(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -64,17 +65,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
             sys.exit(2)
 
 
-def _register() -> None:
-    from mailer.cli import commands
-
-    for command in commands.ALL:
-        main.add_command(command)
-
-
 def echo_json(obj: Any) -> None:
     import json
 
     click.echo(json.dumps(obj, ensure_ascii=False, default=str))
-
-
-_register()

@@ -1,15 +1,54 @@
-"""Every command group, in the order `mailer --help` lists them."""
+"""Every command, by name, and the module that defines it.
 
-from mailer.cli.admin import admin
-from mailer.cli.collect import COMMANDS as COLLECT_COMMANDS
-from mailer.cli.db import db
-from mailer.cli.digest import digest
-from mailer.cli.dkim import dkim
-from mailer.cli.send import SEND_COMMANDS, worker
-from mailer.cli.serve import serve
-from mailer.cli.subscribers import subscribers
+Modules are imported only when their command runs (or when `--help` lists them):
+the collector, the web app and the digest renderer pull in heavy libraries that
+`mailer db status` or `mailer worker` should not pay for at every start.
+"""
 
-for _command in SEND_COMMANDS:
-    digest.add_command(_command)
+from __future__ import annotations
 
-ALL = [db, subscribers, *COLLECT_COMMANDS, digest, dkim, admin, serve, worker]
+import importlib
+
+import click
+
+LAZY_COMMANDS: dict[str, str] = {
+    "db": "mailer.cli.db:db",
+    "subscribers": "mailer.cli.subscribers:subscribers",
+    "ingest": "mailer.cli.collect:ingest",
+    "collect": "mailer.cli.collect:collect",
+    "sources": "mailer.cli.collect:sources",
+    "releases": "mailer.cli.collect:releases",
+    "digest": "mailer.cli.commands:digest_group",
+    "dkim": "mailer.cli.dkim:dkim",
+    "admin": "mailer.cli.admin:admin",
+    "serve": "mailer.cli.serve:serve",
+    "worker": "mailer.cli.send:worker",
+}
+
+
+def digest_group() -> click.Group:
+    """`mailer digest`: preview (digest module) plus the sending commands."""
+    from mailer.cli.digest import digest
+    from mailer.cli.send import SEND_COMMANDS
+
+    for command in SEND_COMMANDS:
+        digest.add_command(command)
+    return digest
+
+
+def load(name: str) -> click.Command:
+    module_name, _, attribute = LAZY_COMMANDS[name].partition(":")
+    found = getattr(importlib.import_module(module_name), attribute)
+    command = found() if not isinstance(found, click.Command) else found
+    assert isinstance(command, click.Command)
+    return command
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *LAZY_COMMANDS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            return load(cmd_name)
+        return super().get_command(ctx, cmd_name)
