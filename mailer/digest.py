@@ -13,8 +13,9 @@ The rules for one subscriber:
 * only releases that are not excluded and not merged into another (dedupe keeps
   the survivor); a release into which an already-sent release was merged counts
   as sent, so a press release reached through two sources arrives once;
-* published at or after the subscriber's ``digest_since`` (set at confirmation;
-  else ``confirmed_at``), and not longer ago than ``digest.max_age``;
+* collected (first seen) at or after the subscriber's ``digest_since`` (set at
+  confirmation; else ``confirmed_at``), so a slow source's late release still
+  arrives, and published no longer ago than ``digest.max_age``;
 * already seen by the collector at ``now``;
 * matching one of their topics, or any release when they chose none;
 * the newest ``digest.max_items`` of those, newest first.
