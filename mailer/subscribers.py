@@ -212,7 +212,10 @@ def normalize_address(raw: str) -> str:
     if _CONTROL.search(candidate) or not _encodable(candidate):
         raise InvalidAddress("The email address contains characters that are not allowed.")
     try:
-        validated = validate_email(candidate, check_deliverability=False)
+        # No SMTPUTF8: mail to a non-ASCII local part (Žygimantas@…) cannot be sent by
+        # mailer.message, so such an address is refused here with a reason rather
+        # than accepted and never mailed. Internationalised domains are fine.
+        validated = validate_email(candidate, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise InvalidAddress(f"This is not a valid email address: {exc}") from None
     return validated.normalized
@@ -637,6 +640,7 @@ async def resend_pending_confirmations(
     import); returns how many were sent. Stops at the first refusal, so an SMTP
     outage costs one attempt per run. Only signups younger than ``confirm_ttl`` are
     retried: an older request has expired anyway."""
+    from mailer.message import MessageError
     from mailer.transport import TransportError
 
     now = now or utcnow()
@@ -670,6 +674,9 @@ async def resend_pending_confirmations(
         except TransportError as exc:
             log.warning("confirmation mails not sent, will retry: %s", exc)
             break
+        except MessageError as exc:
+            # This one subscriber's mail cannot be composed; the others still can.
+            log.error("confirmation for subscriber %d cannot be composed: %s", subscriber_id, exc)
     return sent
 
 

@@ -79,7 +79,7 @@ async def test_signup_stores_pending_subscriber_with_consent_record(
     result = await store.signup(
         database,
         settings,
-        " Žygimantas@Example.LT ",
+        " Zygimantas@Example.LT ",
         name="Žygimantas Šimonytė",
         topics=["economy", "health"],
         frequency="weekly",
@@ -89,11 +89,11 @@ async def test_signup_stores_pending_subscriber_with_consent_record(
     assert result.confirmation_due
     view = await store.get_subscriber(database, result.subscriber_id)
     assert view is not None
-    assert view.email == "Žygimantas@example.lt"
+    assert view.email == "Zygimantas@example.lt"
     assert view.status is SubscriberStatus.PENDING
     assert view.frequency is Frequency.WEEKLY
     assert view.topics == ("economy", "health")
-    assert (await row(database, result.subscriber_id)).email_key == "žygimantas@example.lt"
+    assert (await row(database, result.subscriber_id)).email_key == "zygimantas@example.lt"
     [event] = await consents(database, "signup")
     assert event.subscriber_id == result.subscriber_id
     assert (event.ip, event.user_agent, event.form_url) == (
@@ -307,7 +307,7 @@ async def test_preferences_update_and_validation(database: Database, settings: S
 
 @pytest.mark.parametrize(
     "address",
-    ["", "plain", "a@b", "a@@example.org", "a\r\n@example.org", "a@example.org\nBcc: b@x.org",
+    ["", "plain", "a@b", "Žygimantas@example.lt", "a@@example.org", "a\r\n@example.org", "a@example.org\nBcc: b@x.org",
      "x" * 250 + "@example.org", "a@localhost", "Name <a@example.org>"],
 )  # fmt: skip
 def test_invalid_addresses_are_refused(address: str) -> None:

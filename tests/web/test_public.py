@@ -220,6 +220,14 @@ async def test_invalid_address_reshows_form_with_values_kept(site: Site) -> None
     assert site.mails() == []
 
 
+async def test_addresses_that_cannot_be_mailed_are_explained(site: Site) -> None:
+    response = await site.subscribe("Žygimantas@example.lt", name="Žygimantas")
+    assert response.status_code == 422
+    assert "Internationalized characters before the @-sign are not supported" in response.text
+    idn = await site.subscribe("ona@žemėlapis.lt")
+    assert idn.status_code == 200
+
+
 async def test_consent_box_is_required(site: Site) -> None:
     token = await site.token()
     response = await site.client.post(
