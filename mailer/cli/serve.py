@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import logging
+import signal
+from types import FrameType
 
 import click
 
 from mailer.cli import BadInput, OperationalError
 from mailer.context import AppContext
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _StopRequested(Exception):
+    pass
+
+
+def _stop_requested(signum: int, frame: FrameType | None) -> None:
+    raise _StopRequested(signum)
 
 
 @click.command()
@@ -61,12 +73,23 @@ def serve(ctx: click.Context, host: str, port: int, no_background: bool, log_lev
         else f"sent via {settings.smtp.host}:{settings.smtp.port}"
     )
     click.echo(f"{settings.site.name}: http://{host}:{port}/ (mail is {where}). Ctrl-C stops.")
+    # uvicorn turns SIGINT/SIGTERM into a graceful shutdown (requests and mail in
+    # flight finish, the lifespan stops the scheduler and the worker), then raises
+    # the signal again so the process dies of it. By then everything has stopped
+    # cleanly, so these handlers turn that second delivery into a normal exit 0
+    # instead of a KeyboardInterrupt traceback or a kill status.
+    previous = {sig: signal.signal(sig, _stop_requested) for sig in _STOP_SIGNALS}
     try:
         server.run()
+    except _StopRequested:
+        pass
     except OSError as exc:
         raise OperationalError(f"cannot serve on {host}:{port}: {exc}") from None
     except ValueError as exc:
         raise BadInput(str(exc)) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not server.started:
         # Start-up failed (port taken, database unreachable): uvicorn logged why.
         raise OperationalError(f"mailer serve did not start on {host}:{port}; see the log above")
