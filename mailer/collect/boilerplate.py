@@ -130,12 +130,15 @@ HEADER_LINES = 12
 _SENTENCE_END = re.compile(r"[.!?:;…]$")
 
 
+_COMBINING_MARKS = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff]+")
+_NON_WORD = re.compile(r"[^\w]+")
+
+
 def normalise(text: str) -> str:
     """Compare-friendly form: no accents, lower case, words separated by single spaces."""
-    stripped = "".join(
-        c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)
-    )
-    return " ".join(re.sub(r"[^\w]+", " ", stripped.casefold()).split())
+    if not text.isascii():
+        text = _COMBINING_MARKS.sub("", unicodedata.normalize("NFKD", text))
+    return _NON_WORD.sub(" ", text.casefold()).strip()
 
 
 @dataclass

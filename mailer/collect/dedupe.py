@@ -51,15 +51,17 @@ def shingles(normalised: str) -> set[str]:
 
 def simhash(text: str) -> int:
     """Unsigned 64-bit SimHash over word shingles of the normalised text."""
-    counts = [0] * 64
     features = shingles(normalised_text(text))
     if not features:
         return 0
-    for feature in features:
-        value = _token_hash(feature)
-        for bit in range(64):
-            counts[bit] += 1 if value >> bit & 1 else -1
-    return sum(1 << bit for bit in range(64) if counts[bit] > 0)
+    # Bit columns of all feature hashes, most significant first; a bit of the result
+    # is set when more than half of the features have it set.
+    rows = [format(_token_hash(feature), "064b") for feature in features]
+    half = len(rows) / 2
+    result = 0
+    for column in zip(*rows, strict=True):
+        result = (result << 1) | (column.count("1") > half)
+    return result
 
 
 def to_signed(value: int) -> int:

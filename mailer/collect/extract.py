@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from functools import cached_property
 
 from mailer.collect.blocks import Body, Image, blocks_from_html, blocks_from_text, clean_line
 from mailer.collect.boilerplate import clean_blocks, clean_title, photo_credit_of
@@ -41,12 +42,13 @@ class Candidate:
     publisher: str | None = None
     warnings: list[str] = field(default_factory=list)
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
         return content_hash(self.text or self.title)
 
-    @property
+    @cached_property
     def simhash(self) -> int:
+        """Signed, as the BIGINT column stores it."""
         return to_signed(simhash(self.text or self.title))
 
     def as_json(self, source: str) -> dict[str, object]:

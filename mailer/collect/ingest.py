@@ -11,8 +11,7 @@ from sqlalchemy import select
 
 from mailer.collect.extract import Candidate, EntryError
 from mailer.collect.files import SUPPORTED_SUFFIXES, is_supported, read_release_file
-from mailer.collect.store import Outcome, ReleaseStore
-from mailer.collect.topics import TopicRules
+from mailer.collect.store import Outcome, store_candidates
 from mailer.config import Settings
 from mailer.db import Database
 from mailer.models import Source, SourceStatus, utcnow
@@ -94,7 +93,9 @@ async def ingest_paths(
         return report
     if database is None:
         raise ValueError("a database is needed unless dry_run is set")
-    async with database.transaction() as session:
+    from mailer.collect.runner import store_lock
+
+    async with store_lock(database), database.transaction() as session:
         source = await session.scalar(select(Source).where(Source.name == source_name))
         if source is None:
             # Not enabled: nothing schedules it; it only labels what was ingested.
@@ -110,23 +111,32 @@ async def ingest_paths(
             session.add(source)
             await session.flush()
         now = utcnow()
-        store = ReleaseStore(
-            session,
-            source_id=source.id,
-            source_name=source.name,
-            rules=await TopicRules.load(session),
-            now=now,
-        )
-        await store.prepare([r.candidate for r in report.releases])
-        for item in report.releases:
-            try:
-                async with session.begin_nested():
-                    stored = await store.store(item.candidate)
-            except Exception as exc:
-                log.exception("storing %s failed", item.path)
-                report.errors.append(f"{item.path}: could not be stored ({exc})")
-                continue
-            item.outcome, item.release_id = stored.outcome, stored.release_id
+        candidates = [item.candidate for item in report.releases]
+        try:
+            async with session.begin_nested():
+                stored_all = await store_candidates(
+                    session,
+                    source_id=source.id,
+                    source_name=source.name,
+                    candidates=candidates,
+                    now=now,
+                    isolate=False,
+                )
+        except Exception:
+            log.exception("storing the ingested releases failed; retrying one by one")
+            stored_all = await store_candidates(
+                session,
+                source_id=source.id,
+                source_name=source.name,
+                candidates=candidates,
+                now=now,
+                isolate=True,
+            )
+        for item, stored in zip(report.releases, stored_all, strict=True):
+            if isinstance(stored, Exception):
+                report.errors.append(f"{item.path}: could not be stored ({stored})")
+            else:
+                item.outcome, item.release_id = stored.outcome, stored.release_id
         source.last_run_at = source.last_success_at = now
         source.total_releases = (source.total_releases or 0) + report.count(Outcome.NEW)
     return report

@@ -33,8 +33,7 @@ from mailer.collect.feeds import ParsedEntries, SourceError, parse_feed
 from mailer.collect.fetch import Fetcher, FetchError, FetchPolicy, user_agent
 from mailer.collect.files import is_supported, read_release_file
 from mailer.collect.pages import extract_page, listing_links
-from mailer.collect.store import Outcome, ReleaseStore
-from mailer.collect.topics import TopicRules
+from mailer.collect.store import Outcome, store_candidates
 from mailer.config import Settings
 from mailer.db import Database
 from mailer.models import Lock, ReleaseLink, Source, SourceStatus, utcnow
@@ -483,53 +482,95 @@ async def _gather_pages(
     return gathered
 
 
+_STORE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]]
+_STORE_LOCKS = weakref.WeakKeyDictionary()
+
+
+def store_lock(database: Database) -> asyncio.Lock:
+    """One storing transaction at a time per database in this process. Writers queue
+    here instead of in SQLite's busy handler, which sleeps in coarse steps, and the
+    matching step sees every release stored before it (other processes are kept in
+    step by SQLite's write lock or PostgreSQL's advisory lock, see store.py)."""
+    locks = _STORE_LOCKS.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(str(database.url), asyncio.Lock())
+
+
 async def _store_and_record(
     database: Database, source: Source, gathered: _Gathered, result: SourceRunResult
 ) -> None:
+    async with store_lock(database):
+        await _store_and_record_locked(database, source, gathered, result)
+
+
+async def _store_and_record_locked(
+    database: Database, source: Source, gathered: _Gathered, result: SourceRunResult
+) -> None:
+    try:
+        await _store_in_transaction(database, source, gathered, result, isolate=False)
+    except Exception:
+        # Something in the batch cannot be stored (the transaction is gone): do it
+        # again one savepoint per release, so only that release is lost.
+        log.exception("source %s: storing the batch failed; retrying one by one", source.name)
+        await _store_in_transaction(database, source, gathered, result, isolate=True)
+
+
+async def _store_in_transaction(
+    database: Database,
+    source: Source,
+    gathered: _Gathered,
+    result: SourceRunResult,
+    *,
+    isolate: bool,
+) -> None:
     now = utcnow()
+    outcome = SourceRunResult(source=result.source)
     async with database.transaction() as session:
         if gathered.candidates:
-            store = ReleaseStore(
+            stored_all = await store_candidates(
                 session,
                 source_id=source.id,
                 source_name=source.name,
-                rules=await TopicRules.load(session),
+                candidates=gathered.candidates,
                 now=now,
+                isolate=isolate,
             )
-            await store.prepare(gathered.candidates)
-            for candidate in gathered.candidates:
-                try:
-                    async with session.begin_nested():
-                        stored = await store.store(candidate)
-                except Exception as exc:
-                    log.exception("source %s: storing %s failed", source.name, candidate.guid)
-                    result.failed += 1
-                    result.entry_errors.append(f"{candidate.guid}: could not be stored ({exc})")
-                    continue
-                if stored.outcome is Outcome.NEW:
-                    result.new += 1
-                    result.new_release_ids.append(stored.release_id)
+            for candidate, stored in zip(gathered.candidates, stored_all, strict=True):
+                if isinstance(stored, Exception):
+                    outcome.failed += 1
+                    outcome.entry_errors.append(f"{candidate.guid}: could not be stored ({stored})")
+                elif stored.outcome is Outcome.NEW:
+                    outcome.new += 1
+                    outcome.new_release_ids.append(stored.release_id)
                 elif stored.outcome is Outcome.UPDATED:
-                    result.updated += 1
+                    outcome.updated += 1
                 elif stored.outcome is Outcome.MERGED:
-                    result.merged += 1
+                    outcome.merged += 1
                 else:
-                    result.unchanged += 1
+                    outcome.unchanged += 1
+        counts = (outcome.new, outcome.updated, outcome.merged, outcome.unchanged, outcome.failed)
+        final = SourceRunResult(**{**result.__dict__})
+        final.new, final.updated, final.merged = counts[0], counts[1], counts[2]
+        final.unchanged += counts[3]
+        final.failed += counts[4]
+        final.entry_errors = [*result.entry_errors, *outcome.entry_errors]
+        final.new_release_ids = list(outcome.new_release_ids)
         row = await session.get(Source, source.id)
-        if row is None:
-            return
-        row.status = SourceStatus.OK
-        row.last_run_at = now
-        row.last_success_at = now
-        row.consecutive_failures = 0
-        if gathered.keep_validators:
-            row.etag = (gathered.etag or None) and gathered.etag[:500]
-            row.last_modified = (gathered.last_modified or None) and gathered.last_modified[:100]
-        if gathered.seen_files is not None:
-            row.seen_files = gathered.seen_files
-        row.total_releases = (row.total_releases or 0) + result.new
-        result.seconds = max(result.seconds, 0.0)
-        row.last_counts = result.counts()
+        if row is not None:
+            row.status = SourceStatus.OK
+            row.last_run_at = now
+            row.last_success_at = now
+            row.consecutive_failures = 0
+            if gathered.keep_validators:
+                row.etag = (gathered.etag or None) and gathered.etag[:500]
+                row.last_modified = (gathered.last_modified or None) and (
+                    gathered.last_modified[:100]
+                )
+            if gathered.seen_files is not None:
+                row.seen_files = gathered.seen_files
+            row.total_releases = (row.total_releases or 0) + final.new
+            row.last_counts = final.counts()
+    # Only a committed transaction's counts are the run's.
+    result.__dict__.update(final.__dict__)
 
 
 async def _record_failure(database: Database, source_id: int, result: SourceRunResult) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, literal, select, text, update
+from sqlalchemy import delete, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -241,7 +241,8 @@ class ReleaseStore:
     async def _create(
         self, candidate: Candidate, guid: str, url: str | None, digest: str, fingerprint: int
     ) -> int:
-        release = Release(
+        values = _body_values(candidate, digest, fingerprint)
+        values.update(
             published_at=candidate.published or self.now,
             published_estimated=candidate.published is None,
             first_seen_at=self.now,
@@ -249,9 +250,14 @@ class ReleaseStore:
             canonical_url=url,
             excluded=False,
         )
-        _apply_body(release, candidate, digest, fingerprint)
-        self.session.add(release)
-        await self.session.flush()
+        # A Core INSERT … RETURNING: one round trip, without a unit-of-work flush per
+        # release (the links and topics below go out together at the next flush).
+        with self.session.no_autoflush:
+            release_id = await self.session.scalar(
+                insert(Release).values(**values).returning(Release.id)
+            )
+        assert release_id is not None
+        release = _NewRelease(release_id)
         link = ReleaseLink(
             release_id=release.id,
             source_id=self.source_id,
@@ -309,9 +315,9 @@ class ReleaseStore:
         )
         await session.execute(delete(ReleaseTopic).where(ReleaseTopic.release_id == other.id))
         await self._add_topics(survivor.id, topic_ids)
-        insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+        dialect_insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
         await session.execute(
-            insert(SubscriberRelease)
+            dialect_insert(SubscriberRelease)
             .from_select(
                 ["subscriber_id", "release_id", "delivery_id"],
                 select(
@@ -345,18 +351,30 @@ class ReleaseStore:
                 ids.add(survivor.id)
 
 
-def _apply_body(release: Release, candidate: Candidate, digest: str, fingerprint: int) -> None:
-    release.title = _fit(candidate.title, 1000) or ""
-    release.text = candidate.text
-    release.html = candidate.html
-    release.summary = candidate.summary
+@dataclass
+class _NewRelease:
+    id: int
+
+
+def _body_values(candidate: Candidate, digest: str, fingerprint: int) -> dict[str, object]:
     image = candidate.image_url
-    release.image_url = image if image and len(image) <= 2000 else None
-    release.image_alt = _fit(candidate.image_alt, 500)
-    release.photo_credit = _fit(candidate.photo_credit, 500)
-    release.publisher = _fit(candidate.publisher, 200)
-    release.content_hash = digest
-    release.simhash = fingerprint
+    return {
+        "title": _fit(candidate.title, 1000) or "",
+        "text": candidate.text,
+        "html": candidate.html,
+        "summary": candidate.summary,
+        "image_url": image if image and len(image) <= 2000 else None,
+        "image_alt": _fit(candidate.image_alt, 500),
+        "photo_credit": _fit(candidate.photo_credit, 500),
+        "publisher": _fit(candidate.publisher, 200),
+        "content_hash": digest,
+        "simhash": fingerprint,
+    }
+
+
+def _apply_body(release: Release, candidate: Candidate, digest: str, fingerprint: int) -> None:
+    for name, value in _body_values(candidate, digest, fingerprint).items():
+        setattr(release, name, value)
 
 
 def _fill_missing(release: Release, candidate: Candidate, url: str | None) -> None:
@@ -384,3 +402,40 @@ def _take_earliest_date(release: Release, value: datetime | None, *, estimated: 
 def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
     for start in range(0, len(values), _CHUNK):
         yield values[start : start + _CHUNK]
+
+
+async def store_candidates(
+    session: AsyncSession,
+    *,
+    source_id: int | None,
+    source_name: str,
+    candidates: Sequence[Candidate],
+    now: datetime,
+    isolate: bool,
+) -> list[Stored | Exception]:
+    """Store every candidate; one result per candidate, in order.
+
+    ``isolate=False`` is the fast path: any failure propagates and the caller's
+    transaction is lost. ``isolate=True`` wraps each candidate in a savepoint so
+    that one that cannot be stored is returned as its exception and the others
+    are kept; callers retry with it only after the fast path failed.
+    """
+    store = ReleaseStore(
+        session,
+        source_id=source_id,
+        source_name=source_name,
+        rules=await TopicRules.load(session),
+        now=now,
+    )
+    await store.prepare(candidates)
+    results: list[Stored | Exception] = []
+    for candidate in candidates:
+        if not isolate:
+            results.append(await store.store(candidate))
+            continue
+        try:
+            async with session.begin_nested():
+                results.append(await store.store(candidate))
+        except Exception as exc:
+            results.append(exc)
+    return results

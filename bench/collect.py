@@ -1,0 +1,174 @@
+"""Collector benchmark: 200 local feeds of 50 items each, collected twice.
+
+The first run fetches, parses, deduplicates and stores 10,000 releases; the second
+run must cost one 304 per feed. Reports wall-clock seconds for each run and the
+collector process's peak resident memory. The feeds are served by a separate
+process on a loopback port so its memory is not counted.
+
+    python bench/collect.py [--feeds 200] [--items 50] [--database URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email.utils
+import multiprocessing
+import random
+import resource
+import socket
+import sys
+import tempfile
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from mailer.collect import collect_all
+from mailer.config import settings_from_mapping
+from mailer.context import AppContext
+from mailer.models import Release
+
+WORDS = (
+    "government ministry budget minister council agency health economy defence energy "
+    "investment report citizens region municipality hospital school tax inflation growth "
+    "programme support project plan meeting agreement cooperation security transport digital "
+    "funding innovation reform public services employment export industry climate water "
+    "housing culture education research university court police border customs trade"
+).split()
+
+
+def feed_xml(feed: int, items: int) -> bytes:
+    rng = random.Random(feed)
+    entries = []
+    for item in range(items):
+        sentences = []
+        for _ in range(6):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(12, 22))]
+            sentences.append(" ".join(words).capitalize() + ".")
+        body = "".join(f"<p>{' '.join(sentences[i : i + 2])}</p>" for i in range(0, 6, 2))
+        day = 1 + (feed + item) % 28
+        entries.append(
+            f"<item><title>Release {feed}-{item}: {rng.choice(WORDS)} {rng.choice(WORDS)}</title>"
+            f"<link>http://press{feed}.example/releases/{item}</link>"
+            f"<guid isPermaLink='false'>feed{feed}-item{item}</guid>"
+            f"<pubDate>{day:02d} Jun 2024 10:00:00 +0300</pubDate>"
+            f"<description><![CDATA[{body}<p>Share on Facebook | Tweet</p>]]></description></item>"
+        )
+    return (
+        f"<?xml version='1.0' encoding='utf-8'?><rss version='2.0'><channel>"
+        f"<title>Press office {feed}</title><link>http://press{feed}.example/</link>"
+        f"{''.join(entries)}</channel></rss>"
+    ).encode()
+
+
+def serve(port_queue: multiprocessing.Queue, feeds: int, items: int) -> None:
+    bodies = {f"/feed/{n}": feed_xml(n, items) for n in range(feeds)}
+    etag = '"bench-1"'
+    modified = email.utils.formatdate(1_700_000_000, usegmt=True)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+        def do_GET(self) -> None:
+            body = bodies.get(self.path)
+            if body is None:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if self.headers.get("If-None-Match") == etag:
+                self.send_response(304)
+                self.send_header("ETag", etag)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/rss+xml; charset=utf-8")
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", modified)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 256
+
+    server = Server(("127.0.0.1", 0), Handler)
+    port_queue.put(server.server_address[1])
+    server.serve_forever()
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in kilobytes on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def run(feeds: int, items: int, database_url: str | None, folder: Path) -> None:
+    queue: multiprocessing.Queue = multiprocessing.Queue()
+    server = multiprocessing.Process(target=serve, args=(queue, feeds, items), daemon=True)
+    server.start()
+    port = queue.get(timeout=60)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass
+        settings = settings_from_mapping(
+            {
+                "data_dir": str(folder / "data"),
+                "database": {"url": database_url or f"sqlite:///{folder / 'bench.db'}"},
+                "secret_key": "bench-secret-key-0123456789",
+                "sources": [
+                    {
+                        "name": f"Feed {n:03d}",
+                        "kind": "feed",
+                        "url": f"http://127.0.0.1:{port}/feed/{n}",
+                    }
+                    for n in range(feeds)
+                ],
+                "topics": [
+                    {"name": "Economy", "keywords": ["economy", "budget", "tax", "inflation"]},
+                    {"name": "Health", "keywords": ["health", "hospital"]},
+                ],
+            },
+            environ={},
+        )
+        async with AppContext(settings=settings).database() as database:
+            print(f"{feeds} feeds x {items} items, database {database.dialect}")
+            for label in ("first run", "second run (all 304)"):
+                started = time.perf_counter()
+                results = await collect_all(database, settings)
+                elapsed = time.perf_counter() - started
+                failed = [r for r in results if r.error]
+                print(
+                    f"{label}: {elapsed:.1f} s; new {sum(r.new for r in results)},"
+                    f" not modified {sum(r.not_modified for r in results)},"
+                    f" failed sources {len(failed)}"
+                    + (f" (first error: {failed[0].error})" if failed else "")
+                )
+            async with database.session() as session:
+                stored = await session.scalar(select(func.count()).select_from(Release))
+            print(f"releases stored: {stored}")
+        print(f"peak resident memory of the collector process: {peak_rss_mb():.0f} MB")
+    finally:
+        server.terminate()
+        server.join(5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--feeds", type=int, default=200)
+    parser.add_argument("--items", type=int, default=50)
+    parser.add_argument("--database", help="database URL (default: a fresh SQLite file)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        asyncio.run(run(args.feeds, args.items, args.database, Path(folder)))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
