@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -21,6 +22,8 @@ import aiosmtplib
 
 from mailer.catcher import EmbeddedCatcher
 from mailer.config import Settings
+
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 
 
 class Outcome(enum.StrEnum):
@@ -148,7 +151,7 @@ class Connection:
                         Outcome.FAILED, None, "server does not support SMTPUTF8 addresses"
                     )
                 options.append("SMTPUTF8")
-            await client.sendmail(envelope_from, list(recipients), data, mail_options=options)
+            await self._transaction(client, envelope_from, recipients, data, options)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             result = classify(exc)
             if result.connection_error:
@@ -157,6 +160,38 @@ class Connection:
                 await self._reset()
             return result
         return SendResult(Outcome.SENT, 250, "accepted")
+
+    async def _transaction(
+        self,
+        client: aiosmtplib.SMTP,
+        envelope_from: str,
+        recipients: Sequence[str],
+        data: bytes,
+        options: list[str],
+    ) -> None:
+        """MAIL, RCPT and DATA through aiosmtplib's command API, with the body sent
+        as prepared.
+
+        Why not ``sendmail()``: it rewrites every message with two regular-expression
+        passes (line endings, then dot-stuffing) over the whole body. A digest is
+        built with CRLF line endings already, so for a 40 KB message those passes
+        were the largest CPU cost of a bulk send; here byte counts prove the line
+        endings and dot-stuffing is a plain byte replacement (see wire_format).
+        """
+        encoding = "utf-8" if options else "ascii"
+        await client.mail(envelope_from, options=options, encoding=encoding)
+        for recipient in recipients:
+            await client.rcpt(recipient, encoding=encoding)
+        response = await client.execute_command(b"DATA")
+        if response.code != 354:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        protocol = client.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost before the message")
+        protocol.write(wire_format(data))
+        response = await protocol.read_response(timeout=self.target.timeout)
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
 
     async def _reset(self) -> None:
         # After a refused transaction the session must be clean for the next message.
@@ -175,6 +210,21 @@ class Connection:
                 await client.quit()
         except (TimeoutError, aiosmtplib.SMTPException, OSError):
             client.close()
+
+
+def wire_format(data: bytes) -> bytes:
+    """The DATA payload: CRLF line endings, dot-stuffed (RFC 5321 4.5.2), terminated."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = _LINE_ENDINGS.sub(b"\r\n", data)
+    # With CRLF endings proven, "a line starts with a dot" is exactly "\n." (plus
+    # the first line); bytes.replace does it without a regular-expression scan.
+    data = data.replace(b"\n.", b"\n..")
+    if data.startswith(b"."):
+        data = b"." + data
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
 
 
 class RateLimiter:
