@@ -118,18 +118,19 @@ async def count_recipients(database: Database, settings: Settings, frequency: st
 async def schedule_digest(
     database: Database,
     *,
-    scheduled_for: datetime,
+    scheduled_for: datetime | None,
     frequency: str = "all",
     created_by: str = "cli",
     now: datetime | None = None,
 ) -> Digest:
-    """A manual send that :func:`start_due_digests` starts at ``scheduled_for``.
-    Until then it is "queued" and can be cancelled or started at once."""
+    """A manual send that :func:`start_due_digests` starts at ``scheduled_for``
+    (None: only :func:`start_queued_digest` starts it). Until then it is "queued"
+    and can be cancelled or started at once."""
     from mailer.digest import FREQUENCIES
 
     if frequency not in FREQUENCIES:
         raise SendError(f"unknown frequency {frequency!r}; choose one of {', '.join(FREQUENCIES)}")
-    if scheduled_for.tzinfo is None:
+    if scheduled_for is not None and scheduled_for.tzinfo is None:
         raise SendError("the scheduled time needs a timezone")
     async with database.transaction() as session:
         digest = Digest(

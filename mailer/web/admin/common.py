@@ -203,7 +203,7 @@ def upload(data: FormData, name: str) -> UploadFile | None:
 def path_id(request: Request, name: str = "id") -> int:
     raw = request.path_params.get(name)
     value = raw if isinstance(raw, int) else None
-    if value is None or not 0 < value < 2**62:
+    if value is None or not 0 < value < 2**31:  # INTEGER ids on PostgreSQL
         raise HTTPException(404, "There is no such item.")
     return value
 

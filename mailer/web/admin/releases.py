@@ -113,6 +113,7 @@ async def add_release(
     published: datetime | None = None,
     topics: list[str] | None = None,
     added_by: str,
+    now: datetime | None = None,
 ) -> tuple[int, str]:
     """Store a release typed in by an operator; returns (release id, outcome).
 
@@ -137,7 +138,7 @@ async def add_release(
         )
     except EntryError as exc:
         raise ReleaseInputError(str(exc)) from None
-    now = utcnow()
+    now = now or utcnow()
     async with database.transaction() as session:
         source = await session.scalar(select(Source).where(Source.name == ADMIN_SOURCE))
         if source is None:
@@ -394,6 +395,7 @@ async def release_new_submit(request: Request) -> Response:
             published=published,
             topics=values["topics"] or None,
             added_by=identity(request).actor,
+            now=state.now(),
         )
     except (ReleaseInputError, HTTPException) as exc:
         message = exc.detail if isinstance(exc, HTTPException) else str(exc)

@@ -1,0 +1,711 @@
+"""The JSON API under /api, for programs (a CMS, a script, CI).
+
+Authentication is ``Authorization: Bearer <token>`` with tokens from ``mailer admin
+create-token`` (or the admin's Users page); a token has a role like a user. Every
+operation is declared once in ``OPERATIONS`` with its pydantic models: the same
+declaration builds the routes, validates the input and writes the OpenAPI document
+at /api/openapi.json, so the description cannot drift from the behaviour.
+Errors are ``{"error": message}`` (plus ``details`` for validation) with the
+fitting status: 400 unreadable, 401 no or bad token, 403 role, 404, 409 conflict,
+413 too big, 422 invalid.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import func, or_, select
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from mailer import accounts, audit
+from mailer import subscribers as store
+from mailer.accounts import Identity, Role
+from mailer.digest import PreviewError, preview_digest
+from mailer.message import MessageError
+from mailer.models import Digest, Release, ReleaseTopic, Subscriber, SubscriberStatus, Topic
+from mailer.send import (
+    SendError,
+    digest_progress,
+    schedule_digest,
+    set_digest_state,
+    start_queued_digest,
+)
+from mailer.web.app import web_state
+
+MAX_BODY_BYTES = 1024 * 1024
+# Ids are 32-bit INTEGER columns on PostgreSQL; anything larger cannot exist.
+MAX_ID = 2**31
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refusing it here keeps that a 422, not a 5xx.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+class StatusFilter(StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class FrequencyChoice(StrEnum):
+    IMMEDIATELY = "immediately"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+class Audience(StrEnum):
+    ALL = "all"
+    IMMEDIATELY = "immediately"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+class Error(BaseModel):
+    error: str
+    details: list[dict[str, Any]] | None = None
+
+
+class SubscriberQuery(Strict):
+    status: StatusFilter | None = None
+    q: Text | None = Field(None, max_length=200, description="Part of the address or name.")
+    limit: int = Field(100, ge=1, le=500)
+    offset: int = Field(0, ge=0, le=10**9)
+
+
+class SubscriberOut(BaseModel):
+    id: int
+    email: str
+    name: str | None
+    status: str
+    frequency: str
+    topics: list[str] = Field(description="Topic slugs; empty means every topic.")
+    created_at: str
+    confirmed_at: str | None
+    unsubscribed_at: str | None
+
+
+class SubscriberList(BaseModel):
+    items: list[SubscriberOut]
+    total: int
+
+
+class SubscriberCreate(Strict):
+    email: Text = Field(max_length=320)
+    name: Text | None = Field(None, max_length=200)
+    topics: list[Annotated[Text, Field(max_length=100)]] = Field(
+        default_factory=list, max_length=50, description="Slugs or names; empty: every topic."
+    )
+    frequency: FrequencyChoice | None = None
+    confirmed: bool = Field(
+        False, description="True records consent obtained elsewhere; false mails a link."
+    )
+    resubscribe: bool = Field(
+        False, description="Allow an address on the suppression list (they asked to return)."
+    )
+
+
+class SubscriberCreated(BaseModel):
+    subscriber: SubscriberOut
+    created: bool
+    outcome: str
+    confirmation_sent: bool
+
+
+class SubscriberChanged(BaseModel):
+    subscriber: SubscriberOut
+    changed: bool
+
+
+class ReleaseQuery(Strict):
+    q: Text | None = Field(None, max_length=200, description="Words in the title or summary.")
+    topic: Text | None = Field(None, max_length=64, description="A topic slug.")
+    since: AwareDatetime | None = Field(None, description="Published at or after.")
+    limit: int = Field(50, ge=1, le=500)
+    offset: int = Field(0, ge=0, le=10**9)
+
+
+class ReleaseOut(BaseModel):
+    id: int
+    title: str
+    summary: str
+    published_at: str
+    published_estimated: bool
+    url: str | None
+    topics: list[str]
+    sources: list[str]
+    excluded: bool
+
+
+class ReleaseList(BaseModel):
+    items: list[ReleaseOut]
+    total: int
+
+
+class DigestCreate(Strict):
+    frequency: Audience = Field(Audience.ALL, description="Who gets it: everyone or one group.")
+    scheduled_for: AwareDatetime | None = Field(
+        None,
+        description="Start automatically at this time; without it the send waits for "
+        "POST /api/digests/{id}/send.",
+    )
+
+
+class DigestStatusOut(BaseModel):
+    id: int
+    kind: str
+    frequency: str
+    status: str
+    scheduled_for: str | None
+    recipients: int
+    sent: int
+    failed: int
+    deferred: int
+    pending: int
+    cancelled: int
+    bounced: int
+    pause_reason: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class PreviewQuery(Strict):
+    subscriber: Text | None = Field(
+        None, max_length=320, description="An address (admin tokens only); empty: a sample."
+    )
+
+
+class PreviewOut(BaseModel):
+    would_send: bool
+    recipient: str | None = None
+    subject: str | None = None
+    release_count: int = 0
+    html: str | None = None
+    text: str | None = None
+
+
+# --- plumbing -------------------------------------------------------------------------------
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+@dataclass
+class Operation:
+    method: str
+    path: str
+    role: Role
+    summary: str
+    handler: Handler
+    response: type[BaseModel]
+    status: int = 200
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    path_params: tuple[str, ...] = ()
+    errors: tuple[int, ...] = ()
+    tag: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__
+
+
+def error(status: int, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def _validation_error(exc: ValidationError) -> JSONResponse:
+    details = [
+        {"where": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()
+    ]
+    first = details[0]
+    message = f"{first['where']}: {first['problem']}" if first["where"] else first["problem"]
+    return JSONResponse({"error": message, "details": details}, status_code=422)
+
+
+async def _identity(request: Request) -> Identity | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return await accounts.token_identity(web_state(request).db, token.strip())
+
+
+async def _body(request: Request, model: type[BaseModel]) -> BaseModel:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"The body is larger than {MAX_BODY_BYTES} bytes.")
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise HTTPException(413, f"The body is larger than {MAX_BODY_BYTES} bytes.")
+    try:
+        data = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPException(400, "The body is not valid JSON.") from None
+    return model.model_validate(data)
+
+
+def _query(request: Request, model: type[BaseModel]) -> BaseModel:
+    params = request.query_params
+    data: dict[str, Any] = {}
+    for key in params:
+        values = params.getlist(key)
+        data[key] = values if len(values) > 1 else values[0]
+    return model.model_validate(data)
+
+
+def _wrap(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
+    @functools.wraps(operation.handler)
+    async def endpoint(request: Request) -> Response:
+        who = await _identity(request)
+        if who is None:
+            return error(
+                401,
+                "Send a valid API token: Authorization: Bearer <token>.",
+                **{"www-authenticate": 'Bearer realm="mailer"'},
+            )
+        if not who.may(operation.role):
+            return error(403, f"This token's role ({who.role.value}) may not do this.")
+        kwargs: dict[str, Any] = {}
+        for name in operation.path_params:
+            value = request.path_params[name]
+            if not isinstance(value, int) or not 0 < value < MAX_ID:
+                return error(404, "Not found.")
+            kwargs[name] = value
+        try:
+            if operation.query is not None:
+                kwargs["query"] = _query(request, operation.query)
+            if operation.body is not None:
+                kwargs["body"] = await _body(request, operation.body)
+        except ValidationError as exc:
+            return _validation_error(exc)
+        return await operation.handler(request, who, **kwargs)
+
+    endpoint.required_role = operation.role  # type: ignore[attr-defined]
+    return endpoint
+
+
+def ok(model: BaseModel, status: int = 200) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+# --- subscribers ----------------------------------------------------------------------------
+
+
+def _subscriber_out(view: store.SubscriberView) -> SubscriberOut:
+    return SubscriberOut.model_validate(view.as_dict())
+
+
+async def list_subscribers(request: Request, who: Identity, query: SubscriberQuery) -> Response:
+    state = web_state(request)
+    conditions: list[Any] = []
+    if query.status is not None:
+        conditions.append(Subscriber.status == SubscriberStatus(query.status.value))
+    if query.q:
+        pattern = f"%{query.q.lower()}%"
+        conditions.append(
+            or_(Subscriber.email_key.like(pattern), func.lower(Subscriber.name).like(pattern))
+        )
+    async with state.db.session() as session:
+        total = await session.scalar(select(func.count(Subscriber.id)).where(*conditions))
+        ids = list(
+            await session.scalars(
+                select(Subscriber.id)
+                .where(*conditions)
+                .order_by(Subscriber.id)
+                .limit(query.limit)
+                .offset(query.offset)
+            )
+        )
+    views = [await store.get_subscriber(state.db, i) for i in ids]
+    items = [_subscriber_out(v) for v in views if v is not None]
+    return ok(SubscriberList(items=items, total=total or 0))
+
+
+async def create_subscriber(request: Request, who: Identity, body: SubscriberCreate) -> Response:
+    state = web_state(request)
+    origin = store.Origin(
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+        actor=who.actor,
+    )
+    try:
+        result = await store.add(
+            state.db,
+            state.settings,
+            body.email,
+            name=body.name,
+            topics=body.topics,
+            frequency=body.frequency.value if body.frequency else None,
+            confirmed=body.confirmed,
+            resubscribe=body.resubscribe,
+            origin=origin,
+            now=state.now(),
+        )
+    except store.SuppressedAddress as exc:
+        return error(409, str(exc))
+    except store.SubscriberError as exc:
+        return error(422, str(exc))
+    sent = False
+    if result.confirmation_due:
+        sent = await store.send_confirmation(
+            state.db, state.settings, result.subscriber.id, now=state.now()
+        )
+    await audit.record(
+        state.db,
+        who.actor,
+        "subscriber.add",
+        "subscriber",
+        result.subscriber.id,
+        {"outcome": result.outcome, "confirmed": body.confirmed, "via": "api"},
+    )
+    return ok(
+        SubscriberCreated(
+            subscriber=_subscriber_out(result.subscriber),
+            created=result.created,
+            outcome=result.outcome,
+            confirmation_sent=sent,
+        ),
+        201 if result.created else 200,
+    )
+
+
+async def unsubscribe_subscriber(request: Request, who: Identity, id: int) -> Response:
+    state = web_state(request)
+    try:
+        changed = await store.unsubscribe(
+            state.db,
+            state.settings,
+            id,
+            origin=store.Origin(actor=who.actor),
+            method="api",
+            now=state.now(),
+        )
+    except store.NotFound:
+        return error(404, "There is no such subscriber.")
+    view = await store.get_subscriber(state.db, id)
+    if view is None:
+        return error(404, "There is no such subscriber.")
+    if changed:
+        await audit.record(
+            state.db, who.actor, "subscriber.unsubscribe", "subscriber", id, {"via": "api"}
+        )
+    return ok(SubscriberChanged(subscriber=_subscriber_out(view), changed=changed))
+
+
+# --- releases -------------------------------------------------------------------------------
+
+
+async def list_releases(request: Request, who: Identity, query: ReleaseQuery) -> Response:
+    state = web_state(request)
+    conditions: list[Any] = [Release.merged_into_id.is_(None)]
+    if query.q:
+        pattern = f"%{query.q.lower()}%"
+        conditions.append(
+            or_(func.lower(Release.title).like(pattern), func.lower(Release.summary).like(pattern))
+        )
+    if query.topic:
+        conditions.append(
+            Release.id.in_(
+                select(ReleaseTopic.release_id)
+                .join(Topic, Topic.id == ReleaseTopic.topic_id)
+                .where(Topic.slug == query.topic)
+            )
+        )
+    if query.since is not None:
+        conditions.append(Release.published_at >= query.since)
+    async with state.db.session() as session:
+        total = await session.scalar(select(func.count(Release.id)).where(*conditions))
+        releases = (
+            await session.scalars(
+                select(Release)
+                .where(*conditions)
+                .order_by(Release.published_at.desc(), Release.id.desc())
+                .limit(query.limit)
+                .offset(query.offset)
+            )
+        ).all()
+        items = [
+            ReleaseOut(
+                id=r.id,
+                title=r.title,
+                summary=r.summary,
+                published_at=r.published_at.isoformat(),
+                published_estimated=r.published_estimated,
+                url=r.canonical_url,
+                topics=[t.slug for t in r.topics],
+                sources=list(dict.fromkeys(link.source_name for link in r.links)),
+                excluded=r.excluded,
+            )
+            for r in releases
+        ]
+    return ok(ReleaseList(items=items, total=total or 0))
+
+
+# --- digests --------------------------------------------------------------------------------
+
+
+async def _status(request: Request, digest_id: int) -> DigestStatusOut | None:
+    state = web_state(request)
+    async with state.db.session() as session:
+        digest = await session.get(Digest, digest_id)
+        if digest is None or digest.kind == "preview":
+            return None
+        progress = await digest_progress(session, digest_id)
+    counts = progress.counts
+    return DigestStatusOut(
+        id=digest.id,
+        kind=digest.kind,
+        frequency=digest.frequency,
+        status=progress.status,
+        scheduled_for=_iso(digest.scheduled_for),
+        recipients=progress.recipients,
+        sent=counts.get("sent", 0),
+        failed=counts.get("failed", 0),
+        deferred=counts.get("deferred", 0),
+        pending=counts.get("pending", 0) + counts.get("sending", 0),
+        cancelled=counts.get("cancelled", 0),
+        bounced=progress.bounced,
+        pause_reason=progress.pause_reason,
+        started_at=_iso(progress.started_at),
+        finished_at=_iso(progress.finished_at),
+    )
+
+
+async def create_digest(request: Request, who: Identity, body: DigestCreate) -> Response:
+    state = web_state(request)
+    if body.scheduled_for is not None and body.scheduled_for <= state.now():
+        return error(422, "scheduled_for: must be in the future")
+    digest = await schedule_digest(
+        state.db,
+        scheduled_for=body.scheduled_for,
+        frequency=body.frequency.value,
+        created_by=who.actor,
+        now=state.now(),
+    )
+    await audit.record(
+        state.db,
+        who.actor,
+        "digest.create",
+        "digest",
+        digest.id,
+        {
+            "frequency": body.frequency.value,
+            "scheduled_for": _iso(body.scheduled_for),
+            "via": "api",
+        },
+    )
+    status = await _status(request, digest.id)
+    assert status is not None
+    return ok(status, 201)
+
+
+async def digest_status(request: Request, who: Identity, id: int) -> Response:
+    status = await _status(request, id)
+    if status is None:
+        return error(404, "There is no such digest.")
+    return ok(status)
+
+
+async def send_digest(request: Request, who: Identity, id: int) -> Response:
+    state = web_state(request)
+    if await _status(request, id) is None:
+        return error(404, "There is no such digest.")
+    try:
+        await start_queued_digest(state.db, state.settings, id, now=state.now())
+    except SendError as exc:
+        return error(409, str(exc))
+    await audit.record(state.db, who.actor, "digest.send", "digest", id, {"via": "api"})
+    status = await _status(request, id)
+    assert status is not None
+    return ok(status)
+
+
+def _state_change(action: str) -> Handler:
+    async def handler(request: Request, who: Identity, id: int) -> Response:
+        state = web_state(request)
+        if await _status(request, id) is None:
+            return error(404, "There is no such digest.")
+        try:
+            await set_digest_state(state.db, id, action)
+        except SendError as exc:
+            return error(409, str(exc))
+        await audit.record(state.db, who.actor, f"digest.{action}", "digest", id, {"via": "api"})
+        status = await _status(request, id)
+        assert status is not None
+        return ok(status)
+
+    handler.__name__ = f"{action}_digest"
+    return handler
+
+
+async def preview(request: Request, who: Identity, query: PreviewQuery) -> Response:
+    state = web_state(request)
+    if query.subscriber and not who.is_admin:
+        return error(403, "Only an admin token can preview a particular subscriber's digest.")
+    try:
+        result = await preview_digest(
+            state.db, state.settings, query.subscriber or None, now=state.now()
+        )
+    except (PreviewError, MessageError) as exc:
+        return error(422, str(exc))
+    if result is None:
+        return ok(PreviewOut(would_send=False))
+    parsed = email.message_from_bytes(result.message.data, policy=email.policy.default)
+    text_part = parsed.get_body(("plain",))  # type: ignore[attr-defined]
+    return ok(
+        PreviewOut(
+            would_send=True,
+            recipient=result.recipient,
+            subject=result.subject,
+            release_count=result.release_count,
+            html=result.html,
+            text=text_part.get_content() if text_part is not None else None,
+        )
+    )
+
+
+OPERATIONS: list[Operation] = [
+    Operation(
+        "GET",
+        "/subscribers",
+        Role.ADMIN,
+        "List and search subscribers",
+        list_subscribers,
+        SubscriberList,
+        query=SubscriberQuery,
+        tag="subscribers",
+    ),
+    Operation(
+        "POST",
+        "/subscribers",
+        Role.ADMIN,
+        "Add a subscriber (pending with a confirmation mail, or confirmed)",
+        create_subscriber,
+        SubscriberCreated,
+        status=201,
+        body=SubscriberCreate,
+        errors=(409,),
+        tag="subscribers",
+    ),
+    Operation(
+        "POST",
+        "/subscribers/{id:int}/unsubscribe",
+        Role.ADMIN,
+        "Unsubscribe a subscriber (the address is suppressed)",
+        unsubscribe_subscriber,
+        SubscriberChanged,
+        path_params=("id",),
+        errors=(404,),
+        tag="subscribers",
+    ),
+    Operation(
+        "GET",
+        "/releases",
+        Role.EDITOR,
+        "List and search releases, newest first",
+        list_releases,
+        ReleaseList,
+        query=ReleaseQuery,
+        tag="releases",
+    ),
+    Operation(
+        "POST",
+        "/digests",
+        Role.EDITOR,
+        "Create a send: scheduled, or waiting for POST /digests/{id}/send",
+        create_digest,
+        DigestStatusOut,
+        status=201,
+        body=DigestCreate,
+        tag="digests",
+    ),
+    Operation(
+        "GET",
+        "/digests/preview",
+        Role.EDITOR,
+        "The digest a subscriber (or a sample reader) would get now",
+        preview,
+        PreviewOut,
+        query=PreviewQuery,
+        tag="digests",
+    ),
+    Operation(
+        "GET",
+        "/digests/{id:int}",
+        Role.EDITOR,
+        "Status and counts of a send",
+        digest_status,
+        DigestStatusOut,
+        path_params=("id",),
+        errors=(404,),
+        tag="digests",
+    ),
+    Operation(
+        "POST",
+        "/digests/{id:int}/send",
+        Role.EDITOR,
+        "Start a created send now",
+        send_digest,
+        DigestStatusOut,
+        path_params=("id",),
+        errors=(404, 409),
+        tag="digests",
+    ),
+    *(
+        Operation(
+            "POST",
+            f"/digests/{{id:int}}/{action}",
+            Role.EDITOR,
+            f"{action.title()} a send",
+            _state_change(action),
+            DigestStatusOut,
+            path_params=("id",),
+            errors=(404, 409),
+            tag="digests",
+        )
+        for action in ("pause", "resume", "cancel")
+    ),
+]
+
+
+async def openapi_document(request: Request) -> Response:
+    from mailer.web.openapi import build_document
+
+    return JSONResponse(build_document(OPERATIONS, web_state(request).settings))
+
+
+def routes() -> list[BaseRoute]:
+    api_routes: list[BaseRoute] = [
+        Route(op.path, _wrap(op), methods=[op.method]) for op in OPERATIONS
+    ]
+    api_routes.append(Route("/openapi.json", openapi_document, methods=["GET"]))
+    return [Mount("/api", routes=api_routes)]
