@@ -90,8 +90,10 @@ def _leader_only(
 
 async def collect_and_notify(database: Database, settings: Settings, source_name: str) -> None:
     from mailer.collect import collect_source
+    from mailer.metrics import record_collection
 
     result = await collect_source(database, settings, source_name)
+    record_collection(source_name, ok=result.ok, skipped=result.skipped)
     if result.new_release_ids:
         await send_immediately(database, settings)
 

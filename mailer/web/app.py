@@ -42,7 +42,13 @@ from mailer.web.ratelimit import RateLimiter
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-ROUTE_MODULES = ("mailer.web.public", "mailer.web.admin", "mailer.web.api", "mailer.web.webhooks")
+ROUTE_MODULES = (
+    "mailer.web.public",
+    "mailer.web.admin",
+    "mailer.web.api",
+    "mailer.web.webhooks",
+    "mailer.web.metrics",
+)
 
 SECURITY_HEADERS = {
     # Everything is served from this origin; no inline script or style is used.
