@@ -17,7 +17,8 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta, tzinfo
 from pathlib import Path
@@ -27,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.collect.extract import Candidate, EntryError
 from mailer.collect.feeds import ParsedEntries, SourceError, parse_feed
@@ -111,6 +113,27 @@ ProgressCallback = Callable[[str, "SourceRunResult | None"], None]
 
 _RUNNING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[str]]
 _RUNNING = weakref.WeakKeyDictionary()
+
+
+_STORE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]]
+_STORE_LOCKS = weakref.WeakKeyDictionary()
+
+
+def store_lock(database: Database) -> asyncio.Lock:
+    """One collector write transaction at a time per database in this process.
+
+    Writers queue here instead of in SQLite's busy handler, which sleeps in coarse
+    steps and lets a busy stream of other writers starve it; and the matching step
+    sees every release stored before it. Other processes are kept in step by
+    SQLite's write lock or PostgreSQL's advisory lock (see store.py)."""
+    locks = _STORE_LOCKS.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(str(database.url), asyncio.Lock())
+
+
+@asynccontextmanager
+async def _writing(database: Database) -> AsyncIterator[AsyncSession]:
+    async with store_lock(database), database.transaction() as session:
+        yield session
 
 
 def _running_set() -> set[str]:
@@ -224,7 +247,7 @@ async def _take_lease(database: Database, name: str, holder: str) -> bool:
         set_={"holder": holder, "expires_at": now + LEASE},
         where=Lock.__table__.c.expires_at < now,
     )
-    async with database.transaction() as session:
+    async with _writing(database) as session:
         await session.execute(statement)
         current = await session.scalar(select(Lock.holder).where(Lock.name == lock_name))
     return current == holder
@@ -232,7 +255,7 @@ async def _take_lease(database: Database, name: str, holder: str) -> bool:
 
 async def _drop_lease(database: Database, name: str, holder: str) -> None:
     try:
-        async with database.transaction() as session:
+        async with _writing(database) as session:
             await session.execute(
                 delete(Lock).where(Lock.name == _lock_name(name), Lock.holder == holder)
             )
@@ -482,19 +505,6 @@ async def _gather_pages(
     return gathered
 
 
-_STORE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]]
-_STORE_LOCKS = weakref.WeakKeyDictionary()
-
-
-def store_lock(database: Database) -> asyncio.Lock:
-    """One storing transaction at a time per database in this process. Writers queue
-    here instead of in SQLite's busy handler, which sleeps in coarse steps, and the
-    matching step sees every release stored before it (other processes are kept in
-    step by SQLite's write lock or PostgreSQL's advisory lock, see store.py)."""
-    locks = _STORE_LOCKS.setdefault(asyncio.get_running_loop(), {})
-    return locks.setdefault(str(database.url), asyncio.Lock())
-
-
 async def _store_and_record(
     database: Database, source: Source, gathered: _Gathered, result: SourceRunResult
 ) -> None:
@@ -575,7 +585,7 @@ async def _store_in_transaction(
 
 async def _record_failure(database: Database, source_id: int, result: SourceRunResult) -> None:
     now = utcnow()
-    async with database.transaction() as session:
+    async with _writing(database) as session:
         row = await session.get(Source, source_id)
         if row is None:
             return
