@@ -46,9 +46,12 @@ class Journal:
         """Called once everything recorded so far is committed to the database."""
         os.ftruncate(self._fd, 0)
 
-    def close(self) -> None:
+    def close(self, *, remove: bool = True) -> None:
+        """Release the journal; keep the file (remove=False) while it still holds
+        acceptances the database has not recorded."""
         if self._fd >= 0:
-            self.path.unlink(missing_ok=True)
+            if remove:
+                self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = -1
 

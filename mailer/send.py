@@ -102,7 +102,9 @@ async def start_digest(
     return digest
 
 
-async def count_recipients(database: Database, settings: Settings, frequency: str = "all") -> int:
+async def count_recipients(
+    database: Database, settings: Settings, frequency: str = "all", *, now: datetime | None = None
+) -> int:
     """What a send would address now, without writing anything (``--dry-run``)."""
     from mailer.digest import plan_digest
 
@@ -110,7 +112,7 @@ async def count_recipients(database: Database, settings: Settings, frequency: st
         digest = Digest(kind="manual", frequency=frequency, status=DigestStatus.SENDING)
         session.add(digest)
         await session.flush()
-        count = await plan_digest(session, settings, digest)
+        count = await plan_digest(session, settings, digest, now)
         await session.rollback()
     return count
 
@@ -467,7 +469,9 @@ class Worker:
                     await self._release_unsent()
                     await asyncio.gather(*(c.close() for c in connections))
         finally:
-            self._journal.close()
+            # Results that never reached the database keep the journal on disk; the
+            # next worker on this machine applies it (see recover()).
+            self._journal.close(remove=not self._results)
         return self.stats
 
     async def _feed(self, until_empty: bool) -> None:
@@ -715,13 +719,30 @@ class Worker:
     async def _recorder(self) -> None:
         while not self._stopping.is_set():
             await self._sleep(RECORD_EVERY_SECONDS)
-            if self._results:
+            if not self._results:
+                continue
+            try:
                 await self._record_batch()
+            except Exception:
+                # The database is unreachable: keep the results (and the journal)
+                # and try again; sending goes on meanwhile.
+                log.exception("recording delivery results failed; retrying")
 
     async def _record_batch(self) -> None:
         if not self._results:
             return
         batch, self._results = self._results, []
+        try:
+            await self._write_results(batch)
+        except BaseException:
+            self._results = batch + self._results
+            raise
+        # Every journaled acceptance is now either committed or still in _results
+        # (journal write and append happen with no await between them).
+        if not self._results and self._journal is not None:
+            self._journal.clear()
+
+    async def _write_results(self, batch: list[Recorded]) -> None:
         sent, other, bounces = [], [], []
         now = utcnow()
         for record in batch:
@@ -788,10 +809,6 @@ class Worker:
                 )
             await self._pause_failing_digests(session)
             await finish_completed(session, now)
-        # Every journaled acceptance is now either committed or still in _results
-        # (journal write and append happen with no await between them).
-        if not self._results and self._journal is not None:
-            self._journal.clear()
 
     def _deferral(self, item: Claimed, result: SendResult, now: datetime) -> dict[str, Any]:
         smtp = self.settings.smtp
