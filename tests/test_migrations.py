@@ -1,12 +1,26 @@
 from __future__ import annotations
 
+import asyncio
+import uuid
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from click.testing import CliRunner
 from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
 
+from mailer.cli import main
 from mailer.db import Database
-from mailer.migrate import current_revision, ensure_schema, head_revision, upgrade
+from mailer.migrate import (
+    SchemaOutdated,
+    current_revision,
+    ensure_schema,
+    head_revision,
+    upgrade,
+)
 from mailer.models import Base
+from tests.conftest import _postgres_admin
 
 
 async def test_migrated_schema_matches_models(database_url: str) -> None:
@@ -43,3 +57,34 @@ async def test_sqlite_is_upgraded_automatically(tmp_path) -> None:
         assert await current_revision(database) == head_revision()
     finally:
         await database.dispose()
+
+
+async def test_postgresql_with_an_old_schema_is_refused_not_changed(postgres_url: str) -> None:
+    """Only SQLite is upgraded behind the operator's back; PostgreSQL says what to run."""
+    name = f"mailer_empty_{uuid.uuid4().hex[:8]}"
+    await _postgres_admin(f'CREATE DATABASE "{name}"')
+    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    database = Database(url)
+    try:
+        with pytest.raises(SchemaOutdated, match="run `mailer db upgrade`"):
+            await ensure_schema(database)
+        assert await current_revision(database) is None
+        result = await asyncio.to_thread(
+            CliRunner().invoke,
+            main,
+            ["subscribers", "list"],
+            env={"MAILER_DATABASE_URL": url, "MAILER_CONFIG": "config.yaml"},
+        )
+        assert result.exit_code == 1
+        assert "mailer db upgrade" in result.output
+        upgraded = await asyncio.to_thread(
+            CliRunner().invoke,
+            main,
+            ["db", "upgrade"],
+            env={"MAILER_DATABASE_URL": url, "MAILER_CONFIG": "config.yaml"},
+        )
+        assert upgraded.exit_code == 0, upgraded.output
+        assert await current_revision(database) == head_revision()
+    finally:
+        await database.dispose()
+        await _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from mailer.context import AppContext
@@ -112,14 +111,13 @@ async def test_journal_of_a_dead_worker_is_replayed(tmp_path: Path, sqlite_url: 
         server.stop()
 
 
-@pytest.mark.postgres
-async def test_two_workers_on_postgresql_share_a_send_without_duplicates(
-    tmp_path: Path, postgres_database_url: str
+async def test_two_worker_processes_share_a_send_without_duplicates(
+    tmp_path: Path, database_url: str
 ) -> None:
-    postgres_url = postgres_database_url
+    """PostgreSQL: SELECT … FOR UPDATE SKIP LOCKED; SQLite: IMMEDIATE claims."""
     server = FaultySmtpServer(FaultPlan(data_delay=0.002)).start()
     try:
-        settings = write_config(tmp_path, postgres_url, server.port, connections=2)
+        settings = write_config(tmp_path, database_url, server.port, connections=2)
         async with AppContext(settings=settings).database() as database:
             addresses = await seed(database, 400)
             await start_digest(database, settings)

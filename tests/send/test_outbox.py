@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -234,3 +235,29 @@ async def test_pause_resume_cancel(
         assert await _statuses(database, digest.id) == Counter({"cancelled": 8})
         async with database.session() as session:
             assert (await session.get(Digest, digest.id)).status == DigestStatus.CANCELLED
+
+
+async def test_per_domain_connection_limit_is_held(
+    tmp_path: Path, sqlite_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(
+        tmp_path, sqlite_url, faulty_smtp.port, connections=4, per_domain_connections=1
+    )
+    faulty_smtp.handler.plan.data_delay = 0.02
+    async with AppContext(settings=settings).database() as database:
+        await seed(database, 12, domain="slow.example")
+        async with database.transaction() as session:
+            for i in range(12):
+                session.add(
+                    Subscriber(
+                        email=f"other{i}@fast.example",
+                        email_key=f"other{i}@fast.example",
+                        status=SubscriberStatus.CONFIRMED,
+                        digest_since=datetime(2000, 1, 1, tzinfo=UTC),
+                    )
+                )
+        await start_digest(database, settings)
+        await Worker(database, settings, poll_interval=0.1).run(until_empty=True)
+    assert sum(faulty_smtp.handler.delivered().values()) == 24
+    assert faulty_smtp.handler.most_in_data["slow.example"] == 1
+    assert faulty_smtp.handler.most_in_data["fast.example"] == 1

@@ -34,6 +34,9 @@ class FaultyHandler:
         self.accepted: list[tuple[str, bytes, float]] = []
         self.attempts: Counter[str] = Counter()
         self._dropped: set[str] = set()
+        # Messages of one recipient domain being received at the same moment.
+        self.in_data: Counter[str] = Counter()
+        self.most_in_data: Counter[str] = Counter()
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
@@ -57,8 +60,16 @@ class FaultyHandler:
             return "421 4.4.2 Connection dropped"
         if recipient in self.plan.reject_data:
             return "554 5.7.1 Message refused by policy"
-        if self.plan.data_delay:
-            await asyncio.sleep(self.plan.data_delay)
+        domain = recipient.rpartition("@")[2]
+        with self.lock:
+            self.in_data[domain] += 1
+            self.most_in_data[domain] = max(self.most_in_data[domain], self.in_data[domain])
+        try:
+            if self.plan.data_delay:
+                await asyncio.sleep(self.plan.data_delay)
+        finally:
+            with self.lock:
+                self.in_data[domain] -= 1
         with self.lock:
             for rcpt in envelope.rcpt_tos:
                 self.accepted.append((rcpt, bytes(envelope.content), time.monotonic()))
