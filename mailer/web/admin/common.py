@@ -217,6 +217,14 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
     return min(max(value, low), high)
 
 
+def like_patterns(search: str) -> list[str]:
+    """LIKE patterns for a case-insensitive search. SQLite folds case for ASCII only,
+    so "šimonytė" would miss "Šimonytė"; the lower-cased, as-typed and capitalised
+    forms cover how names are written without a database-specific collation."""
+    forms = {search.lower(), search, search.capitalize(), search.title()}
+    return [f"%{form.replace('%', '').replace('_', '')}%" for form in sorted(forms)]
+
+
 def query_text(request: Request, name: str, limit: int = 200) -> str:
     return request.query_params.get(name, "").strip()[:limit]
 

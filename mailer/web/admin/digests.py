@@ -316,7 +316,7 @@ async def confirm_send(request: Request) -> Response:
     """The step before a real send: who it goes to and how many they are."""
     state = web_state(request)
     frequency = _frequency(query_text(request, "frequency") or "all")
-    count = await count_recipients(state.db, state.settings, frequency)
+    count = await count_recipients(state.db, state.settings, frequency, now=state.now())
     return page(
         request,
         "digest_confirm.html",

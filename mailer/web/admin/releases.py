@@ -32,6 +32,7 @@ from mailer.web.admin.auth import requires
 from mailer.web.admin.common import (
     form,
     identity,
+    like_patterns,
     page,
     paging,
     path_id,
@@ -56,9 +57,13 @@ class ReleaseInputError(ValueError):
 def search_conditions(search: str, topic: str, show: str) -> list[Any]:
     conditions: list[Any] = [Release.merged_into_id.is_(None)]
     if search:
-        pattern = f"%{search.lower()}%"
+        patterns = like_patterns(search)
         conditions.append(
-            or_(func.lower(Release.title).like(pattern), func.lower(Release.summary).like(pattern))
+            or_(
+                *(func.lower(Release.title).like(p) for p in patterns),
+                *(Release.title.like(p) for p in patterns),
+                *(func.lower(Release.summary).like(p) for p in patterns),
+            )
         )
     if topic:
         conditions.append(

@@ -28,6 +28,7 @@ from mailer.web.admin.auth import requires
 from mailer.web.admin.common import (
     form,
     identity,
+    like_patterns,
     page,
     paging,
     path_id,
@@ -57,9 +58,13 @@ def _origin(request: Request) -> store.Origin:
 def _conditions(search: str, status: str) -> list[Any]:
     conditions: list[Any] = []
     if search:
-        pattern = f"%{search.lower()}%"
+        patterns = like_patterns(search)
         conditions.append(
-            or_(Subscriber.email_key.like(pattern), func.lower(Subscriber.name).like(pattern))
+            or_(
+                *(Subscriber.email_key.like(p) for p in patterns),
+                *(func.lower(Subscriber.name).like(p) for p in patterns),
+                *(Subscriber.name.like(p) for p in patterns),
+            )
         )
     if status in {s.value for s in SubscriberStatus}:
         conditions.append(Subscriber.status == SubscriberStatus(status))
