@@ -307,8 +307,9 @@ async def test_preferences_update_and_validation(database: Database, settings: S
 
 @pytest.mark.parametrize(
     "address",
-    ["", "plain", "a@b", "Žygimantas@example.lt", "a@@example.org", "a\r\n@example.org", "a@example.org\nBcc: b@x.org",
-     "x" * 250 + "@example.org", "a@localhost", "Name <a@example.org>"],
+    ["", "plain", "a@b", "Žygimantas@example.lt", "a@@example.org", "a\r\n@example.org",
+     "a@example.org\nBcc: b@x.org", "x" * 250 + "@example.org", "a@localhost",
+     "Name <a@example.org>"],
 )  # fmt: skip
 def test_invalid_addresses_are_refused(address: str) -> None:
     with pytest.raises(store.InvalidAddress):
