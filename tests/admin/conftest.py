@@ -87,8 +87,13 @@ async def post_form(
     """Open ``page_path`` as a browser would, then submit a form to ``action`` with its token."""
     page = await client.get(page_path)
     assert page.status_code == 200, (page_path, page.status_code)
+    # The token of the form that posts to ``action``: a form missing its own token fails here.
+    forms = re.findall(
+        rf'<form[^>]*action="{re.escape(action)}"[^>]*>(.*?)</form>', page.text, re.S
+    )
+    assert forms, f"{page_path} has no form posting to {action}"
     return await client.post(
-        action, data={**(data or {}), "csrf_token": csrf_token(page.text)}, **kwargs
+        action, data={**(data or {}), "csrf_token": csrf_token(forms[0])}, **kwargs
     )
 
 
