@@ -36,8 +36,8 @@ from sqlalchemy import insert
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mailer.context import AppContext  # noqa: E402
 from mailer.config import load_settings  # noqa: E402
+from mailer.context import AppContext  # noqa: E402
 from mailer.models import Frequency, Release, ReleaseLink, Subscriber, utcnow  # noqa: E402
 
 PARAGRAPH = (
@@ -78,7 +78,7 @@ class Sink:
             from aiosmtpd.controller import Controller
 
             class Discard:
-                async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+                async def handle_DATA(self, server, session, envelope):
                     return "250 OK"
 
             self._controller = Controller(Discard(), hostname="127.0.0.1", port=self.port)
@@ -105,10 +105,17 @@ def write_config(folder: Path, port: int, connections: int) -> Path:
         "database": {"url": f"sqlite:///{folder}/bench.db"},
         "secret_key": "bench-secret-key-0123456789abcdef",
         "site": {"name": "Ministry Press Office", "postal_address": "Gedimino pr. 38, Vilnius"},
-        "sender": {"from": "Press Office <press@ministry.example.org>",
-                   "list_id": "press.ministry.example.org"},
-        "smtp": {"embedded": False, "host": "127.0.0.1", "port": port,
-                 "connections": connections, "per_domain_connections": connections},
+        "sender": {
+            "from": "Press Office <press@ministry.example.org>",
+            "list_id": "press.ministry.example.org",
+        },
+        "smtp": {
+            "embedded": False,
+            "host": "127.0.0.1",
+            "port": port,
+            "connections": connections,
+            "per_domain_connections": connections,
+        },
         "topics": [{"name": "Economy", "keywords": ["economy", "investment"]}],
     }
     path = folder / "config.yaml"
@@ -125,26 +132,39 @@ async def seed(config: Path, subscribers: int, releases: int) -> None:
                 text = (PARAGRAPH * 6) + f" Release {i}."
                 release = Release(
                     title=f"Investment plan, part {i + 1}",
-                    published_at=now - timedelta(minutes=i), first_seen_at=now,
-                    text=text, html=f"<p>{text}</p>", summary=SUMMARY,
+                    published_at=now - timedelta(minutes=i),
+                    first_seen_at=now,
+                    text=text,
+                    html=f"<p>{text}</p>",
+                    summary=SUMMARY,
                     content_hash=hashlib.sha256(text.encode()).hexdigest(),
                     canonical_url=f"https://ministry.example.org/news/{i}",
                 )
-                release.links.append(ReleaseLink(
-                    source_name="Ministry of Economy",
-                    url=f"https://ministry.example.org/news/{i}", guid=f"bench-{i}",
-                ))
+                release.links.append(
+                    ReleaseLink(
+                        source_name="Ministry of Economy",
+                        url=f"https://ministry.example.org/news/{i}",
+                        guid=f"bench-{i}",
+                    )
+                )
                 session.add(release)
         rows = [
-            {"email": f"reader{i:06d}@example.net", "email_key": f"reader{i:06d}@example.net",
-             "name": f"Reader {i}", "status": "confirmed", "frequency": Frequency.DAILY,
-             "created_at": now, "confirmed_at": now - timedelta(days=1),
-             "digest_since": now - timedelta(days=1), "soft_bounces": 0}
+            {
+                "email": f"reader{i:06d}@example.net",
+                "email_key": f"reader{i:06d}@example.net",
+                "name": f"Reader {i}",
+                "status": "confirmed",
+                "frequency": Frequency.DAILY,
+                "created_at": now,
+                "confirmed_at": now - timedelta(days=1),
+                "digest_since": now - timedelta(days=1),
+                "soft_bounces": 0,
+            }
             for i in range(subscribers)
         ]
         for start in range(0, len(rows), 5000):
             async with database.transaction() as session:
-                await session.execute(insert(Subscriber), rows[start:start + 5000])
+                await session.execute(insert(Subscriber), rows[start : start + 5000])
 
 
 def rss_of_tree(pid: int) -> dict[int, int]:
@@ -166,8 +186,18 @@ def rss_of_tree(pid: int) -> dict[int, int]:
 
 
 def run_mailer_send(config: Path, workers: int) -> tuple[float, int, str]:
-    command = [sys.executable, "-m", "mailer", "--config", str(config), "digest", "send",
-               "--yes", "--workers", str(workers)]
+    command = [
+        sys.executable,
+        "-m",
+        "mailer",
+        "--config",
+        str(config),
+        "digest",
+        "send",
+        "--yes",
+        "--workers",
+        str(workers),
+    ]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak = 0
@@ -192,8 +222,7 @@ def naive_baseline(port: int, count: int, body: str) -> float:
             message["To"] = f"reader{i:06d}@example.net"
             message["Subject"] = "Ministry Press Office — 25 new press releases"
             message.set_content(body)
-            message.add_alternative(f"<html><body><pre>{body}</pre></body></html>",
-                                    subtype="html")
+            message.add_alternative(f"<html><body><pre>{body}</pre></body></html>", subtype="html")
             client.send_message(message)
     return time.perf_counter() - started
 
@@ -203,10 +232,22 @@ def smtp_source(port: int, count: int, size: int, sessions: int) -> float | None
         return None
     started = time.perf_counter()
     subprocess.run(
-        ["smtp-source", "-s", str(sessions), "-l", str(size), "-m", str(count),
-         "-f", "press@ministry.example.org", "-t", "reader@example.net",
-         f"127.0.0.1:{port}"],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            "smtp-source",
+            "-s",
+            str(sessions),
+            "-l",
+            str(size),
+            "-m",
+            str(count),
+            "-f",
+            "press@ministry.example.org",
+            "-t",
+            "reader@example.net",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     return time.perf_counter() - started
 
@@ -224,35 +265,52 @@ def main() -> None:
         config = write_config(Path(folder), sink.port, args.connections)
         t0 = time.perf_counter()
         asyncio.run(seed(config, args.subscribers, args.releases))
-        print(f"seeded {args.subscribers} subscribers and {args.releases} releases "
-              f"in {time.perf_counter() - t0:.1f}s; sink: {sink.kind}")
+        print(
+            f"seeded {args.subscribers} subscribers and {args.releases} releases "
+            f"in {time.perf_counter() - t0:.1f}s; sink: {sink.kind}"
+        )
         elapsed, peak, output = run_mailer_send(config, args.workers)
         size = _sample_size(Path(folder), config)
         print(output)
-        print(f"mailer digest send: {args.subscribers} messages (~{size / 1024:.0f} KB each) in "
-              f"{elapsed:.1f}s = {args.subscribers / elapsed:.0f} msg/s end to end; "
-              f"peak RSS {peak / 2**20:.0f} MB (largest process; {args.workers} workers, "
-              f"{args.connections} connections each)")
+        print(
+            f"mailer digest send: {args.subscribers} messages (~{size / 1024:.0f} KB each) in "
+            f"{elapsed:.1f}s = {args.subscribers / elapsed:.0f} msg/s end to end; "
+            f"peak RSS {peak / 2**20:.0f} MB (largest process; {args.workers} workers, "
+            f"{args.connections} connections each)"
+        )
         if args.skip_baselines:
             return
         body = (PARAGRAPH * 60)[: size // 2]
         naive = naive_baseline(sink.port, min(args.subscribers, 5000), body)
         count = min(args.subscribers, 5000)
-        print(f"naive smtplib baseline: {count / naive:.0f} msg/s "
-              f"({count} messages, one connection)")
+        print(
+            f"naive smtplib baseline: {count / naive:.0f} msg/s ({count} messages, one connection)"
+        )
         source = smtp_source(sink.port, args.subscribers, size, args.connections * args.workers)
         if source is not None:
-            print(f"postfix smtp-source: {args.subscribers / source:.0f} msg/s "
-                  f"({args.connections * args.workers} sessions, {size} bytes)")
+            print(
+                f"postfix smtp-source: {args.subscribers / source:.0f} msg/s "
+                f"({args.connections * args.workers} sessions, {size} bytes)"
+            )
 
 
 def _sample_size(folder: Path, config: Path) -> int:
     """Size of one real message, from a preview (no sending)."""
     out = folder / "preview"
     subprocess.run(
-        [sys.executable, "-m", "mailer", "--config", str(config), "digest", "preview",
-         "--out", str(out)],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "mailer",
+            "--config",
+            str(config),
+            "digest",
+            "preview",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     emls = list(out.glob("*.eml"))
     return emls[0].stat().st_size if emls else 30_000
