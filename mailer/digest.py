@@ -61,7 +61,8 @@ from mailer.suppression import email_hash, email_key, suppressed_hashes
 FREQUENCIES = ("immediately", "daily", "weekly", "all")
 # Any constant works; it only has to be the same for every planner (PostgreSQL).
 _PLANNING_LOCK_KEY = 0x6D61696C6572  # "mailer"
-_INSERT_CHUNK = 5000
+# Subscribers planned per round trip; bounds the planner's memory.
+_PLAN_CHUNK = 5000
 
 
 class PlanningError(ValueError):
@@ -169,7 +170,17 @@ async def _plan_subscribers(
     now: datetime,
     only_subscriber_id: int | None,
 ) -> int:
-    oldest_allowed = now - settings.digest.max_age
+    """Plan in chunks of subscribers (all in the caller's one transaction), so
+    memory stays flat however long the list: a 100,000-reader plan holds one
+    chunk's rows at a time, not two and a half million."""
+    candidates = await _candidates(session, now - settings.digest.max_age, now)
+    if not candidates:
+        return 0
+    candidate_ids = [c.id for c in candidates]
+    suppressed = await suppressed_hashes(session)
+    # Resolve the secret once: email_hash would otherwise look it up per address.
+    keyed = settings.model_copy(update={"secret_key": settings.get_secret_key()})
+
     subscriber_query = select(
         Subscriber.id,
         Subscriber.email,
@@ -181,16 +192,59 @@ async def _plan_subscribers(
         subscriber_query = subscriber_query.where(Subscriber.frequency == digest.frequency)
     if only_subscriber_id is not None:
         subscriber_query = subscriber_query.where(Subscriber.id == only_subscriber_id)
-    subscribers = (await session.execute(subscriber_query.order_by(Subscriber.id))).all()
-    if not subscribers:
-        return 0
 
+    planned = 0
+    after_id = 0
+    while True:
+        subscribers = (
+            await session.execute(
+                subscriber_query.where(Subscriber.id > after_id)
+                .order_by(Subscriber.id)
+                .limit(_PLAN_CHUNK)
+            )
+        ).all()
+        if not subscribers:
+            break
+        first_id, after_id = subscribers[0].id, subscribers[-1].id
+        chosen_topics, already_sent = await _chunk_history(
+            session, first_id, after_id, candidate_ids
+        )
+        planned += await _plan_chunk(
+            session,
+            settings,
+            digest,
+            now,
+            subscribers,
+            candidates,
+            chosen_topics,
+            already_sent,
+            suppressed,
+            keyed,
+        )
+
+    if planned:
+        await session.execute(
+            update(Subscriber)
+            .where(
+                Subscriber.id.in_(
+                    select(Delivery.subscriber_id).where(Delivery.digest_id == digest.id)
+                )
+            )
+            .values(last_digest_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return planned
+
+
+async def _candidates(
+    session: AsyncSession, oldest_allowed: datetime, now: datetime
+) -> list[_Candidate]:
+    """Sendable releases young enough to go out, newest first, with their topics."""
     candidate_filter = (
         *_sendable(),
         Release.published_at >= oldest_allowed,
         Release.first_seen_at <= now,
     )
-    candidate_ids = select(Release.id).where(*candidate_filter).scalar_subquery()
     release_rows = (
         await session.execute(
             select(Release.id, Release.published_at, Release.first_seen_at)
@@ -199,15 +253,15 @@ async def _plan_subscribers(
         )
     ).all()
     if not release_rows:
-        return 0
+        return []
     release_topics: dict[int, set[int]] = {}
     for release_id, topic_id in await session.execute(
         select(ReleaseTopic.release_id, ReleaseTopic.topic_id).where(
-            ReleaseTopic.release_id.in_(candidate_ids)
+            ReleaseTopic.release_id.in_(select(Release.id).where(*candidate_filter))
         )
     ):
         release_topics.setdefault(release_id, set()).add(topic_id)
-    candidates = [
+    return [
         _Candidate(
             row.id,
             row.published_at,
@@ -217,41 +271,52 @@ async def _plan_subscribers(
         for row in release_rows
     ]
 
+
+async def _chunk_history(
+    session: AsyncSession, first_id: int, last_id: int, candidate_ids: list[int]
+) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
+    """Topic choices and already-sent candidates of subscribers first_id..last_id."""
+    in_chunk = SubscriberTopic.subscriber_id.between(first_id, last_id)
     chosen_topics: dict[int, set[int]] = {}
-    topic_query = (
+    for subscriber_id, topic_id in await session.execute(
         select(SubscriberTopic.subscriber_id, SubscriberTopic.topic_id)
         .join(Topic, Topic.id == SubscriberTopic.topic_id)
-        .where(Topic.active.is_(True))
-    )
-    if only_subscriber_id is not None:
-        topic_query = topic_query.where(SubscriberTopic.subscriber_id == only_subscriber_id)
-    for subscriber_id, topic_id in await session.execute(topic_query):
+        .where(Topic.active.is_(True), in_chunk)
+    ):
         chosen_topics.setdefault(subscriber_id, set()).add(topic_id)
 
     already_sent: dict[int, set[int]] = {}
+    sent_in_chunk = SubscriberRelease.subscriber_id.between(first_id, last_id)
     sent_query = select(SubscriberRelease.subscriber_id, SubscriberRelease.release_id).where(
-        SubscriberRelease.release_id.in_(candidate_ids)
+        sent_in_chunk, SubscriberRelease.release_id.in_(candidate_ids)
     )
     # A release sent earlier and later merged into a candidate: the candidate is
     # the same press release, so it counts as sent too.
     merged_query = (
         select(SubscriberRelease.subscriber_id, Release.merged_into_id)
         .join(Release, Release.id == SubscriberRelease.release_id)
-        .where(Release.merged_into_id.in_(candidate_ids))
+        .where(sent_in_chunk, Release.merged_into_id.in_(candidate_ids))
     )
-    if only_subscriber_id is not None:
-        sent_query = sent_query.where(SubscriberRelease.subscriber_id == only_subscriber_id)
-        merged_query = merged_query.where(SubscriberRelease.subscriber_id == only_subscriber_id)
     for query in (sent_query, merged_query):
         for subscriber_id, release_id in await session.execute(query):
             already_sent.setdefault(subscriber_id, set()).add(release_id)
+    return chosen_topics, already_sent
 
-    suppressed = await suppressed_hashes(session)
-    # Resolve the secret once: email_hash would otherwise look it up per address.
-    keyed = settings.model_copy(update={"secret_key": settings.get_secret_key()})
+
+async def _plan_chunk(
+    session: AsyncSession,
+    settings: Settings,
+    digest: Digest,
+    now: datetime,
+    subscribers: Sequence[Any],
+    candidates: list[_Candidate],
+    chosen_topics: dict[int, set[int]],
+    already_sent: dict[int, set[int]],
+    suppressed: set[str],
+    keyed: Settings,
+) -> int:
     max_items = settings.digest.max_items
     nothing: frozenset[int] = frozenset()
-
     deliveries: list[dict[str, object]] = []
     picked_by_subscriber: dict[int, list[int]] = {}
     for subscriber in subscribers:
@@ -280,31 +345,20 @@ async def _plan_subscribers(
             )
     if not deliveries:
         return 0
-
-    delivery_ids: dict[int, int] = {}
-    for start in range(0, len(deliveries), _INSERT_CHUNK):
-        result = await session.execute(
-            insert(Delivery.__table__).returning(
-                Delivery.__table__.c.id, Delivery.__table__.c.subscriber_id
-            ),
-            deliveries[start : start + _INSERT_CHUNK],
-        )
-        delivery_ids.update({row.subscriber_id: row.id for row in result})
-
-    pairs = [
-        (subscriber_id, release_id, delivery_id)
-        for subscriber_id, delivery_id in delivery_ids.items()
-        for release_id in picked_by_subscriber[subscriber_id]
-    ]
-    await _insert_pairs(session, pairs)
-
-    await session.execute(
-        update(Subscriber)
-        .where(
-            Subscriber.id.in_(select(Delivery.subscriber_id).where(Delivery.digest_id == digest.id))
-        )
-        .values(last_digest_at=now)
-        .execution_options(synchronize_session=False)
+    result = await session.execute(
+        insert(Delivery.__table__).returning(
+            Delivery.__table__.c.id, Delivery.__table__.c.subscriber_id
+        ),
+        deliveries,
+    )
+    delivery_ids = {row.subscriber_id: row.id for row in result}
+    await _insert_pairs(
+        session,
+        [
+            (subscriber_id, release_id, delivery_id)
+            for subscriber_id, delivery_id in delivery_ids.items()
+            for release_id in picked_by_subscriber[subscriber_id]
+        ],
     )
     return len(deliveries)
 
@@ -347,8 +401,8 @@ async def _insert_pairs(session: AsyncSession, pairs: list[tuple[int, int, int]]
         f"INSERT INTO {table.name} (subscriber_id, release_id, delivery_id) "  # noqa: S608
         f"VALUES ({placeholders})"
     )
-    for start in range(0, len(pairs), _INSERT_CHUNK * 10):
-        await connection.exec_driver_sql(statement, pairs[start : start + _INSERT_CHUNK * 10])
+    for start in range(0, len(pairs), _PLAN_CHUNK * 10):
+        await connection.exec_driver_sql(statement, pairs[start : start + _PLAN_CHUNK * 10])
 
 
 class PreviewError(ValueError):

@@ -261,3 +261,20 @@ async def test_per_domain_connection_limit_is_held(
     assert sum(faulty_smtp.handler.delivered().values()) == 24
     assert faulty_smtp.handler.most_in_data["slow.example"] == 1
     assert faulty_smtp.handler.most_in_data["fast.example"] == 1
+
+
+async def test_planning_in_chunks_plans_everyone_once(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer, monkeypatch
+) -> None:
+    import mailer.digest
+
+    monkeypatch.setattr(mailer.digest, "_PLAN_CHUNK", 3)
+    settings = write_config(tmp_path, database_url, faulty_smtp.port)
+    async with AppContext(settings=settings).database() as database:
+        addresses = await seed(database, 10, releases=2)
+        digest = await start_digest(database, settings)
+        assert digest.recipient_count == 10
+        async with database.session() as session:
+            rows = (await session.execute(select(Delivery.email, Delivery.release_ids))).all()
+        assert sorted(email for email, _ in rows) == addresses
+        assert all(len(ids) == 2 for _, ids in rows)
