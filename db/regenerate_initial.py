@@ -33,6 +33,6 @@ async def regenerate() -> None:
 
 if __name__ == "__main__":
     asyncio.run(regenerate())
-    for fix in (["check", "--fix", "-q"], ["format", "-q"]):
+    for fix in (["format", "-q"], ["check", "--fix", "-q"], ["format", "-q"]):
         subprocess.run([sys.executable, "-m", "ruff", *fix, str(TARGET)], check=False)  # noqa: S603
     print(f"rewrote {TARGET}")

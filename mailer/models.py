@@ -373,6 +373,10 @@ class SubscriberRelease(Base):
     """A release queued to a subscriber. The primary key is the never-send-twice rule."""
 
     __tablename__ = "subscriber_releases"
+    # SQLite: store rows in the primary-key B-tree itself. A plan writes one row per
+    # subscriber and release (half a million for a large list); one tree instead
+    # of a rowid table plus a key index nearly halves that work.
+    __table_args__ = {"sqlite_with_rowid": False}
 
     subscriber_id: Mapped[int] = mapped_column(
         ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True

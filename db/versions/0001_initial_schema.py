@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 00:04:07.551816
+Create Date: 2026-11-24 00:48:27.188212
 """
 
 from collections.abc import Sequence
@@ -435,6 +435,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("subscriber_id", "release_id", name=op.f("pk_subscriber_releases")),
+        sqlite_with_rowid=False,
     )
     # ### end Alembic commands ###
 
