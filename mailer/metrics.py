@@ -62,9 +62,11 @@ async def database_metrics(database: Database, now: datetime | None = None) -> l
     now = now or utcnow()
     async with database.session() as session:
         deliveries = dict(
-            (await session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)))
-            .tuples()
-            .all()
+            (
+                await session.execute(
+                    select(Delivery.status, func.count()).group_by(Delivery.status)
+                )
+            ).all()
         )
         bounced = await session.scalar(select(func.count()).where(Delivery.bounced)) or 0
         recent = (
@@ -80,9 +82,7 @@ async def database_metrics(database: Database, now: datetime | None = None) -> l
                 await session.execute(
                     select(Subscriber.status, func.count()).group_by(Subscriber.status)
                 )
-            )
-            .tuples()
-            .all()
+            ).all()
         )
         signups = (
             await session.scalar(select(func.count()).where(ConsentEvent.action == "signup")) or 0
@@ -97,9 +97,7 @@ async def database_metrics(database: Database, now: datetime | None = None) -> l
                     .where(Digest.status.in_([DigestStatus.SENDING, DigestStatus.PAUSED]))
                     .group_by(Digest.status)
                 )
-            )
-            .tuples()
-            .all()
+            ).all()
         )
         sources = (
             await session.execute(

@@ -108,7 +108,7 @@ async def digest_stats(session: AsyncSession, digests: list[Digest]) -> list[Dig
             .where(Delivery.digest_id.in_(ids), Delivery.bounced)
             .group_by(Delivery.digest_id)
         )
-        bounced = dict(rows.tuples().all())
+        bounced = dict(rows.all())
         rows = await session.execute(
             select(Delivery.digest_id, func.count())
             .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
@@ -120,7 +120,7 @@ async def digest_stats(session: AsyncSession, digests: list[Digest]) -> list[Dig
             )
             .group_by(Delivery.digest_id)
         )
-        unsubscribed = dict(rows.tuples().all())
+        unsubscribed = dict(rows.all())
     stats = []
     for d in digests:
         c = counts[d.id]
