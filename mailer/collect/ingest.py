@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.collect.extract import Candidate, EntryError
 from mailer.collect.files import SUPPORTED_SUFFIXES, is_supported, read_release_file
@@ -68,6 +69,26 @@ def expand_paths(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
     return unique, errors
 
 
+async def label_source(session: AsyncSession, name: str, *, origin: str) -> Source:
+    """The Source row that labels releases added by hand (CLI ingest, admin). It is
+    never enabled, so nothing schedules it; it exists so that those releases name
+    where they came from like any collected one."""
+    source = await session.scalar(select(Source).where(Source.name == name))
+    if source is None:
+        source = Source(
+            name=name,
+            kind="ingest",
+            origin=origin,
+            enabled=False,
+            status=SourceStatus.OK,
+            interval_seconds=0,
+            options={},
+        )
+        session.add(source)
+        await session.flush()
+    return source
+
+
 async def ingest_paths(
     database: Database | None,
     settings: Settings,
@@ -96,20 +117,7 @@ async def ingest_paths(
     from mailer.collect.runner import store_lock
 
     async with store_lock(database), database.transaction() as session:
-        source = await session.scalar(select(Source).where(Source.name == source_name))
-        if source is None:
-            # Not enabled: nothing schedules it; it only labels what was ingested.
-            source = Source(
-                name=source_name,
-                kind="ingest",
-                origin="cli",
-                enabled=False,
-                status=SourceStatus.OK,
-                interval_seconds=0,
-                options={},
-            )
-            session.add(source)
-            await session.flush()
+        source = await label_source(session, source_name, origin="cli")
         now = utcnow()
         candidates = [item.candidate for item in report.releases]
         try:

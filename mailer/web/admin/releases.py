@@ -16,14 +16,13 @@ from starlette.routing import Route
 
 from mailer import audit
 from mailer.accounts import Role
+from mailer.collect.ingest import label_source
 from mailer.config import Settings
 from mailer.db import Database
 from mailer.models import (
     Release,
     ReleaseLink,
     ReleaseTopic,
-    Source,
-    SourceStatus,
     SubscriberRelease,
     Topic,
     utcnow,
@@ -145,20 +144,7 @@ async def add_release(
         raise ReleaseInputError(str(exc)) from None
     now = now or utcnow()
     async with database.transaction() as session:
-        source = await session.scalar(select(Source).where(Source.name == ADMIN_SOURCE))
-        if source is None:
-            # Never collected (disabled, kind "ingest"): it only labels hand-added releases.
-            source = Source(
-                name=ADMIN_SOURCE,
-                kind="ingest",
-                origin="admin",
-                enabled=False,
-                status=SourceStatus.OK,
-                interval_seconds=0,
-                options={},
-            )
-            session.add(source)
-            await session.flush()
+        source = await label_source(session, ADMIN_SOURCE, origin="admin")
         store = ReleaseStore(
             session,
             source_id=source.id,
