@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +20,12 @@ from mailer.context import AppContext
 from mailer.db import Database
 from mailer.web.app import create_app
 from tests.conftest import make_settings
+from tests.support.clock import Clock
 
 ADMIN_PASSWORD = "correct horse battery"
 EDITOR_PASSWORD = "editor password 123"
 BASE = "http://127.0.0.1:8000"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-class Clock:
-    """Wall clock and monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.wall = datetime(2025, 3, 10, 9, 0, tzinfo=UTC)
-        self.mono = 1000.0
-
-    def now(self) -> datetime:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, delta: timedelta) -> None:
-        self.wall += delta
-        self.mono += delta.total_seconds()
 
 
 @dataclass
@@ -122,7 +105,7 @@ def quick_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(wall=datetime(2025, 3, 10, 9, 0, tzinfo=UTC))
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from mailer.schedule import collect_and_notify
 from mailer.send import start_digest
 from mailer.web.admin.releases import add_release
 from mailer.web.app import create_app
-from tests.admin.conftest import BASE, AdminSite, Clock, site_settings
+from tests.admin.conftest import BASE, AdminSite, site_settings
+from tests.support.clock import Clock
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -18,31 +17,15 @@ from starlette.applications import Starlette
 from mailer.config import Settings
 from mailer.context import AppContext
 from mailer.db import Database
-from mailer.models import utcnow
 from mailer.web.app import create_app
 from tests.conftest import make_settings
+from tests.support.clock import Clock
 from tests.support.smtp import SmtpServer
 
 TOPICS = [{"name": "Economy"}, {"name": "Health"}, {"name": "Foreign affairs"}]
 BASE_URL = "http://testserver"
 CLIENT_IP = "203.0.113.7"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@dataclass
-class Clock:
-    wall: datetime = field(default_factory=utcnow)
-    mono: float = 1_000.0
-
-    def now(self) -> datetime:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, delta: timedelta) -> None:
-        self.wall += delta
-        self.mono += delta.total_seconds()
 
 
 @dataclass
