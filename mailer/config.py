@@ -109,6 +109,9 @@ class SmtpConfig(Section):
     security: Literal["none", "starttls", "tls"] = "none"
     username: str | None = None
     password: str | None = None
+    # CA bundle that signs the server's certificate, for a relay with a private CA;
+    # null trusts the system's CAs. The certificate and host name are always checked.
+    ca_file: Path | None = None
     timeout: Duration = timedelta(seconds=30)
     connections: int = Field(4, ge=1, le=200)
     rate_limit: float = Field(0, ge=0)

@@ -68,6 +68,7 @@ class SmtpTarget:
     username: str | None = None
     password: str | None = None
     timeout: float = 30.0
+    ca_file: str | None = None
 
     def client(self) -> aiosmtplib.SMTP:
         return aiosmtplib.SMTP(
@@ -78,7 +79,9 @@ class SmtpTarget:
             timeout=self.timeout,
             use_tls=self.security == "tls",
             start_tls=self.security == "starttls",
-            tls_context=ssl.create_default_context() if self.security != "none" else None,
+            tls_context=(
+                ssl.create_default_context(cafile=self.ca_file) if self.security != "none" else None
+            ),
         )
 
 
@@ -87,7 +90,10 @@ async def smtp_target(settings: Settings) -> AsyncIterator[SmtpTarget]:
     smtp = settings.smtp
     timeout = smtp.timeout.total_seconds()
     if not smtp.embedded:
-        yield SmtpTarget(smtp.host, smtp.port, smtp.security, smtp.username, smtp.password, timeout)
+        ca_file = str(settings.resolve(smtp.ca_file)) if smtp.ca_file else None
+        yield SmtpTarget(
+            smtp.host, smtp.port, smtp.security, smtp.username, smtp.password, timeout, ca_file
+        )
         return
     catcher = await EmbeddedCatcher(settings.mail_dir).start()
     try:
@@ -98,6 +104,10 @@ async def smtp_target(settings: Settings) -> AsyncIterator[SmtpTarget]:
 
 def classify(exc: BaseException) -> SendResult:
     """Map an aiosmtplib exception to what the outbox should do with the delivery."""
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError | aiosmtplib.SMTPConnectResponseError):
+        # The session, not this message, was refused (bad credentials, a greeting
+        # of 554): every message would fail alike, so hold the queue, lose nothing.
+        return SendResult(Outcome.DEFERRED, exc.code, exc.message, connection_error=True)
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         first = exc.recipients[0]
         return _by_code(first.code, first.message, at_recipient=True)
