@@ -5,7 +5,8 @@ from __future__ import annotations
 import mailbox
 from pathlib import Path
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from mailer.bounces import parse_dsn, poll_mailboxes, record_bounce
@@ -17,6 +18,7 @@ from mailer.suppression import is_suppressed
 from mailer.web.app import create_app
 from tests.conftest import make_settings
 from tests.send.conftest import seed
+from tests.support.mailboxes import Mailbox, MailboxServer
 
 SECRET = "webhook-secret-0123456789"
 
@@ -164,3 +166,33 @@ async def test_webhook_is_off_without_a_secret(tmp_path: Path, sqlite_url: str) 
     with TestClient(create_app(AppContext(settings=settings), run_background=False)) as client:
         response = client.post("/webhooks/bounce", json={"email": "a@b.c", "kind": "hard"})
         assert response.status_code == 404
+
+
+@pytest.mark.parametrize("protocol", ["pop3", "imap"])
+async def test_bounce_mailbox_is_polled_and_emptied(
+    tmp_path: Path, sqlite_url: str, protocol: str
+) -> None:
+    box = Mailbox(
+        "bounces",
+        "pass-w0rd",
+        [
+            dsn("gone@example.net", "5.1.1"),
+            b"From: someone@example.net\r\nSubject: out of office\r\n\r\nAway.\r\n",
+        ],
+    )
+    with MailboxServer(protocol, box) as server:
+        mailbox = {
+            "host": "127.0.0.1",
+            "port": server.port,
+            "security": "none",
+            "username": "bounces",
+            "password": "pass-w0rd",
+        }
+        settings = make_settings(tmp_path, sqlite_url, bounces={protocol: mailbox})
+        async with AppContext(settings=settings).database() as database:
+            assert await poll_mailboxes(database, settings) == 2
+            async with database.session() as session:
+                assert await is_suppressed(session, settings, "gone@example.net")
+                assert await session.scalar(select(func.count()).select_from(Bounce)) == 1
+        # Read messages are removed from the mailbox, so nothing is counted twice.
+        assert box.messages == []
