@@ -222,11 +222,7 @@ def export_command(ctx: click.Context, fmt: str, status: str | None, output: Pat
             )
 
     found = _run(ctx, work)
-    handle = (
-        output.open("w", encoding="utf-8", newline="")
-        if output
-        else click.get_text_stream("stdout")
-    )
+    handle = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
     try:
         if fmt == "json":
             json.dump([s.as_dict() for s in found], handle, ensure_ascii=False, indent=2)
