@@ -84,7 +84,8 @@ def _leader_only(
             log.exception("scheduled job %s failed", getattr(job, "__name__", job))
             return None
 
-    run.__name__ = getattr(job, "__name__", "job")
+    # APScheduler names a job after its function's qualified name in every log line.
+    run.__name__ = run.__qualname__ = getattr(job, "__name__", "job")
     return run
 
 

@@ -14,14 +14,23 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from mailer.config import SourceConfig
 from mailer.context import AppContext
 from mailer.locks import Leadership
-from mailer.models import Delivery, DeliveryStatus, Digest
-from mailer.schedule import _leader_only, scheduled_digest
+from mailer.models import (
+    Delivery,
+    DeliveryStatus,
+    Digest,
+    Frequency,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
+from mailer.schedule import _leader_only, collect_and_notify, scheduled_digest
 from mailer.send import start_digest
 from tests.send.conftest import deliver_all, seed, write_config
 from tests.support.faulty_smtp import FaultPlan, FaultySmtpServer
-from tests.support.smtp import free_port
+from tests.support.smtp import SmtpServer, free_port
 
 
 async def test_only_one_process_holds_the_scheduler(tmp_path: Path, database_url: str) -> None:
@@ -124,5 +133,47 @@ async def test_sigterm_stops_serve_cleanly_and_loses_nothing(
             assert not list((settings.data_path / "journal").glob("*.journal"))
             await deliver_all(database, settings)
         assert server.handler.delivered() == Counter({a: 1 for a in addresses})
+    finally:
+        server.stop()
+
+
+async def test_a_collection_with_news_mails_immediate_subscribers(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    server = SmtpServer().start()
+    try:
+        settings = write_config(tmp_path, sqlite_url, server.port)
+        folder = SourceConfig(name="Drop", kind="folder", path=drop, interval="5m")
+        settings = settings.model_copy(update={"sources": [folder]})
+        async with AppContext(settings=settings).database() as database:
+            async with database.transaction() as session:
+                for address, frequency in (
+                    ("now@example.net", Frequency.IMMEDIATELY),
+                    ("daily@example.net", Frequency.DAILY),
+                ):
+                    session.add(
+                        Subscriber(
+                            email=address,
+                            email_key=address,
+                            status=SubscriberStatus.CONFIRMED,
+                            frequency=frequency,
+                            confirmed_at=utcnow(),
+                            digest_since=utcnow(),
+                        )
+                    )
+            await collect_and_notify(database, settings, "Drop")  # nothing new yet
+            (drop / "bridge.md").write_text(
+                "# Vilnius opens a bridge over the Neris\n\nThe bridge opened today.\n",
+                encoding="utf-8",
+            )
+            await collect_and_notify(database, settings, "Drop")
+            await deliver_all(database, settings)
+        assert [m.rcpt_tos for m in server.messages] == [["now@example.net"]]
+        assert (
+            "Vilnius opens a bridge"
+            in server.messages[0].message.get_body(("plain",)).get_content()
+        )
     finally:
         server.stop()
