@@ -178,6 +178,9 @@ async def start_background(
     except Exception:
         log.exception("could not take the scheduler lock; retrying")
     scheduler = AsyncIOScheduler(timezone="UTC")
+    # One line per job run (the lock refresh runs every 15 s) drowns the log; the
+    # jobs log what they do themselves, and failures still come through.
+    logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
 
     async def refresh_leadership() -> None:
         try:
