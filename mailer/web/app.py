@@ -101,7 +101,9 @@ def render(
     """Render ``templates/web/<template>`` with the site, CSRF token and signup texts."""
     state = web_state(request)
     settings = state.settings
-    root = request.scope.get("root_path", "")
+    # The application's own prefix (behind a proxy), not a Mount's: admin pages
+    # rendered under /admin must still find /static and /privacy.
+    root = request.scope.get("app_root_path", request.scope.get("root_path", ""))
     page = state.templates.get_template(f"web/{template}").render(
         {
             "site": settings.site,

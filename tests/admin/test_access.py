@@ -167,3 +167,13 @@ async def test_role_change_applies_on_the_next_request(
     users = {u.username: u for u in await accounts.list_users(site.db)}
     await accounts.update_user(site.db, users["eddie"].id, role="admin")
     assert (await editor_client.get("/admin/subscribers")).status_code == 200
+
+
+async def test_admin_error_pages_link_the_application_root(
+    admin_client: httpx.AsyncClient,
+) -> None:
+    """A page rendered inside the /admin mount still loads /static and /privacy."""
+    response = await admin_client.get("/admin/no-such-page")
+    assert response.status_code == 404
+    assert 'href="/static/' in response.text
+    assert "/admin/static/" not in response.text and "/admin/privacy" not in response.text

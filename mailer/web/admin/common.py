@@ -90,10 +90,6 @@ def page(
             "flash": flash,
             "when": lambda value: when(value, state.settings.digest.timezone),
             "timezone": state.settings.digest.timezone,
-            # Inside the /admin mount root_path ends in /admin; links are written from
-            # the application's root.
-            "root": _app_root(request),
-            "static_url": f"{_app_root(request)}/static",
             "request_path": request.url.path
             + (f"?{request.url.query}" if request.url.query else ""),
             **(context or {}),
@@ -105,11 +101,6 @@ def page(
     if flash is not None:
         response.delete_cookie(FLASH_COOKIE, path=PREFIX)
     return response
-
-
-def _app_root(request: Request) -> str:
-    root = str(request.scope.get("root_path", ""))
-    return root.removesuffix(PREFIX)
 
 
 def _is_current(path: str, nav_path: str) -> bool:
