@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -78,6 +79,17 @@ def _no_header_breaks(value: str | None) -> str | None:
 
 
 HeaderSafe = Annotated[str, BeforeValidator(lambda v: _no_header_breaks(str(v)))]
+
+
+def _known_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown timezone {value!r}") from exc
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
 
 
 class Section(BaseModel):
@@ -156,16 +168,7 @@ class SenderConfig(Section):
 class DigestSchedule(Section):
     frequency: Literal["daily", "weekly"]
     cron: str
-    timezone: str = "UTC"
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone {value!r}") from exc
-        return value
+    timezone: TimeZoneName = "UTC"
 
     @field_validator("cron")
     @classmethod
@@ -189,7 +192,7 @@ class DigestConfig(Section):
     # newly added source brings in), however recently they were collected.
     max_age: Duration = timedelta(days=14)
     # Dates in emails are shown in this timezone.
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     schedules: list[DigestSchedule] = Field(
         default_factory=lambda: [
             DigestSchedule(frequency="daily", cron="0 7 * * *", timezone="UTC"),
@@ -207,15 +210,6 @@ class DigestConfig(Section):
                 raise ValueError(
                     f"{value!r}: only {{site}}, {{count}} and {{title}} can be filled in ({exc})"
                 ) from None
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _display_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone {value!r}") from exc
         return value
 
 
@@ -236,7 +230,7 @@ class SourceConfig(Section):
     max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     retries: int = Field(2, ge=0, le=10)
     # Zone for dates the source writes without one ("2023 07 12", "12.07.2023 14:00").
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     # The character encoding to read the source in, when it declares a wrong one.
     encoding: str | None = None
 
@@ -250,15 +244,6 @@ class SourceConfig(Section):
                 codecs.lookup(value)
             except LookupError:
                 raise ValueError(f"unknown character encoding {value!r}") from None
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _source_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown timezone {value!r}") from exc
         return value
 
     @field_validator("url")

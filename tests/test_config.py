@@ -81,6 +81,7 @@ def test_config_file_choice_flag_then_env_then_cwd(tmp_path: Path, monkeypatch) 
             "digest.schedules.0.cron:",
         ),
         ("sources: [{name: a, kind: page, url: 'http://x'}]\n", "needs a link_selector"),
+        ("digest: {timezone: Mars/Olympus}\n", "digest.timezone: unknown timezone 'Mars/Olympus'"),
     ],
 )
 def test_invalid_configuration_gives_one_line_exit_2(tmp_path: Path, text: str, expected: str):
