@@ -169,19 +169,7 @@ class ReleaseStore:
                 folded = True
 
         if link is None:
-            link = ReleaseLink(
-                release_id=survivor.id,
-                source_id=self.source_id,
-                source_name=self.source_name,
-                url=url,
-                guid=guid,
-                title=_fit(candidate.title, 1000),
-                published_at=candidate.published,
-                content_hash=digest,
-                first_seen_at=self.now,
-            )
-            self.session.add(link)
-            self._links[guid] = link
+            self._add_link(survivor.id, candidate, url, guid, digest)
             self._remember(survivor.id, url, digest)
             _take_earliest_date(survivor, candidate.published, estimated=False)
             _fill_missing(survivor, candidate, url)
@@ -258,8 +246,20 @@ class ReleaseStore:
             )
         assert release_id is not None
         release = _NewRelease(release_id)
+        self._add_link(release.id, candidate, url, guid, digest)
+        for topic_id in self.rules.match(candidate.title, candidate.text):
+            self.session.add(ReleaseTopic(release_id=release.id, topic_id=topic_id))
+        self.index.add(release.id, fingerprint)
+        self._texts[release.id] = candidate.text
+        self._remember(release.id, url, digest)
+        return release.id
+
+    def _add_link(
+        self, release_id: int, candidate: Candidate, url: str | None, guid: str, digest: str
+    ) -> None:
+        """This source's copy of a release: where it was found and under which id."""
         link = ReleaseLink(
-            release_id=release.id,
+            release_id=release_id,
             source_id=self.source_id,
             source_name=self.source_name,
             url=url,
@@ -271,12 +271,6 @@ class ReleaseStore:
         )
         self.session.add(link)
         self._links[guid] = link
-        for topic_id in self.rules.match(candidate.title, candidate.text):
-            self.session.add(ReleaseTopic(release_id=release.id, topic_id=topic_id))
-        self.index.add(release.id, fingerprint)
-        self._texts[release.id] = candidate.text
-        self._remember(release.id, url, digest)
-        return release.id
 
     def _remember(self, release_id: int, url: str | None, digest: str) -> None:
         if url:
