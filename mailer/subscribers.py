@@ -1017,6 +1017,9 @@ async def _erase_row(
         .where(Bounce.email_hash == email_hash(settings, address))
         .values(diagnostic=None)
     )
+    await session.execute(
+        delete(SubscriberRelease).where(SubscriberRelease.subscriber_id == subscriber_id)
+    )
     await session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))
     # No subscriber to point to any more: the record says only that an erasure happened.
     actor = {"actor": origin.actor} if origin and origin.actor else {}

@@ -19,6 +19,7 @@ from mailer.models import (
     ConsentEvent,
     Frequency,
     Subscriber,
+    SubscriberRelease,
     SubscriberStatus,
     Suppression,
     utcnow,
@@ -322,6 +323,9 @@ async def test_export_holds_everything_and_erase_keeps_only_the_hash(
     signed = await store.signup(
         database, settings, "Ona@Example.org", name="Ona", topics=["health"], origin=ORIGIN
     )
+    async with database.transaction() as session:
+        # What this reader was sent: the never-twice ledger, which erasure clears too.
+        session.add(SubscriberRelease(subscriber_id=signed.subscriber_id, release_id=1))
     data = await store.export_data(database, settings, signed.subscriber_id)
     assert data["subscriber"]["email"] == "Ona@example.org"
     assert data["subscriber"]["topics"] == [{"slug": "health", "name": "Health"}]
@@ -335,6 +339,8 @@ async def test_export_holds_everything_and_erase_keeps_only_the_hash(
     async with database.session() as session:
         events = (await session.scalars(select(ConsentEvent))).all()
         hashes = (await session.scalars(select(Suppression.email_hash))).all()
+        ledger = (await session.scalars(select(SubscriberRelease.subscriber_id))).all()
+    assert ledger == []
     assert {e.action for e in events} == {"signup", "erase"}
     for event in events:
         assert event.subscriber_id is None
