@@ -172,12 +172,12 @@ async def record_bounce(database: Database, settings: Settings, report: BounceRe
         )
         if delivery is not None:
             delivery.bounced = delivery.bounced or report.kind == "hard"
-        subscriber = await session.scalar(
-            select(Subscriber).where(Subscriber.email_key == email_key(address))
-        )
         if report.kind == "hard":
             await suppress(session, settings, address, "hard-bounce", report.status)
             return "suppressed (hard bounce)"
+        subscriber = await session.scalar(
+            select(Subscriber).where(Subscriber.email_key == email_key(address))
+        )
         if subscriber is not None:
             subscriber.soft_bounces += 1
         await session.flush()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailer.db import Database
@@ -70,11 +70,6 @@ class Leadership:
         )
         await self._connection.commit()
         return bool(got)
-
-    async def holder_now(self) -> str | None:
-        async with self.database.session() as session:
-            lock = await session.scalar(select(Lock).where(Lock.name == self.name))
-            return lock.holder if lock and lock.expires_at > utcnow() else None
 
     async def release(self) -> None:
         if self.database.is_sqlite and self.is_leader:

@@ -24,9 +24,9 @@ import random
 import socket
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
@@ -251,10 +251,6 @@ class DigestProgress:
     def done(self) -> int:
         return sum(self.counts.get(s, 0) for s in ("sent", "failed", "cancelled"))
 
-    @property
-    def open(self) -> int:
-        return sum(self.counts.get(s.value, 0) for s in OPEN_STATES)
-
 
 async def digest_progress(session: AsyncSession, digest_id: int) -> DigestProgress:
     digest = await session.get(Digest, digest_id, populate_existing=True)
@@ -297,7 +293,8 @@ async def finish_completed(session: AsyncSession, now: datetime | None = None) -
 # --- recovery ---------------------------------------------------------------------
 
 
-def journal_dir(settings: Settings) -> os.PathLike[str]:
+def journal_dir(settings: Settings) -> Path:
+    """Where this machine's workers keep their journals (see journal.py)."""
     return settings.data_path / "journal"
 
 
@@ -306,7 +303,7 @@ async def recover(database: Database, settings: Settings, now: datetime | None =
     Returns how many rows were put back."""
     now = now or utcnow()
     released = 0
-    for orphan in orphan_journals(settings.data_path / "journal"):
+    for orphan in orphan_journals(journal_dir(settings)):
         try:
             entries = orphan.entries()
             async with database.transaction() as session:
@@ -418,8 +415,8 @@ class Worker:
         self.digest_id = digest_id
         smtp = settings.smtp
         self.connections = smtp.connections
-        self.rate = RateLimiter(smtp.rate_limit if rate_limit is None else rate_limit)
         per_second = smtp.rate_limit if rate_limit is None else rate_limit
+        self.rate = RateLimiter(per_second)
         # Small enough that several workers share a send, large enough that claiming
         # is a small part of the work; with a rate limit, at most ~30 s of work.
         self.batch_size = min(500, 50 * self.connections)
@@ -451,7 +448,7 @@ class Worker:
 
     async def run(self, *, until_empty: bool = False) -> WorkerStats:
         await recover(self.database, self.settings)
-        self._journal = Journal(self.settings.data_path / "journal", self.worker_id)
+        self._journal = Journal(journal_dir(self.settings), self.worker_id)
         try:
             async with smtp_target(self.settings) as target:
                 connections = [Connection(target) for _ in range(self.connections)]
@@ -567,13 +564,12 @@ class Worker:
                     .where(Delivery.id.in_(ids))
                 )
             ).all()
+            hashes = {row[0].id: email_hash(self.settings, row[0].email) for row in rows}
             suppressed = set(
                 (
                     await session.scalars(
                         select(Suppression.email_hash).where(
-                            Suppression.email_hash.in_(
-                                [email_hash(self.settings, row[0].email) for row in rows]
-                            )
+                            Suppression.email_hash.in_(list(hashes.values()))
                         )
                     )
                 ).all()
@@ -582,7 +578,7 @@ class Worker:
             for delivery, name, status, kind in rows:
                 # A test send has no subscriber; any other row without one was erased.
                 gone = kind != "test" and status != SubscriberStatus.CONFIRMED
-                if gone or email_hash(self.settings, delivery.email) in suppressed:
+                if gone or hashes[delivery.id] in suppressed:
                     withdrawn.append(delivery.id)
                     continue
                 claimed.append(
@@ -864,19 +860,3 @@ class Worker:
                 )
                 .values(status=DeliveryStatus.PENDING, claimed_by=None)
             )
-
-
-async def deliver_until_empty(
-    database: Database,
-    settings: Settings,
-    *,
-    digest_id: int | None = None,
-    rate_limit: float | None = None,
-    on_start: Callable[[Worker], None] | None = None,
-) -> WorkerStats:
-    worker = Worker(
-        database, settings, digest_id=digest_id, rate_limit=rate_limit, poll_interval=0.5
-    )
-    if on_start:
-        on_start(worker)
-    return await worker.run(until_empty=True)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from mailer.context import AppContext
 from mailer.journal import Journal
 from mailer.models import Delivery, DeliveryStatus, utcnow
-from mailer.send import recover, start_digest
+from mailer.send import journal_dir, recover, start_digest
 from tests.send.conftest import seed, write_config
 from tests.support.faulty_smtp import FaultPlan, FaultySmtpServer
 
@@ -92,7 +92,7 @@ async def test_journal_of_a_dead_worker_is_replayed(tmp_path: Path, sqlite_url: 
                         utcnow(),
                     )
             # The dead worker had journaled two acceptances, then died.
-            journal = Journal(settings.data_path / "journal", "deadhost-1-abc")
+            journal = Journal(journal_dir(settings), "deadhost-1-abc")
             journal.record(rows[0].id, "<a@example.org>", utcnow())
             journal.record(rows[1].id, "<b@example.org>", utcnow())
             os.close(journal._fd)  # die without cleaning up; the lock goes with the fd
@@ -106,7 +106,7 @@ async def test_journal_of_a_dead_worker_is_replayed(tmp_path: Path, sqlite_url: 
             assert after[rows[0].id] == (DeliveryStatus.SENT, "<a@example.org>")
             assert after[rows[1].id] == (DeliveryStatus.SENT, "<b@example.org>")
             assert after[rows[2].id][0] == after[rows[3].id][0] == DeliveryStatus.PENDING
-            assert not (settings.data_path / "journal" / "deadhost-1-abc.journal").exists()
+            assert not (journal_dir(settings) / "deadhost-1-abc.journal").exists()
     finally:
         server.stop()
 

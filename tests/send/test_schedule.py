@@ -27,7 +27,7 @@ from mailer.models import (
     utcnow,
 )
 from mailer.schedule import _leader_only, collect_and_notify, scheduled_digest
-from mailer.send import start_digest
+from mailer.send import journal_dir, start_digest
 from tests.send.conftest import deliver_all, seed, write_config
 from tests.support.faulty_smtp import FaultPlan, FaultySmtpServer
 from tests.support.smtp import SmtpServer, free_port
@@ -130,7 +130,7 @@ async def test_sigterm_stops_serve_cleanly_and_loses_nothing(
             # Everything on the wire was recorded; nothing is left claimed.
             assert statuses[DeliveryStatus.SENDING] == 0
             assert statuses[DeliveryStatus.SENT] == sum(sent_before_stop.values())
-            assert not list((settings.data_path / "journal").glob("*.journal"))
+            assert not list(journal_dir(settings).glob("*.journal"))
             await deliver_all(database, settings)
         assert server.handler.delivered() == Counter({a: 1 for a in addresses})
     finally:
