@@ -315,6 +315,9 @@ class SignupConfig(Section):
         "keyed hash of your address is kept, so that we never write to you again.",
         min_length=1,
     )
+    # Accept addresses at special-use domains (.test, .example, .invalid, .localhost,
+    # example.com, ...). Only for staging and test setups: mail to them goes nowhere.
+    allow_special_use_domains: bool = False
     # Form posts allowed per client IP and per address within rate_limit_window.
     rate_limit_per_ip: int = Field(20, ge=1)
     rate_limit_per_address: int = Field(5, ge=1)
@@ -338,17 +341,45 @@ class MailboxConfig(Section):
 
 
 class BounceConfig(Section):
-    # A Maildir the MTA delivers bounces to (VERP addresses press+d<id>@domain).
+    # The envelope sender (Return-Path) of every message, e.g. bounces@news.example.org.
+    # Each message leaves as bounces+<signed token>@..., so a bounce names its delivery;
+    # with a polled mailbox, List-Unsubscribe's mailto uses it too. Recommended: an
+    # address of its own, so that the From address stays a mailbox for people.
+    # null: the From address (press+<token>@...).
+    address: str | None = None
+    # A Maildir the MTA delivers bounces (and mailto unsubscribes) to.
     maildir: Path | None = None
-    # Or a mailbox polled over IMAP or POP3; read messages are deleted.
+    # Or a mailbox polled over IMAP or POP3. Bounces and unsubscribe requests are
+    # deleted once handled; anything else is never deleted (see other_mail_folder).
     imap: MailboxConfig | None = None
     pop3: MailboxConfig | None = None
+    # Mail in the polled mailbox that is neither a bounce of mailer's own mail nor an
+    # unsubscribe request (replies, auto-replies, forged bounces) is moved to this
+    # folder for people to read (a Maildir++ sub-folder or an IMAP folder). POP3 has
+    # no folders: such mail stays in the mailbox.
+    other_mail_folder: str = Field("Other mail", min_length=1, max_length=100)
     poll_interval: Duration = timedelta(minutes=5)
     # Bearer secret for POST /webhooks/bounce; without it the endpoint answers 404.
     webhook_secret: str | None = Field(None, min_length=16)
     # This many soft bounces within soft_window suppress an address.
     soft_limit: int = Field(3, ge=1)
     soft_window: Duration = timedelta(days=30)
+
+    @field_validator("address")
+    @classmethod
+    def _plain_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(
+            r"[^\s@<>()+\"]+@[^\s@<>()\"]+\.[^\s@<>()\"]+", value
+        ):
+            raise ValueError(f"{value!r} is not a plain address such as bounces@news.example.org")
+        return value
+
+    @field_validator("other_mail_folder")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        if value.startswith(".") or re.search(r"[/\\\x00-\x1f\x7f]", value):
+            raise ValueError("must be a folder name without '/', '\\' or a leading '.'")
+        return value
 
     @property
     def enabled(self) -> bool:

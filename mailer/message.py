@@ -59,7 +59,7 @@ from mailer import tokens
 from mailer.config import Settings
 from mailer.models import Release, SubscriberTopic, Topic
 from mailer.templating import template_environment
-from mailer.tokens import Purpose, link
+from mailer.tokens import MailTokenKind, MailTokenSigner, Purpose, address_extension, link
 
 # Gmail hides everything after the first 102 KB of a message's HTML behind a
 # "[Message clipped]" link, the footer with the unsubscribe link included. The
@@ -78,7 +78,6 @@ _SPACES = re.compile(r"\s+")
 _ADDR_SPEC = re.compile(r"^[^\s<>()\[\],;:\\\"@]+@[^\s<>()\[\],;:\\\"@]+$")
 # A display name that can go into a header as a quoted-string without encoding.
 _PLAIN_NAME = re.compile(r"^[\x20-\x7e]{1,60}$")
-_VERP = re.compile(r"^(?P<local>[^@]+)\+d(?P<delivery>\d+)@(?P<domain>[^@]+)$", re.IGNORECASE)
 
 
 class MessageError(ValueError):
@@ -180,15 +179,24 @@ def shorten(text: str, limit: int) -> str:
     return f"{cut}…"
 
 
-def parse_verp(address: str) -> int | None:
-    """The delivery id in a VERP bounce address (``press+d123@example.org`` -> 123)."""
-    match = _VERP.match(address.strip().strip("<>"))
-    return int(match.group("delivery")) if match else None
+def return_path(settings: Settings) -> tuple[str, str]:
+    """Local part and domain of the envelope sender: ``bounces.address`` or the From."""
+    address = settings.bounces.address or settings.sender.from_address
+    local, _, domain = address.rpartition("@")
+    return local, domain
+
+
+def parse_verp(settings: Settings, address: str) -> int | None:
+    """The delivery id a VERP bounce address names, if its token is this site's."""
+    extension = address_extension(address)
+    found = MailTokenSigner(settings).read(extension) if extension else None
+    return found.number if found and found.kind is MailTokenKind.DELIVERY else None
 
 
 def verp_address(settings: Settings, delivery_id: int) -> str:
-    local, _, domain = settings.sender.from_address.rpartition("@")
-    return f"{local}+d{delivery_id}@{domain}"
+    local, domain = return_path(settings)
+    token = MailTokenSigner(settings).token(MailTokenKind.DELIVERY, delivery_id)
+    return f"{local}+{token}@{domain}"
 
 
 def checked_address(address: str) -> str:
@@ -464,10 +472,12 @@ class MessageComposer:
             for purpose in (Purpose.UNSUBSCRIBE, Purpose.MANAGE)
         }
         # Parsed once: the sender address is needed for every message.
-        local, _, domain = self.settings.sender.from_address.rpartition("@")
-        self._verp = f"{local}+d{{}}@{domain}"
+        domain = self.settings.sender.domain
         self._message_id = f"<{{}}.d{{}}.{{}}@{domain}>"
-        self._unsubscribe_mailbox = f"unsubscribe+{{token}}@{domain}"
+        self._address_tokens = MailTokenSigner(self.settings)
+        self._return_path = "{}+{{}}@{}".format(*return_path(self.settings))
+        # The mailto unsubscribe is advertised only where mailer reads that mail.
+        self._mailto_unsubscribe = self.settings.bounces.enabled
         self._missing: set[int] = set()
         self.renders = 0  # how many bodies were rendered (the rest came from the cache)
 
@@ -684,7 +694,9 @@ class MessageComposer:
         message_id = self._message_id.format(int(time.time()), delivery_id, secrets.token_hex(8))
         # Test sends have no subscriber to unsubscribe, so no List-Unsubscribe.
         unsubscribe = (
-            b"" if subscriber_id is None else self._list_unsubscribe(values["unsubscribe_url"])
+            b""
+            if subscriber_id is None
+            else self._list_unsubscribe(subscriber_id, values["unsubscribe_url"])
         )
         data = b"".join(
             (
@@ -704,19 +716,24 @@ class MessageComposer:
         if self.signer is not None:
             data = self.signer.sign(data)
         return ComposedMessage(
-            envelope_from=self._verp.format(delivery_id),
+            envelope_from=self._return_path.format(
+                self._address_tokens.token(MailTokenKind.DELIVERY, delivery_id)
+            ),
             recipients=[address],
             data=data,
             message_id=message_id,
         )
 
-    def _list_unsubscribe(self, unsubscribe_url: str) -> bytes:
-        """RFC 2369 (an https link and a mailto) plus RFC 8058 one-click unsubscribe."""
-        token = unsubscribe_url.rsplit("/", 1)[1]
-        mailbox = self._unsubscribe_mailbox.format(token=token)
+    def _list_unsubscribe(self, subscriber_id: int, unsubscribe_url: str) -> bytes:
+        """RFC 2369 (an https link and, where mailer reads the mailbox, a mailto) plus
+        RFC 8058 one-click unsubscribe."""
+        links = f"<{unsubscribe_url}>"
+        if self._mailto_unsubscribe:
+            token = self._address_tokens.token(MailTokenKind.UNSUBSCRIBE, subscriber_id)
+            mailbox = self._return_path.format(token)
+            links += f",\r\n <mailto:{mailbox}?subject=unsubscribe>"
         return (
-            f"List-Unsubscribe: <{unsubscribe_url}>,\r\n <mailto:{mailbox}?subject=unsubscribe>\r\n"
-            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+            f"List-Unsubscribe: {links}\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
         ).encode("ascii")
 
 
@@ -818,8 +835,10 @@ def _transactional(
     signer = load_signer(settings)
     if signer is not None:
         data = signer.sign(data)
+    local, domain = return_path(settings)
     return ComposedMessage(
-        envelope_from=settings.sender.from_address,
+        # Signed for this recipient, so that a bounce of it is recognised as genuine.
+        envelope_from=f"{local}+{MailTokenSigner(settings).recipient_token(address)}@{domain}",
         recipients=[address],
         data=data,
         message_id=message_id,

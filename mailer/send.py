@@ -46,6 +46,7 @@ from mailer.models import (
     Suppression,
     utcnow,
 )
+from mailer.smtpstatus import policy_reason
 from mailer.suppression import email_hash, suppress
 from mailer.transport import Connection, Outcome, RateLimiter, SendResult, smtp_target
 
@@ -57,6 +58,8 @@ RECORD_EVERY_SECONDS = 0.5
 RECORD_EVERY_COUNT = 500
 # While the server is unreachable the worker waits this long, doubling, before retrying.
 OUTAGE_BACKOFF = (1.0, 60.0)
+# A relay that refuses this many recipients in a row by policy (5.7.x) refuses them all.
+POLICY_REFUSALS_BEFORE_PAUSE = 5
 OPEN_STATES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED)
 
 
@@ -434,6 +437,9 @@ class Worker:
         self._composer_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._failure_streak: dict[int, int] = defaultdict(int)
         self._pausing: set[int] = set()
+        # 5.7.x refusals in a row per digest, and why a digest is being paused.
+        self._policy_streak: dict[int, int] = defaultdict(int)
+        self._pause_reasons: dict[int, str] = {}
         self._outage_until = 0.0
         self._outage_delay = OUTAGE_BACKOFF[0]
         self._outage_reason = ""
@@ -681,6 +687,7 @@ class Worker:
             self._journal.record(item.id, message.message_id, now)
             self._outage_delay = OUTAGE_BACKOFF[0]
             self._failure_streak[item.digest_id] = 0
+            self._policy_streak[item.digest_id] = 0
         elif result.connection_error:
             # The server, not this message, failed: hold everything for a while
             # (doubling each time) instead of burning through the queue.
@@ -706,11 +713,27 @@ class Worker:
             return
         elif result.outcome is Outcome.FAILED:
             self._failure_streak[item.digest_id] += 1
+            self._note_policy_refusal(item.digest_id, result)
             if self._failure_streak[item.digest_id] >= self.settings.smtp.pause_after_failures:
                 # Stop at once; the pause itself is written with the next batch.
                 self._pausing.add(item.digest_id)
         self.stats.count(result.outcome)
         self._results.append(Recorded(item, result, message.message_id, now))
+
+    def _note_policy_refusal(self, digest_id: int, result: SendResult) -> None:
+        """Pause a send whose relay refuses recipient after recipient by policy (5.7.x):
+        the cause is this sender (relaying, authentication), not the readers."""
+        if not result.policy:
+            self._policy_streak[digest_id] = 0
+            return
+        self._policy_streak[digest_id] += 1
+        refused = self._policy_streak[digest_id]
+        if refused >= min(POLICY_REFUSALS_BEFORE_PAUSE, self.settings.smtp.pause_after_failures):
+            self._pause_reasons[digest_id] = (
+                f"paused after {refused} recipients in a row were refused: "
+                f"{policy_reason(result.code, result.message)}"
+            )
+            self._pausing.add(digest_id)
 
     async def _recorder(self) -> None:
         while not self._stopping.is_set():
@@ -834,7 +857,9 @@ class Worker:
             streak = self._failure_streak[digest_id]
             self._failure_streak[digest_id] = 0
             self._pausing.discard(digest_id)
-            reason = f"paused after {streak} permanent failures in a row; check the SMTP logs"
+            reason = self._pause_reasons.pop(digest_id, None) or (
+                f"paused after {streak} permanent failures in a row; check the SMTP logs"
+            )
             await session.execute(
                 update(Digest)
                 .where(Digest.id == digest_id, Digest.status == DigestStatus.SENDING)

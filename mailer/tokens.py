@@ -9,7 +9,11 @@ for as long as old emails sit in inboxes, so they do not expire.
 
 from __future__ import annotations
 
+import base64
 import enum
+import hashlib
+import hmac
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -78,3 +82,76 @@ def link(settings: Settings, purpose: Purpose, subscriber_id: int, nonce: str | 
         Purpose.UNSUBSCRIBE: "unsubscribe",
     }[purpose]
     return f"{settings.site.base_url}/{path}/{make_token(settings, purpose, subscriber_id, nonce)}"
+
+
+# --- tokens in mail addresses -----------------------------------------------------------
+#
+# The envelope sender of every message (``bounces+d42.<sig>@…``) and the mailto in
+# List-Unsubscribe (``bounces+u7.<sig>@…``) carry a token. MTAs lowercase addresses
+# (Postfix does so before delivery), so itsdangerous' case-sensitive base64 cannot be
+# used here: the signature is an HMAC in lowercase base32 and the whole token is
+# compared after lowercasing. 80 bits of HMAC make it unguessable, so a bounce or an
+# unsubscribe request by mail can only come back to an address mailer itself used.
+
+
+class MailTokenKind(enum.StrEnum):
+    DELIVERY = "d"  # a digest delivery: bounces name the delivery row
+    UNSUBSCRIBE = "u"  # a subscriber's List-Unsubscribe mailto
+    RECIPIENT = "t"  # a one-off message (confirmation, notice): signs the recipient
+
+
+@dataclass(frozen=True)
+class MailToken:
+    kind: MailTokenKind
+    number: int | None  # the delivery or subscriber id; None for RECIPIENT tokens
+    signature: str
+
+
+_MAIL_TOKEN = re.compile(r"^([dut])(\d{0,19})\.([a-z2-7]{16})$")
+
+
+class MailTokenSigner:
+    """Signs and checks address tokens; build once, use for many messages."""
+
+    def __init__(self, settings: Settings) -> None:
+        key = hashlib.sha256(b"mailer.address-token:" + settings.get_secret_key().encode())
+        self._mac = hmac.new(key.digest(), digestmod=hashlib.sha256)
+
+    def _signature(self, payload: str) -> str:
+        mac = self._mac.copy()
+        mac.update(payload.encode())
+        return base64.b32encode(mac.digest()[:10]).decode("ascii").lower()
+
+    def token(self, kind: MailTokenKind, number: int) -> str:
+        payload = f"{kind.value}{number}"
+        return f"{payload}.{self._signature(payload)}"
+
+    def recipient_token(self, address: str) -> str:
+        return f"t.{self._signature('t:' + address.strip().lower())}"
+
+    def read(self, token: str) -> MailToken | None:
+        """The token's content if it is well-formed and signed by this site."""
+        match = _MAIL_TOKEN.match(token.strip().lower())
+        if match is None:
+            return None
+        kind, digits, signature = MailTokenKind(match.group(1)), match.group(2), match.group(3)
+        if kind is MailTokenKind.RECIPIENT:
+            # Checked against the reported recipient by recipient_matches().
+            return None if digits else MailToken(kind, None, signature)
+        if not digits or not hmac.compare_digest(
+            signature, self._signature(f"{kind.value}{digits}")
+        ):
+            return None
+        return MailToken(kind, int(digits), signature)
+
+    def recipient_matches(self, token: MailToken, address: str) -> bool:
+        expected = self.recipient_token(address).split(".", 1)[1]
+        return hmac.compare_digest(token.signature, expected)
+
+
+def address_extension(address: str) -> str | None:
+    """The part after the first '+' of an address's local part (``a+x@b`` -> ``x``)."""
+    local, at, _ = address.strip().strip("<>").rpartition("@")
+    if not at or "+" not in local:
+        return None
+    return local.split("+", 1)[1]

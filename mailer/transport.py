@@ -22,6 +22,7 @@ import aiosmtplib
 
 from mailer.catcher import EmbeddedCatcher
 from mailer.config import Settings
+from mailer.smtpstatus import Verdict, enhanced_code, permanent_verdict
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 
@@ -39,9 +40,12 @@ class SendResult:
     outcome: Outcome
     code: int | None = None
     message: str = ""
-    # True when the refusal is about the recipient (5xx at RCPT, or 5.1.x / 5.2.1 at
-    # DATA): the address itself is bad and goes on the suppression list.
+    # True when the refusal is about the recipient (5.1.x, 5.2.1; see smtpstatus.py):
+    # the address itself is bad and goes on the suppression list.
     hard_bounce: bool = False
+    # True for a 5.7.x refusal (relaying, policy, authentication): about this sender,
+    # not the reader; repeated across recipients it pauses the send.
+    policy: bool = False
     # True when the connection, not the message, failed (counts towards pausing).
     connection_error: bool = False
 
@@ -125,10 +129,21 @@ def _by_code(code: int, message: str, *, at_recipient: bool) -> SendResult:
     if 400 <= code < 500:
         return SendResult(Outcome.DEFERRED, code, message)
     if 500 <= code < 600:
-        # Enhanced status codes (RFC 3463): 5.1.x bad address, 5.2.1 mailbox disabled.
-        enhanced = message.split(" ", 1)[0]
-        hard = at_recipient or enhanced.startswith("5.1.") or enhanced == "5.2.1"
-        return SendResult(Outcome.FAILED, code, message, hard_bounce=hard)
+        enhanced = enhanced_code(message)
+        if enhanced is None and not at_recipient:
+            # A bare 5xx after RCPT was accepted is about the message, not the address.
+            return SendResult(Outcome.FAILED, code, message)
+        verdict = permanent_verdict(enhanced, code)
+        if verdict is Verdict.SOFT:
+            # Mailbox full, routing trouble: the address may work again; retry.
+            return SendResult(Outcome.DEFERRED, code, message)
+        return SendResult(
+            Outcome.FAILED,
+            code,
+            message,
+            hard_bounce=verdict is Verdict.HARD,
+            policy=verdict is Verdict.POLICY,
+        )
     return SendResult(Outcome.DEFERRED, code, message, connection_error=True)
 
 
