@@ -442,7 +442,7 @@ def _poll_pop3(pop: MailboxConfig, handle: Callable[[bytes, str], bool]) -> int:
         count, _ = client.stat()
         for number in range(1, count + 1):
             unique_id = unique_ids.get(str(number).encode())
-            key = (pop.host, pop.username, unique_id or b"")
+            key = (f"{pop.host}:{pop.port}", pop.username, unique_id or b"")
             if unique_id and key in _POP3_KEPT:
                 continue
             _, lines, _ = client.retr(number)

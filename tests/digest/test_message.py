@@ -24,7 +24,7 @@ from mailer.message import (
     build_notice_message,
     parse_verp,
 )
-from mailer.tokens import Purpose, read_token
+from mailer.tokens import MailTokenKind, MailTokenSigner, Purpose, read_token
 from tests.conftest import make_settings
 from tests.digest.conftest import TOPICS
 
@@ -128,11 +128,11 @@ def test_digest_headers_and_mime_structure(
     assert parsed["Auto-Submitted"] == "auto-generated"
     assert parsed["MIME-Version"] == "1.0"
 
-    https_link, mailto = re.findall(r"<([^<>]+)>", str(parsed["List-Unsubscribe"]))
+    # No bounce mailbox is configured, so nothing would read a mailto: https only.
+    [https_link] = re.findall(r"<([^<>]+)>", str(parsed["List-Unsubscribe"]))
     assert https_link.startswith("https://news.example.org/unsubscribe/")
     token = https_link.rsplit("/", 1)[1]
     assert read_token(plain_settings, Purpose.UNSUBSCRIBE, token).subscriber_id == 7
-    assert mailto == f"mailto:unsubscribe+{token}@example.org?subject=unsubscribe"
 
     assert parsed.get_content_type() == "multipart/alternative"
     kinds = [(p.get_content_type(), p.get_content_charset()) for p in parsed.iter_parts()]
@@ -141,8 +141,8 @@ def test_digest_headers_and_mime_structure(
     assert all(not part.defects for part in parsed.walk())
 
     assert message.recipients == ["reader@example.lt"]
-    assert message.envelope_from == "press+d41@example.org"
-    assert parse_verp(message.envelope_from) == 41
+    assert re.fullmatch(r"press\+d41\.[a-z2-7]{16}@example\.org", message.envelope_from)
+    assert parse_verp(plain_settings, message.envelope_from) == 41
     assert b"\r\n" in message.data and b"\n" not in message.data.replace(b"\r\n", b"")
     assert max(len(line) for line in message.data.split(b"\r\n")) <= 998
     head, body = message.data.split(b"\r\n\r\n", 1)
@@ -395,7 +395,7 @@ def test_confirmation_message(plain_settings: Settings) -> None:
     assert parsed["Auto-Submitted"] == "auto-generated"
     assert parsed["List-Unsubscribe"] is None
     assert re.fullmatch(r"<[^<>@\s]+@example\.org>", parsed["Message-ID"])
-    assert message.envelope_from == "press@example.org"
+    assert re.fullmatch(r"press\+t\.[a-z2-7]{16}@example\.org", message.envelope_from)
     text, html = parts(parsed)
     assert "Hello Rūta Šimonytė," in text and confirm in text and manage in text
     assert f'href="{confirm}"' in html and "Confirm my subscription" in html
@@ -423,8 +423,22 @@ def test_unknown_notice_kind(plain_settings: Settings) -> None:
         build_notice_message(plain_settings, "a@example.org", None, "../digest")
 
 
-def test_parse_verp() -> None:
-    assert parse_verp("press+d123@example.org") == 123
-    assert parse_verp("<Press+D7@Example.org>") == 7
-    assert parse_verp("press@example.org") is None
-    assert parse_verp("press+dx1@example.org") is None
+def test_mailto_unsubscribe_goes_to_the_polled_bounce_address(
+    tmp_path: Path, sqlite_url: str, releases: dict[int, DigestItem]
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        sqlite_url,
+        bounces={"address": "bounces@news.example.org", "maildir": str(tmp_path / "box")},
+    )
+    message = MessageComposer(settings, releases).compose(41, 7, "a@example.lt", None, [1])
+    https_link, mailto = re.findall(r"<([^<>]+)>", str(parse(message)["List-Unsubscribe"]))
+    assert https_link.startswith("https:")
+    found = re.fullmatch(
+        r"mailto:bounces\+(u7\.[a-z2-7]{16})@news\.example\.org\?subject=unsubscribe", mailto
+    )
+    assert found, mailto
+    token = MailTokenSigner(settings).read(found.group(1).upper())
+    assert token is not None and (token.kind, token.number) == (MailTokenKind.UNSUBSCRIBE, 7)
+    assert parse_verp(settings, message.envelope_from) == 41
+    assert message.envelope_from.startswith("bounces+d41.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mailbox
+import re
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,11 @@ from starlette.testclient import TestClient
 from mailer.bounces import parse_dsn, poll_mailboxes, record_bounce
 from mailer.config import Settings
 from mailer.context import AppContext
+from mailer.db import Database
+from mailer.message import build_confirmation_message, parse_verp, verp_address
 from mailer.models import Bounce, Delivery
 from mailer.send import start_digest
+from mailer.smtpstatus import Verdict
 from mailer.suppression import is_suppressed
 from mailer.web.app import create_app
 from tests.conftest import make_settings
@@ -65,17 +69,35 @@ Subject: Digest
 """.replace("\n", "\r\n").encode()
 
 
-def test_rfc3464_status_decides_hard_or_soft() -> None:
-    hard = parse_dsn(dsn("gone@example.net", "5.1.1"))
-    assert [(r.address, r.kind, r.status) for r in hard] == [("gone@example.net", "hard", "5.1.1")]
-    soft = parse_dsn(dsn("full@example.net", "4.2.2", action="delayed"))
-    assert [(r.address, r.kind) for r in soft] == [("full@example.net", "soft")]
-    assert soft[0].message_id == "<orig@example.org>"
+def test_rfc3464_status_decides_what_a_bounce_means() -> None:
+    def verdicts(status: str, action: str = "failed") -> list[tuple[str | None, Verdict, str]]:
+        return [
+            (r.address, r.kind, r.status)
+            for r in parse_dsn(dsn("x@example.net", status, action=action))
+        ]
+
+    assert verdicts("5.1.1") == [("x@example.net", Verdict.HARD, "5.1.1")]
+    assert verdicts("5.2.1") == [("x@example.net", Verdict.HARD, "5.2.1")]
+    assert verdicts("5.2.2") == [("x@example.net", Verdict.SOFT, "5.2.2")]
+    assert verdicts("5.7.1") == [("x@example.net", Verdict.POLICY, "5.7.1")]
+    assert verdicts("5.3.4") == [("x@example.net", Verdict.FAILED, "5.3.4")]
+    assert verdicts("4.2.2", action="delayed") == [("x@example.net", Verdict.SOFT, "4.2.2")]
+    assert parse_dsn(dsn("x@example.net", "5.1.1"))[0].message_id == "<orig@example.org>"
 
 
-def test_verp_address_names_the_delivery() -> None:
-    reports = parse_dsn(dsn("gone@example.net", "5.1.1", to="press+d4711@example.org"))
-    assert reports[0].delivery_id == 4711
+def test_the_verp_token_is_signed_and_survives_lowercasing(tmp_path: Path, sqlite_url: str) -> None:
+    settings = make_settings(tmp_path, sqlite_url, bounces={"address": "bounces@example.org"})
+    address = verp_address(settings, 4711)
+    assert re.fullmatch(r"bounces\+d4711\.[a-z2-7]{16}@example\.org", address)
+    assert parse_verp(settings, address) == 4711
+    assert parse_verp(settings, address.upper()) == 4711
+    assert parse_verp(settings, address.replace("d4711", "d4712")) is None
+    assert parse_verp(settings, "press+d4711@example.org") is None
+    other_site = make_settings(tmp_path, sqlite_url, secret_key="another-secret-key-0123456789")
+    assert parse_verp(other_site, address) is None
+    assert parse_dsn(dsn("gone@example.net", "5.1.1", to=address))[0].tokens == (
+        address.split("+")[1].split("@")[0],
+    )
 
 
 def test_a_plain_message_is_not_a_bounce() -> None:
@@ -87,52 +109,104 @@ async def _settings(tmp_path: Path, database_url: str, **bounces: object) -> Set
     return make_settings(tmp_path, database_url, bounces={"webhook_secret": SECRET, **bounces})
 
 
+async def _deliveries(database: Database, settings: Settings, count: int) -> list[Delivery]:
+    await seed(database, count)
+    digest = await start_digest(database, settings)
+    async with database.session() as session:
+        return list(
+            (
+                await session.scalars(
+                    select(Delivery).where(Delivery.digest_id == digest.id).order_by(Delivery.id)
+                )
+            ).all()
+        )
+
+
 async def test_hard_bounce_suppresses_and_marks_the_delivery(
     tmp_path: Path, database_url: str
 ) -> None:
     settings = await _settings(tmp_path, database_url, maildir=str(tmp_path / "bounces"))
     async with AppContext(settings=settings).database() as database:
-        addresses = await seed(database, 2)
-        digest = await start_digest(database, settings)
-        async with database.session() as session:
-            delivery = await session.scalar(
-                select(Delivery).where(
-                    Delivery.digest_id == digest.id, Delivery.email == addresses[0]
-                )
-            )
+        first, second = await _deliveries(database, settings, 2)
         box = mailbox.Maildir(tmp_path / "bounces", create=True)
-        box.add(dsn(addresses[0], "5.1.1", to=f"press+d{delivery.id}@example.org"))
+        box.add(dsn(first.email, "5.1.1", to=verp_address(settings, first.id)))
         assert await poll_mailboxes(database, settings) == 1
         assert len(box) == 0, "a processed bounce is removed from the Maildir"
         async with database.session() as session:
-            assert await is_suppressed(session, settings, addresses[0])
-            assert not await is_suppressed(session, settings, addresses[1])
-            assert (await session.get(Delivery, delivery.id)).bounced
+            assert await is_suppressed(session, settings, first.email)
+            assert not await is_suppressed(session, settings, second.email)
+            assert (await session.get(Delivery, first.id)).bounced
             bounce = await session.scalar(select(Bounce))
             assert (bounce.kind, bounce.status_code, bounce.delivery_id) == (
                 "hard",
                 "5.1.1",
-                delivery.id,
+                first.id,
             )
+
+
+async def test_a_bounce_must_name_the_recipient_of_its_delivery(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = await _settings(tmp_path, database_url)
+    async with AppContext(settings=settings).database() as database:
+        first, second = await _deliveries(database, settings, 2)
+        # A genuine token of the first delivery, naming the second reader.
+        [report] = parse_dsn(dsn(second.email, "5.1.1", to=verp_address(settings, first.id)))
+        handled = await record_bounce(database, settings, report)
+        assert not handled.consumed and "went to someone else" in handled.summary
+        async with database.session() as session:
+            assert not await is_suppressed(session, settings, second.email)
+            assert not await is_suppressed(session, settings, first.email)
+
+
+async def test_a_policy_refusal_in_a_dsn_is_recorded_but_does_not_suppress(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = await _settings(tmp_path, database_url)
+    async with AppContext(settings=settings).database() as database:
+        [delivery] = await _deliveries(database, settings, 1)
+        [report] = parse_dsn(dsn(delivery.email, "5.7.1", to=verp_address(settings, delivery.id)))
+        assert (await record_bounce(database, settings, report)).consumed
+        async with database.session() as session:
+            assert not await is_suppressed(session, settings, delivery.email)
+            assert (await session.scalar(select(Bounce.kind))) == "policy"
 
 
 async def test_soft_bounces_suppress_only_past_the_limit(tmp_path: Path, database_url: str) -> None:
     settings = await _settings(tmp_path, database_url, soft_limit=3)
+    # A bounce of a one-off message (a confirmation request) carries a token signed
+    # for its recipient.
+    returned_to = build_confirmation_message(
+        settings, "full@example.net", None, "https://x/confirm/t"
+    ).envelope_from
+    assert returned_to.startswith("press+t.")
     async with AppContext(settings=settings).database() as database:
         for expected in (False, False, True):
-            for report in parse_dsn(dsn("full@example.net", "4.2.2")):
+            for report in parse_dsn(dsn("full@example.net", "4.2.2", to=returned_to)):
                 await record_bounce(database, settings, report)
             async with database.session() as session:
                 assert await is_suppressed(session, settings, "full@example.net") is expected
+        # The token is the recipient's own: it proves nothing about anyone else.
+        for report in parse_dsn(dsn("other@example.net", "5.1.1", to=returned_to)):
+            assert not (await record_bounce(database, settings, report)).consumed
 
 
-async def test_webhook_needs_the_secret_and_accepts_json_and_dsn(
+async def test_webhook_needs_the_secret_and_matching_reports(
     tmp_path: Path, database_url: str
 ) -> None:
     settings = await _settings(tmp_path, database_url)
+    async with AppContext(settings=settings).database() as database:
+        first, second, third = await _deliveries(database, settings, 3)
+        async with database.transaction() as session:
+            (await session.get(Delivery, third.id)).message_id = "<1.d3.abc@example.org>"
     app = create_app(AppContext(settings=settings), run_background=False)
     with TestClient(app) as client:
-        payload = {"email": "gone@example.net", "kind": "hard", "status": "5.1.1"}
+        payload = {
+            "email": first.email,
+            "kind": "hard",
+            "status": "5.1.1",
+            "envelope_from": verp_address(settings, first.id),
+        }
         assert client.post("/webhooks/bounce", json=payload).status_code == 401
         wrong = client.post(
             "/webhooks/bounce", json=payload, headers={"Authorization": "Bearer nope"}
@@ -140,13 +214,44 @@ async def test_webhook_needs_the_secret_and_accepts_json_and_dsn(
         assert wrong.status_code == 401
         auth = {"Authorization": f"Bearer {SECRET}"}
         ok = client.post("/webhooks/bounce", json=payload, headers=auth)
-        assert ok.status_code == 200 and ok.json()["recorded"] == 1
-        raw = client.post(
+        assert ok.status_code == 200 and (ok.json()["recorded"], ok.json()["ignored"]) == (1, 0)
+        by_message_id = client.post(
             "/webhooks/bounce",
-            content=dsn("other@example.net", "5.1.1"),
+            json={"email": third.email, "kind": "hard", "message_id": "<1.d3.abc@example.org>"},
+            headers=auth,
+        )
+        assert by_message_id.json()["recorded"] == 1
+        unproven = client.post(
+            "/webhooks/bounce", json={"email": second.email, "kind": "hard"}, headers=auth
+        )
+        assert unproven.status_code == 422 and "envelope_from" in unproven.json()["error"]
+        forged = client.post(
+            "/webhooks/bounce",
+            json={
+                "email": second.email,
+                "kind": "hard",
+                "envelope_from": f"press+d{second.id}@example.org",
+            },
+            headers=auth,
+        )
+        assert forged.status_code == 200 and forged.json()["ignored"] == 1
+        policy = client.post(
+            "/webhooks/bounce",
+            json={
+                **payload,
+                "email": second.email,
+                "status": "5.7.1",
+                "envelope_from": verp_address(settings, second.id),
+            },
+            headers=auth,
+        )
+        assert policy.json()["recorded"] == 1
+        raw_forged = client.post(
+            "/webhooks/bounce",
+            content=dsn(second.email, "5.1.1"),
             headers={**auth, "Content-Type": "message/rfc822"},
         )
-        assert raw.status_code == 200 and raw.json()["recorded"] == 1
+        assert raw_forged.status_code == 200 and raw_forged.json()["ignored"] == 1
         bad = client.post("/webhooks/bounce", json={"email": "x", "kind": "maybe"}, headers=auth)
         assert bad.status_code == 422 and "error" in bad.json()
         garbage = client.post(
@@ -157,8 +262,9 @@ async def test_webhook_needs_the_secret_and_accepts_json_and_dsn(
         assert garbage.status_code == 422
     async with AppContext(settings=settings).database() as database:
         async with database.session() as session:
-            assert await is_suppressed(session, settings, "gone@example.net")
-            assert await is_suppressed(session, settings, "other@example.net")
+            assert await is_suppressed(session, settings, first.email)
+            assert await is_suppressed(session, settings, third.email)
+            assert not await is_suppressed(session, settings, second.email)
 
 
 async def test_webhook_is_off_without_a_secret(tmp_path: Path, sqlite_url: str) -> None:
@@ -169,16 +275,19 @@ async def test_webhook_is_off_without_a_secret(tmp_path: Path, sqlite_url: str) 
 
 
 @pytest.mark.parametrize("protocol", ["pop3", "imap"])
-async def test_bounce_mailbox_is_polled_and_emptied(
+async def test_bounce_mailbox_keeps_what_is_not_a_bounce(
     tmp_path: Path, sqlite_url: str, protocol: str
 ) -> None:
+    settings = make_settings(tmp_path, sqlite_url)
+    returned_to = build_confirmation_message(
+        settings, "gone@example.net", None, "https://x/confirm/t"
+    ).envelope_from
+    out_of_office = b"From: someone@example.net\r\nSubject: out of office\r\n\r\nAway.\r\n"
+    forged = dsn("victim@example.net", "5.1.1")
     box = Mailbox(
         "bounces",
         "pass-w0rd",
-        [
-            dsn("gone@example.net", "5.1.1"),
-            b"From: someone@example.net\r\nSubject: out of office\r\n\r\nAway.\r\n",
-        ],
+        [dsn("gone@example.net", "5.1.1", to=returned_to), out_of_office, forged],
     )
     with MailboxServer(protocol, box) as server:
         mailbox = {
@@ -190,9 +299,16 @@ async def test_bounce_mailbox_is_polled_and_emptied(
         }
         settings = make_settings(tmp_path, sqlite_url, bounces={protocol: mailbox})
         async with AppContext(settings=settings).database() as database:
-            assert await poll_mailboxes(database, settings) == 2
+            assert await poll_mailboxes(database, settings) == 3
             async with database.session() as session:
                 assert await is_suppressed(session, settings, "gone@example.net")
+                assert not await is_suppressed(session, settings, "victim@example.net")
                 assert await session.scalar(select(func.count()).select_from(Bounce)) == 1
-        # Read messages are removed from the mailbox, so nothing is counted twice.
-        assert box.messages == []
+            if protocol == "imap":
+                # Moved to a folder for people; the bounce itself is gone.
+                assert box.messages == []
+                assert box.folders == {"Other mail": [out_of_office, forged]}
+            else:
+                # POP3 has no folders: mail for people stays, and is not read again.
+                assert box.messages == [out_of_office, forged]
+                assert await poll_mailboxes(database, settings) == 0

@@ -173,7 +173,9 @@ async def test_many_permanent_failures_pause_the_send(
         async with database.session() as session:
             progress = await digest_progress(session, digest.id)
         assert progress.status == "paused"
-        assert "5 permanent failures in a row" in progress.pause_reason
+        # The refusals are 554 5.7.1 (policy): the reason says what the relay objects to.
+        assert "5 recipients in a row were refused" in progress.pause_reason
+        assert "refuses the mail by policy (554 5.7.1" in progress.pause_reason
         # The rest waits, untouched, for an operator.
         assert progress.counts.get("pending", 0) > 0
         assert progress.counts["failed"] < 30

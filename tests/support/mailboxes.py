@@ -6,6 +6,7 @@ RFC 1939 and RFC 3501 describe, so that the stdlib clients talk to them unchange
 
 from __future__ import annotations
 
+import hashlib
 import socketserver
 import threading
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ class Mailbox:
     password: str
     messages: list[bytes] = field(default_factory=list)
     deleted: set[int] = field(default_factory=set)
+    # IMAP folders other than the selected one (CREATE, COPY).
+    folders: dict[str, list[bytes]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def expunge(self) -> None:
@@ -63,6 +66,12 @@ class _Pop3Handler(socketserver.StreamRequestHandler):
                 for raw in message.split(b"\r\n"):
                     self.send(b"." + raw if raw.startswith(b".") else raw)
                 self.send(".")
+            elif command == "UIDL":
+                self.send("+OK")
+                for number, message in enumerate(box.messages, 1):
+                    unique = hashlib.sha256(message).hexdigest()[:20]
+                    self.send(f"{number} {unique}")
+                self.send(".")
             elif command == "DELE":
                 box.deleted.add(int(argument))
                 self.send("+OK deleted")
@@ -98,14 +107,22 @@ class _ImapHandler(socketserver.StreamRequestHandler):
                 self.send(f"* {len(box.messages)} EXISTS")
                 self.send(f"{tag} OK [READ-WRITE] SELECT completed")
             elif command == "SEARCH":
-                unseen = [str(i) for i in range(1, len(box.messages) + 1) if i not in seen]
-                self.send("* SEARCH " + " ".join(unseen) if unseen else "* SEARCH")
+                wanted = [
+                    str(i)
+                    for i in range(1, len(box.messages) + 1)
+                    if argument.upper() == "ALL" or i not in seen
+                ]
+                self.send("* SEARCH " + " ".join(wanted) if wanted else "* SEARCH")
                 self.send(f"{tag} OK SEARCH completed")
             elif command == "FETCH":
                 number = int(argument.split(" ", 1)[0])
                 message = box.messages[number - 1]
-                seen.add(number)
-                self.wfile.write(f"* {number} FETCH (RFC822 {{{len(message)}}}\r\n".encode())
+                item = "RFC822"
+                if "BODY.PEEK[]" in argument.upper():
+                    item = "BODY[]"  # PEEK: does not set \Seen
+                else:
+                    seen.add(number)
+                self.wfile.write(f"* {number} FETCH ({item} {{{len(message)}}}\r\n".encode())
                 self.wfile.write(message)
                 self.send(")")
                 self.send(f"{tag} OK FETCH completed")
@@ -115,6 +132,21 @@ class _ImapHandler(socketserver.StreamRequestHandler):
                     box.deleted.add(number)
                 self.send(f"* {number} FETCH (FLAGS (\\Deleted))")
                 self.send(f"{tag} OK STORE completed")
+            elif command == "CREATE":
+                name = argument.strip('"')
+                if name in box.folders:
+                    self.send(f"{tag} NO [ALREADYEXISTS] mailbox exists")
+                else:
+                    box.folders[name] = []
+                    self.send(f"{tag} OK CREATE completed")
+            elif command == "COPY":
+                number, _, name = argument.partition(" ")
+                name = name.strip('"')
+                if name not in box.folders:
+                    self.send(f"{tag} NO [TRYCREATE] no such mailbox")
+                else:
+                    box.folders[name].append(box.messages[int(number) - 1])
+                    self.send(f"{tag} OK COPY completed")
             elif command == "EXPUNGE":
                 box.expunge()
                 self.send(f"{tag} OK EXPUNGE completed")
