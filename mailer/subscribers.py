@@ -25,7 +25,7 @@ import logging
 import re
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,6 +48,7 @@ from mailer.models import (
     SubscriberRelease,
     SubscriberStatus,
     SubscriberTopic,
+    Suppression,
     Topic,
     utcnow,
 )
@@ -144,13 +145,27 @@ class SubscriberView:
     created_at: datetime
     confirmed_at: datetime | None
     unsubscribed_at: datetime | None
+    # Why the address is on the suppression list (hard-bounce, soft-bounce, complaint,
+    # unsubscribed, erased, admin), with details such as the bounce's status code.
+    # None when it is not, or when the view was loaded without the settings.
+    suppression: str | None = None
+    suppression_details: str | None = None
+
+    @property
+    def shown_status(self) -> str:
+        """What an operator needs to know: bounced and suppressed readers get no mail,
+        whatever their subscription says (see SHOWN_STATUSES)."""
+        return shown_status(self.status, self.suppression)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "email": self.email,
             "name": self.name,
-            "status": self.status.value,
+            "status": self.shown_status,
+            "subscription": self.status.value,
+            "suppression": self.suppression,
+            "suppression_details": self.suppression_details,
             "frequency": self.frequency.value,
             "topics": list(self.topics),
             "created_at": _iso(self.created_at),
@@ -202,8 +217,11 @@ class ImportReport:
 # --- validation -----------------------------------------------------------------------
 
 
-def normalize_address(raw: str) -> str:
-    """The validated, normalised address; raises InvalidAddress with a readable reason."""
+def normalize_address(raw: str, *, allow_special_use: bool = False) -> str:
+    """The validated, normalised address; raises InvalidAddress with a readable reason.
+
+    ``allow_special_use`` (``signup.allow_special_use_domains``) accepts the reserved
+    names of RFC 2606/6761 (.test, .localhost, .invalid, ...) for staging setups."""
     candidate = raw.strip()
     if not candidate:
         raise InvalidAddress("Please enter your email address.")
@@ -211,14 +229,40 @@ def normalize_address(raw: str) -> str:
         raise InvalidAddress(f"An email address has at most {MAX_ADDRESS_LENGTH} characters.")
     if _CONTROL.search(candidate) or not _encodable(candidate):
         raise InvalidAddress("The email address contains characters that are not allowed.")
+    checked = _with_test_domain(candidate) if allow_special_use else candidate
     try:
         # No SMTPUTF8: mail to a non-ASCII local part (Žygimantas@…) cannot be sent by
         # mailer.message, so such an address is refused here with a reason rather
         # than accepted and never mailed. Internationalised domains are fine.
-        validated = validate_email(candidate, check_deliverability=False, allow_smtputf8=False)
+        validated = validate_email(
+            checked,
+            check_deliverability=False,
+            allow_smtputf8=False,
+            test_environment=allow_special_use,
+        )
     except EmailNotValidError as exc:
-        raise InvalidAddress(f"This is not a valid email address: {exc}") from None
+        hint = ""
+        if "special-use" in str(exc):
+            hint = " (a staging setup can allow it: signup.allow_special_use_domains)"
+        raise InvalidAddress(f"This is not a valid email address: {exc}{hint}") from None
+    if checked != candidate:
+        return f"{validated.local_part}@{candidate.rpartition('@')[2].lower()}"
     return validated.normalized
+
+
+def _with_test_domain(address: str) -> str:
+    """email-validator's test_environment allows only .test: other special-use
+    suffixes (.localhost, .invalid, ...) are validated as if they were .test."""
+    from email_validator import SPECIAL_USE_DOMAIN_NAMES
+
+    local, _, domain = address.rpartition("@")
+    lowered = domain.lower()
+    for name in SPECIAL_USE_DOMAIN_NAMES:
+        if lowered == name:
+            return f"{local}@{name}.test"
+        if lowered.endswith("." + name):
+            return f"{local}@{lowered.removesuffix(name)}test"
+    return address
 
 
 def clean_name(raw: str | None) -> str | None:
@@ -331,6 +375,89 @@ async def _topic_slugs(
 
 # --- reading --------------------------------------------------------------------------
 
+BOUNCE_REASONS = ("hard-bounce", "soft-bounce")
+# The statuses operators filter by: the subscription's own, and two that say the
+# address is on the suppression list ("suppressed" includes "bounced").
+SHOWN_STATUSES = (*(s.value for s in SubscriberStatus), "suppressed", "bounced")
+
+
+def shown_status(status: SubscriberStatus, suppression: str | None) -> str:
+    if suppression in BOUNCE_REASONS:
+        return "bounced"
+    if suppression and status is not SubscriberStatus.UNSUBSCRIBED:
+        return "suppressed"
+    return status.value
+
+
+def matches_status(view: SubscriberView, wanted: str) -> bool:
+    shown = view.shown_status
+    return shown == wanted or (wanted == "suppressed" and shown == "bounced")
+
+
+async def suppressions_for(
+    session: AsyncSession, settings: Settings, subscribers: Iterable[tuple[int, str]]
+) -> dict[int, tuple[str, str | None]]:
+    """(reason, details) of the suppressed ones among a few (id, address) pairs."""
+    by_hash = {
+        email_hash(settings, address): subscriber_id for subscriber_id, address in subscribers
+    }
+    found: dict[int, tuple[str, str | None]] = {}
+    hashes = list(by_hash)
+    for start in range(0, len(hashes), _CHUNK):
+        rows = await session.execute(
+            select(Suppression.email_hash, Suppression.reason, Suppression.details).where(
+                Suppression.email_hash.in_(hashes[start : start + _CHUNK])
+            )
+        )
+        found.update({by_hash[hashed]: (reason, details) for hashed, reason, details in rows})
+    return found
+
+
+async def subscriber_ids_with_status(
+    session: AsyncSession, settings: Settings, wanted: str
+) -> list[int]:
+    """Ids of every subscriber whose shown status is "suppressed" or "bounced", newest
+    first (addresses are hashed here, as the list keeps only keyed hashes)."""
+    reasons = dict(
+        (hashed, reason)
+        for hashed, reason in await session.execute(
+            select(Suppression.email_hash, Suppression.reason)
+        )
+    )
+    if not reasons:
+        return []
+    rows = await session.execute(
+        select(Subscriber.id, Subscriber.email, Subscriber.status).order_by(
+            Subscriber.created_at.desc(), Subscriber.id.desc()
+        )
+    )
+    wanted_statuses = ("suppressed", "bounced") if wanted == "suppressed" else (wanted,)
+    return [
+        subscriber_id
+        for subscriber_id, address, status in rows
+        if shown_status(status, reasons.get(email_hash(settings, address))) in wanted_statuses
+    ]
+
+
+async def _suppressions(
+    session: AsyncSession, settings: Settings, views: Sequence[SubscriberView]
+) -> list[SubscriberView]:
+    """The views with their suppression reasons (the list holds only keyed hashes,
+    so each address is hashed here; one query reads the whole list)."""
+    if not views:
+        return []
+    rows = await session.execute(
+        select(Suppression.email_hash, Suppression.reason, Suppression.details)
+    )
+    reasons = {hashed: (reason, details) for hashed, reason, details in rows}
+    if not reasons:
+        return list(views)
+    found = []
+    for view in views:
+        reason, details = reasons.get(email_hash(settings, view.email), (None, None))
+        found.append(replace(view, suppression=reason, suppression_details=details))
+    return found
+
 
 _VIEW_COLUMNS = (
     Subscriber.id,
@@ -368,9 +495,15 @@ async def _load_view(session: AsyncSession, subscriber_id: int) -> SubscriberVie
     return _view(row, slugs.get(subscriber_id, []))
 
 
-async def get_subscriber(database: Database, subscriber_id: int) -> SubscriberView | None:
+async def get_subscriber(
+    database: Database, subscriber_id: int, settings: Settings | None = None
+) -> SubscriberView | None:
+    """One subscriber; with ``settings``, its suppression reason too."""
     async with database.session() as session:
-        return await _load_view(session, subscriber_id)
+        view = await _load_view(session, subscriber_id)
+        if view is None or settings is None:
+            return view
+        return (await _suppressions(session, settings, [view]))[0]
 
 
 async def find_subscriber(database: Database, address: str) -> SubscriberView | None:
@@ -382,16 +515,31 @@ async def find_subscriber(database: Database, address: str) -> SubscriberView | 
 
 
 async def list_subscribers(
-    database: Database, *, status: SubscriberStatus | None = None
+    database: Database,
+    *,
+    status: SubscriberStatus | str | None = None,
+    settings: Settings | None = None,
 ) -> list[SubscriberView]:
-    """Every subscriber (optionally of one status), oldest first."""
+    """Every subscriber (optionally of one of SHOWN_STATUSES), oldest first. With
+    ``settings`` each view carries its suppression reason, and a status is the one
+    shown to operators: "confirmed" then leaves out confirmed readers who bounced."""
+    wanted = status.value if isinstance(status, SubscriberStatus) else status
+    if wanted is not None and wanted not in SHOWN_STATUSES:
+        choices = ", ".join(SHOWN_STATUSES)
+        raise InvalidField("status", f"{wanted!r} is not a status (one of {choices}).")
+    if settings is None and wanted in ("suppressed", "bounced"):
+        raise InvalidField("status", f"listing {wanted} subscribers needs the settings")
     async with database.session() as session:
         query = select(*_VIEW_COLUMNS).order_by(Subscriber.id)
-        if status is not None:
-            query = query.where(Subscriber.status == status)
+        if wanted in {s.value for s in SubscriberStatus}:
+            query = query.where(Subscriber.status == SubscriberStatus(wanted))
         rows = (await session.execute(query)).all()
         slugs = await _topic_slugs(session, [r.id for r in rows]) if rows else {}
-        return [_view(r, slugs.get(r.id, [])) for r in rows]
+        views = [_view(r, slugs.get(r.id, [])) for r in rows]
+        if settings is None:
+            return views
+        views = await _suppressions(session, settings, views)
+    return [v for v in views if wanted is None or matches_status(v, wanted)]
 
 
 async def count_by_status(database: Database) -> dict[str, int]:
@@ -460,7 +608,9 @@ async def signup(
     through the preferences link). Call :func:`send_confirmation` afterwards when
     ``confirmation_due`` is set.
     """
-    address = normalize_address(address)
+    address = normalize_address(
+        address, allow_special_use=settings.signup.allow_special_use_domains
+    )
     cleaned_name = clean_name(name)
     chosen_frequency = parse_frequency(frequency)
     topic_labels = list(topics)
@@ -1076,7 +1226,9 @@ async def add(
     set: the operator must say explicitly that the person asked to come back.
     An existing subscriber keeps its topics and frequency unless new ones are given.
     """
-    address = normalize_address(address)
+    address = normalize_address(
+        address, allow_special_use=settings.signup.allow_special_use_domains
+    )
     cleaned_name = clean_name(name)
     chosen_frequency = None if frequency in (None, "") else parse_frequency(frequency)
     topic_labels = list(topics)
@@ -1209,7 +1361,9 @@ async def import_csv(
             topic_by_label[slug.lower()] = topic_id
             topic_by_label.setdefault(topic_name.lower(), topic_id)
 
-    rows = _parse_rows(stream, label, topic_by_label, report)
+    rows = _parse_rows(
+        stream, label, topic_by_label, report, settings.signup.allow_special_use_domains
+    )
 
     async with database.transaction() as session:
         suppressed = await suppressed_hashes(session)
@@ -1231,7 +1385,11 @@ async def import_csv(
 
 
 def _parse_rows(
-    stream: TextIO, label: str, topic_by_label: dict[str, int], report: ImportReport
+    stream: TextIO,
+    label: str,
+    topic_by_label: dict[str, int],
+    report: ImportReport,
+    allow_special_use: bool = False,
 ) -> list[_ImportRow]:
     try:
         reader = csv.DictReader(stream)
@@ -1261,7 +1419,7 @@ def _parse_rows(
             if not any((v or "").strip() for v in record.values() if isinstance(v, str)):
                 continue  # blank line
             try:
-                address = normalize_address(raw_email)
+                address = normalize_address(raw_email, allow_special_use=allow_special_use)
                 row_name = clean_name(record.get(name_column) if name_column else None)
                 topic_ids = _row_topics(
                     record.get(topics_column) if topics_column else None, topic_by_label
@@ -1474,7 +1632,15 @@ EXPORT_COLUMNS = (
     "created_at",
     "confirmed_at",
     "unsubscribed_at",
+    "suppression",
 )
+
+
+def suppression_text(view: SubscriberView) -> str:
+    if not view.suppression:
+        return ""
+    details = " ".join((view.suppression_details or "").split())
+    return f"{view.suppression}: {details}" if details else view.suppression
 
 
 def export_csv(subscribers: Iterable[SubscriberView], out: TextIO) -> int:
@@ -1488,11 +1654,12 @@ def export_csv(subscribers: Iterable[SubscriberView], out: TextIO) -> int:
                 s.email,
                 s.name or "",
                 ";".join(s.topics),
-                s.status.value,
+                s.shown_status,
                 s.frequency.value,
                 _iso(s.created_at),
                 _iso(s.confirmed_at) or "",
                 _iso(s.unsubscribed_at) or "",
+                suppression_text(s),
             ]
         )
         count += 1

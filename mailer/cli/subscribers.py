@@ -114,8 +114,14 @@ def add_command(
         )
 
 
+STATUS_HELP = (
+    "suppressed: on the suppression list, so mailed nothing (bounced, complained, blocked); "
+    "bounced: suppressed after bounces; confirmed: confirmed and mailed."
+)
+
+
 @subscribers.command("list")
-@click.option("--status", type=click.Choice([s.value for s in SubscriberStatus]))
+@click.option("--status", type=click.Choice(store.SHOWN_STATUSES), help=STATUS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
 @click.pass_context
 def list_command(ctx: click.Context, status: str | None, as_json: bool) -> None:
@@ -123,9 +129,7 @@ def list_command(ctx: click.Context, status: str | None, as_json: bool) -> None:
 
     async def work(app: AppContext) -> list[store.SubscriberView]:
         async with app.database() as database:
-            return await store.list_subscribers(
-                database, status=SubscriberStatus(status) if status else None
-            )
+            return await store.list_subscribers(database, status=status, settings=app.settings)
 
     found = _run(ctx, work)
     if as_json:
@@ -138,12 +142,14 @@ def list_command(ctx: click.Context, status: str | None, as_json: bool) -> None:
     width = max(len(s.email) for s in found)
     topic_width = max(6, *(len(t) for t in topics.values()))
     lines = [
-        f"{'EMAIL':<{width}}  {'STATUS':<12}  {'FREQUENCY':<11}  {'TOPICS':<{topic_width}}  NAME"
+        f"{'EMAIL':<{width}}  {'STATUS':<12}  {'FREQUENCY':<11}  {'TOPICS':<{topic_width}}  "
+        "NAME  SUPPRESSION"
     ]
     for s in found:
+        why = store.suppression_text(s)
         lines.append(
-            f"{s.email:<{width}}  {s.status.value:<12}  {s.frequency.value:<11}  "
-            f"{topics[s.id]:<{topic_width}}  {s.name or ''}".rstrip()
+            f"{s.email:<{width}}  {s.shown_status:<12}  {s.frequency.value:<11}  "
+            f"{topics[s.id]:<{topic_width}}  {s.name or '-'}  {why}".rstrip()
         )
     click.echo("\n".join(lines))
     click.echo(f"{len(found)} subscriber{'s' if len(found) != 1 else ''}.", err=True)
@@ -204,7 +210,7 @@ def import_command(ctx: click.Context, file: Path, status: str) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
 )
-@click.option("--status", type=click.Choice([s.value for s in SubscriberStatus]))
+@click.option("--status", type=click.Choice(store.SHOWN_STATUSES), help=STATUS_HELP)
 @click.option(
     "--output",
     "-o",
@@ -217,9 +223,7 @@ def export_command(ctx: click.Context, fmt: str, status: str | None, output: Pat
 
     async def work(app: AppContext) -> list[store.SubscriberView]:
         async with app.database() as database:
-            return await store.list_subscribers(
-                database, status=SubscriberStatus(status) if status else None
-            )
+            return await store.list_subscribers(database, status=status, settings=app.settings)
 
     found = _run(ctx, work)
     handle = output.open("w", encoding="utf-8", newline="") if output else sys.stdout

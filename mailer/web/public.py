@@ -200,7 +200,9 @@ async def subscribe_submit(request: Request) -> Response:
     errors: dict[str, str] = {}
     address = ""
     try:
-        address = store.normalize_address(values.email)
+        address = store.normalize_address(
+            values.email, allow_special_use=state.settings.signup.allow_special_use_domains
+        )
     except store.InvalidAddress as exc:
         errors["email"] = str(exc)
     try:

@@ -291,7 +291,10 @@ async def send_test(request: Request) -> Response:
     state = web_state(request)
     data = await form(request)
     try:
-        address = normalize_address(text(data, "address", limit=400))
+        address = normalize_address(
+            text(data, "address", limit=400),
+            allow_special_use=state.settings.signup.allow_special_use_domains,
+        )
     except InvalidAddress as exc:
         return redirect(request, "/admin/digests", f"Test send: {exc}", kind="error")
     who = identity(request)

@@ -23,7 +23,6 @@ from mailer import subscribers as store
 from mailer.accounts import Role
 from mailer.config import Settings
 from mailer.models import ConsentEvent, Delivery, Frequency, Subscriber, SubscriberStatus
-from mailer.suppression import is_suppressed
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import (
     form,
@@ -76,18 +75,32 @@ async def subscribers_index(request: Request) -> Response:
     state = web_state(request)
     search, status = query_text(request, "q"), query_text(request, "status")
     conditions = _conditions(search, status)
+    order = (Subscriber.created_at.desc(), Subscriber.id.desc())
     async with state.db.session() as session:
-        total = await session.scalar(select(func.count(Subscriber.id)).where(*conditions))
-        pages = paging(request, total or 0, {"q": search, "status": status})
-        rows = (
-            await session.scalars(
-                select(Subscriber)
-                .where(*conditions)
-                .order_by(Subscriber.created_at.desc(), Subscriber.id.desc())
-                .limit(pages.size)
-                .offset(pages.offset)
-            )
-        ).all()
+        if status in ("suppressed", "bounced"):
+            # Suppression is a keyed hash of the address: found by hashing, paged here.
+            ids = await store.subscriber_ids_with_status(session, state.settings, status)
+            if conditions:
+                matching = set(await session.scalars(select(Subscriber.id).where(*conditions)))
+                ids = [i for i in ids if i in matching]
+            pages = paging(request, len(ids), {"q": search, "status": status})
+            chosen = ids[pages.offset : pages.offset + pages.size]
+            query = select(Subscriber).where(Subscriber.id.in_(chosen))
+        else:
+            total = await session.scalar(select(func.count(Subscriber.id)).where(*conditions))
+            pages = paging(request, total or 0, {"q": search, "status": status})
+            query = select(Subscriber).where(*conditions).limit(pages.size).offset(pages.offset)
+        rows = (await session.scalars(query.order_by(*order))).all()
+        suppressions = await store.suppressions_for(
+            session, state.settings, [(row.id, row.email) for row in rows]
+        )
+    shown = {
+        row.id: (
+            store.shown_status(row.status, suppressions.get(row.id, (None, None))[0]),
+            suppressions.get(row.id, (None, None))[0],
+        )
+        for row in rows
+    }
     counts = await store.count_by_status(state.db)
     return page(
         request,
@@ -98,7 +111,8 @@ async def subscribers_index(request: Request) -> Response:
             "search": search,
             "status": status,
             "counts": counts,
-            "statuses": [s.value for s in SubscriberStatus],
+            "statuses": store.SHOWN_STATUSES,
+            "shown": shown,
         },
     )
 
@@ -107,7 +121,7 @@ async def subscribers_index(request: Request) -> Response:
 async def subscriber_view(request: Request) -> Response:
     state = web_state(request)
     subscriber_id = path_id(request)
-    view = await store.get_subscriber(state.db, subscriber_id)
+    view = await store.get_subscriber(state.db, subscriber_id, state.settings)
     if view is None:
         raise HTTPException(404, "There is no such subscriber (erased subscribers are gone).")
     async with state.db.session() as session:
@@ -126,7 +140,6 @@ async def subscriber_view(request: Request) -> Response:
                 .limit(200)
             )
         ).all()
-        suppressed = await is_suppressed(session, state.settings, view.email)
     topics = {t.key: t.name for t in state.settings.topics}
     return page(
         request,
@@ -135,7 +148,7 @@ async def subscriber_view(request: Request) -> Response:
             "subscriber": view,
             "consents": consents,
             "deliveries": deliveries,
-            "suppressed": suppressed,
+            "suppressed": view.suppression is not None,
             "topic_names": [topics.get(slug, slug) for slug in view.topics],
         },
     )
@@ -277,8 +290,8 @@ async def subscriber_erase(request: Request) -> Response:
 async def subscribers_export(request: Request) -> Response:
     state = web_state(request)
     status = query_text(request, "status")
-    chosen = SubscriberStatus(status) if status in {s.value for s in SubscriberStatus} else None
-    views = await store.list_subscribers(state.db, status=chosen)
+    chosen = status if status in store.SHOWN_STATUSES else None
+    views = await store.list_subscribers(state.db, status=chosen, settings=state.settings)
     out = io.StringIO()
     count = store.export_csv(views, out)
     await audit.record(

@@ -1,0 +1,38 @@
+"""The admin's subscriber pages show suppressed and bounced readers, and why."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import httpx
+
+from mailer import subscribers as store
+from mailer.suppression import suppress
+from tests.admin.conftest import AdminSite
+
+
+async def test_admin_pages_show_suppression(
+    site: AdminSite, admin_client: httpx.AsyncClient
+) -> None:
+    for name in ("ona", "jonas"):
+        await store.add(site.db, site.settings, f"{name}@example.org", confirmed=True)
+    async with site.db.transaction() as session:
+        await suppress(session, site.settings, "jonas@example.org", "hard-bounce", "5.1.1")
+    page = await admin_client.get("/admin/subscribers", params={"status": "bounced"})
+    assert page.status_code == 200
+    assert "jonas@example.org" in page.text and "ona@example.org" not in page.text
+    assert '<span class="badge badge-bounced"' in page.text
+    everyone = await admin_client.get("/admin/subscribers")
+    assert '<option value="suppressed"' in everyone.text
+    jonas = await store.find_subscriber(site.db, "jonas@example.org")
+    assert jonas is not None
+    detail = await admin_client.get(f"/admin/subscribers/{jonas.id}")
+    assert "bounced</span>" in detail.text and "hard-bounce: 5.1.1" in detail.text
+    export = await admin_client.get("/admin/subscribers/export.csv", params={"status": "bounced"})
+    [row] = list(csv.DictReader(io.StringIO(export.text)))
+    assert (row["email"], row["status"], row["suppression"]) == (
+        "jonas@example.org",
+        "bounced",
+        "hard-bounce: 5.1.1",
+    )
