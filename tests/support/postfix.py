@@ -10,6 +10,10 @@ error``, which accepts the message and then returns a DSN, as a remote server th
 refuses a recipient after accepting the message would. The second listener trusts
 no client, so it answers RCPT with ``554 5.7.1 Relay access denied``.
 
+The main.cf is the one docs/production.md ships, with this instance's own paths,
+names and test routing put in place of the same settings, so the documented
+settings run here as an operator pastes them.
+
 Postfix needs root to start (master binds its sockets, then the daemons drop to the
 ``postfix`` user), so these tests skip without root outside CI.
 """
@@ -17,6 +21,7 @@ Postfix needs root to start (master binds its sockets, then the daemons drop to 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -52,7 +57,9 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
-MAIN_CF = """\
+# The instance's own settings; they replace the same names in the main.cf that
+# docs/production.md ships, which provides the rest (see documented_main_cf).
+HARNESS_MAIN_CF = """\
 compatibility_level = 3.6
 queue_directory = {root}/spool
 data_directory = {root}/data
@@ -67,8 +74,6 @@ mydestination = {domain}
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-recipient_delimiter = +
 local_recipient_maps =
 alias_maps = inline:{{ press={root}/mail/press/, bounces={root}/mail/bounces/,
     reader00000={root}/mail/reader/ }}
@@ -78,6 +83,37 @@ smtpd_reject_unlisted_recipient = no
 smtputf8_enable = no
 biff = no
 """
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "production.md"
+
+
+def documented_block(target: str) -> str:
+    """The fenced block of docs/production.md whose info string names ``target``
+    (```` ```conf /etc/postfix/main.cf ````)."""
+    pattern = re.compile(r"^```\w+ " + re.escape(target) + r"\n(.*?)^```$", re.S | re.M)
+    found = pattern.findall(DOCS.read_text(encoding="utf-8"))
+    assert len(found) == 1, f"docs/production.md has {len(found)} blocks for {target}"
+    return str(found[0])
+
+
+def parse_main_cf(text: str) -> dict[str, str]:
+    """main.cf as Postfix reads it: name = value, indented lines continue a value."""
+    settings: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace() and name is not None:
+            settings[name] += " " + line.strip()
+            continue
+        name, _, value = line.partition("=")
+        name = name.strip()
+        settings[name] = value.strip()
+    return settings
+
+
+def documented_main_cf() -> dict[str, str]:
+    return parse_main_cf(documented_block("/etc/postfix/main.cf"))
 
 
 def _free_port() -> int:
@@ -127,7 +163,13 @@ class PostfixServer:
         # local(8) writes alias-file deliveries as nobody (default_privs).
         os.chown(self.root / "data", _postfix_uid(), -1)
         os.chown(self.root / "mail", NOBODY, NOBODY)
-        (self.config / "main.cf").write_text(MAIN_CF.format(root=self.root, domain=DOMAIN))
+        settings = {
+            **documented_main_cf(),
+            **parse_main_cf(HARNESS_MAIN_CF.format(root=self.root, domain=DOMAIN)),
+        }
+        (self.config / "main.cf").write_text(
+            "".join(f"{name} = {value}\n" for name, value in settings.items())
+        )
         (self.config / "master.cf").write_text(
             MASTER_CF.format(trusted=self.trusted_port, untrusted=self.untrusted_port)
         )
