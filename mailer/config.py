@@ -372,6 +372,9 @@ class BounceConfig(Section):
             r"[^\s@<>()+\"]+@[^\s@<>()\"]+\.[^\s@<>()\"]+", value
         ):
             raise ValueError(f"{value!r} is not a plain address such as bounces@news.example.org")
+        if value is not None and len(value.partition("@")[0]) > 30:
+            # The token (up to 30 characters) must fit into SMTP's 64-character local part.
+            raise ValueError("the part before the @ must be at most 30 characters")
         return value
 
     @field_validator("other_mail_folder")

@@ -88,7 +88,7 @@ def test_rfc3464_status_decides_what_a_bounce_means() -> None:
 def test_the_verp_token_is_signed_and_survives_lowercasing(tmp_path: Path, sqlite_url: str) -> None:
     settings = make_settings(tmp_path, sqlite_url, bounces={"address": "bounces@example.org"})
     address = verp_address(settings, 4711)
-    assert re.fullmatch(r"bounces\+d4711\.[a-z2-7]{16}@example\.org", address)
+    assert re.fullmatch(r"bounces\+d4711\.[0-9a-f]{16}@example\.org", address)
     assert parse_verp(settings, address) == 4711
     assert parse_verp(settings, address.upper()) == 4711
     assert parse_verp(settings, address.replace("d4711", "d4712")) is None
