@@ -433,7 +433,7 @@ def test_mailto_unsubscribe_goes_to_the_polled_bounce_address(
     )
     message = MessageComposer(settings, releases).compose(41, 7, "a@example.lt", None, [1])
     https_link, mailto = re.findall(r"<([^<>]+)>", str(parse(message)["List-Unsubscribe"]))
-    assert https_link.startswith("https:")
+    assert "/unsubscribe/" in https_link
     found = re.fullmatch(
         r"mailto:bounces\+(u7\.[0-9a-f]{16})@news\.example\.org\?subject=unsubscribe", mailto
     )
