@@ -397,7 +397,7 @@ class Bounce(Base):
         ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
     )
     email_hash: Mapped[str] = mapped_column(String(64), index=True)
-    # hard or soft
+    # hard, soft, policy or failed (mailer.smtpstatus.Verdict)
     kind: Mapped[str] = mapped_column(String(10))
     status_code: Mapped[str | None] = mapped_column(String(20))
     diagnostic: Mapped[str | None] = mapped_column(Text)

@@ -5,7 +5,8 @@ session (transport.py) and a delivery status notification that arrives later
 (bounces.py). The RFC 3463 enhanced status code decides where there is one:
 
 - ``5.1.x`` (bad mailbox, bad domain) and ``5.2.1`` (mailbox disabled): the address
-  is dead; it is suppressed (HARD).
+  is dead; it is suppressed (HARD). Except 5.1.7 and 5.1.8, which are about the
+  sender's address (POLICY).
 - ``5.2.2`` (mailbox full) and ``5.4.x`` (routing, DNS): the address may work again;
   counted as a soft bounce, retried in a session (SOFT).
 - ``5.7.x``: policy, relaying or authentication refused. That is about the sender,
@@ -46,6 +47,8 @@ def permanent_verdict(enhanced: str | None, code: int | None = None) -> Verdict:
     """The verdict on a permanent (5xx / 5.x.x) failure; see the module text."""
     if enhanced is not None:
         _, subject, detail = (int(part) for part in enhanced.split("."))
+        if (subject, detail) in ((1, 7), (1, 8)):
+            return Verdict.POLICY  # the sender's address is refused, not the reader's
         if subject == 1 or (subject, detail) == (2, 1) or (subject, detail) == (0, 0):
             return Verdict.HARD
         if (subject, detail) == (2, 2) or subject == 4:

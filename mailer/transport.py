@@ -112,6 +112,9 @@ def classify(exc: BaseException) -> SendResult:
         # The session, not this message, was refused (bad credentials, a greeting
         # of 554): every message would fail alike, so hold the queue, lose nothing.
         return SendResult(Outcome.DEFERRED, exc.code, exc.message, connection_error=True)
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        # MAIL FROM refused: about this sender, never about the reader.
+        return SendResult(Outcome.FAILED, exc.code, exc.message, policy=exc.code >= 500)
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         first = exc.recipients[0]
         return _by_code(first.code, first.message, at_recipient=True)

@@ -46,6 +46,13 @@ def test_a_bare_5xx_after_data_is_about_the_message() -> None:
     assert result.hard_bounce
 
 
+def test_a_refused_sender_is_never_the_readers_fault() -> None:
+    refused = aiosmtplib.SMTPSenderRefused(553, "5.1.8 Sender address rejected", "x@y.z")
+    result = classify(refused)
+    assert (result.outcome, result.hard_bounce, result.policy) == (Outcome.FAILED, False, True)
+    assert permanent_verdict("5.1.7") is Verdict.POLICY
+
+
 def test_enhanced_codes() -> None:
     assert enhanced_code("5.7.26 no") == "5.7.26"
     assert enhanced_code("550 User unknown") is None
