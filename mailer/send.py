@@ -856,6 +856,7 @@ class Worker:
         for digest_id in list(self._pausing):
             streak = self._failure_streak[digest_id]
             self._failure_streak[digest_id] = 0
+            self._policy_streak[digest_id] = 0
             self._pausing.discard(digest_id)
             reason = self._pause_reasons.pop(digest_id, None) or (
                 f"paused after {streak} permanent failures in a row; check the SMTP logs"
