@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from mailer import subscribers as store
-from mailer.cli import main
 from mailer.config import load_settings
 from mailer.context import AppContext
 from mailer.suppression import suppress
+from tests.test_subscribers_cli import mailer
 
 
 def _config(tmp_path: Path, database_url: str, **signup: object) -> Path:
@@ -35,13 +34,6 @@ def _config(tmp_path: Path, database_url: str, **signup: object) -> Path:
         )
     )
     return path
-
-
-def mailer(config: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, ["--config", str(config), *args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 async def _readers(config: Path) -> None:

@@ -33,6 +33,7 @@ from mailer.send import start_digest
 from mailer.suppression import is_suppressed
 from tests.conftest import IN_CI, make_settings
 from tests.send.conftest import deliver_all, seed
+from tests.send.test_bounces import dsn
 from tests.support.postfix import DOMAIN, PostfixServer, postfix_available
 
 
@@ -75,32 +76,6 @@ def _settings(
 def _send_raw(postfix: PostfixServer, sender: str, recipient: str, message: bytes) -> None:
     with smtplib.SMTP("127.0.0.1", postfix.trusted_port, timeout=30) as client:
         client.sendmail(sender, [recipient], message)
-
-
-def _forged_dsn(recipient: str, to: str) -> bytes:
-    return f"""\
-From: someone@evil.example
-To: {to}
-Subject: Undelivered Mail Returned to Sender
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=delivery-status; boundary="B"
-
---B
-Content-Type: text/plain
-
-Your message could not be delivered.
-
---B
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; mx.evil.example
-
-Final-Recipient: rfc822; {recipient}
-Action: failed
-Status: 5.1.1
-
---B--
-""".replace("\n", "\r\n").encode()
 
 
 async def test_a_bounce_after_acceptance_suppresses_and_a_reply_survives(
@@ -175,7 +150,7 @@ async def test_a_forged_dsn_does_not_suppress(
             f"bounces+d{delivery_id}@{DOMAIN}",
             f"bounces+d{delivery_id}.0123456789abcdef@{DOMAIN}",
         ):
-            _send_raw(postfix, "someone@evil.example", to, _forged_dsn(address, to))
+            _send_raw(postfix, "someone@evil.example", to, dsn(address, "5.1.1", to=to))
         postfix.wait_for_mail(postfix.bounce_maildir, 3)
         assert await poll_mailboxes(database, settings) == 3
         async with database.session() as session:
