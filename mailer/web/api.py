@@ -101,7 +101,15 @@ class SubscriberOut(BaseModel):
     id: int
     email: str
     name: str | None
-    status: str
+    status: str = Field(
+        description="pending, confirmed or unsubscribed; bounced or suppressed when the "
+        "address is on the suppression list (no mail goes to it)."
+    )
+    subscription: str | None = Field(None, description="pending, confirmed or unsubscribed.")
+    suppression: str | None = Field(
+        None, description="Why the address is suppressed: hard-bounce, complaint, ..."
+    )
+    suppression_details: str | None = None
     frequency: str
     topics: list[str] = Field(description="Topic slugs; empty means every topic.")
     created_at: str
@@ -345,7 +353,7 @@ async def list_subscribers(request: Request, who: Identity, query: SubscriberQue
                 .offset(query.offset)
             )
         )
-    views = [await store.get_subscriber(state.db, i) for i in ids]
+    views = [await store.get_subscriber(state.db, i, state.settings) for i in ids]
     items = [_subscriber_out(v) for v in views if v is not None]
     return ok(SubscriberList(items=items, total=total or 0))
 
@@ -411,7 +419,7 @@ async def unsubscribe_subscriber(request: Request, who: Identity, id: int) -> Re
         )
     except store.NotFound:
         return error(404, "There is no such subscriber.")
-    view = await store.get_subscriber(state.db, id)
+    view = await store.get_subscriber(state.db, id, state.settings)
     if view is None:
         return error(404, "There is no such subscriber.")
     if changed:

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import httpx
+import pytest
 
+from mailer import accounts
 from mailer import subscribers as store
+from mailer.config import Settings
 from mailer.suppression import suppress
-from tests.admin.conftest import AdminSite
+from tests.admin.conftest import AdminSite, site_settings
+
+
+@pytest.fixture
+def admin_settings(tmp_path: Path, database_url: str) -> Settings:
+    """These pages hash addresses and page in Python: both backends."""
+    return site_settings(tmp_path, database_url)
 
 
 async def test_admin_pages_show_suppression(
@@ -35,4 +45,20 @@ async def test_admin_pages_show_suppression(
         "jonas@example.org",
         "bounced",
         "hard-bounce: 5.1.1",
+    )
+
+
+async def test_the_api_shows_suppression(site: AdminSite) -> None:
+    token, _ = await accounts.create_token(site.db, "cms", "admin")
+    await store.add(site.db, site.settings, "jonas@example.org", confirmed=True)
+    async with site.db.transaction() as session:
+        await suppress(session, site.settings, "jonas@example.org", "hard-bounce", "5.1.1")
+    async with site.client() as api:
+        listed = await api.get("/api/subscribers", headers={"authorization": f"Bearer {token}"})
+    assert listed.status_code == 200, listed.text
+    [jonas] = listed.json()["items"]
+    assert (jonas["status"], jonas["subscription"], jonas["suppression"]) == (
+        "bounced",
+        "confirmed",
+        "hard-bounce",
     )
