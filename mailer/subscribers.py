@@ -416,26 +416,28 @@ async def suppressions_for(
 async def subscriber_ids_with_status(
     session: AsyncSession, settings: Settings, wanted: str
 ) -> list[int]:
-    """Ids of every subscriber whose shown status is "suppressed" or "bounced", newest
-    first (addresses are hashed here, as the list keeps only keyed hashes)."""
+    """Ids of every subscriber whose shown status is ``wanted`` (one of SHOWN_STATUSES),
+    newest first. Addresses are hashed here: the list keeps only keyed hashes."""
     reasons = dict(
         (hashed, reason)
         for hashed, reason in await session.execute(
             select(Suppression.email_hash, Suppression.reason)
         )
     )
-    if not reasons:
+    if not reasons and wanted in ("suppressed", "bounced"):
         return []
-    rows = await session.execute(
-        select(Subscriber.id, Subscriber.email, Subscriber.status).order_by(
-            Subscriber.created_at.desc(), Subscriber.id.desc()
-        )
+    query = select(Subscriber.id, Subscriber.email, Subscriber.status).order_by(
+        Subscriber.created_at.desc(), Subscriber.id.desc()
     )
+    if wanted in {s.value for s in SubscriberStatus}:
+        # A shown status of the subscription itself implies that subscription status.
+        query = query.where(Subscriber.status == SubscriberStatus(wanted))
     wanted_statuses = ("suppressed", "bounced") if wanted == "suppressed" else (wanted,)
     return [
         subscriber_id
-        for subscriber_id, address, status in rows
-        if shown_status(status, reasons.get(email_hash(settings, address))) in wanted_statuses
+        for subscriber_id, address, status in await session.execute(query)
+        if shown_status(status, reasons.get(email_hash(settings, address)) if reasons else None)
+        in wanted_statuses
     ]
 
 

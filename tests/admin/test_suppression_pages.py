@@ -33,6 +33,8 @@ async def test_admin_pages_show_suppression(
     assert page.status_code == 200
     assert "jonas@example.org" in page.text and "ona@example.org" not in page.text
     assert '<span class="badge badge-bounced"' in page.text
+    confirmed = await admin_client.get("/admin/subscribers", params={"status": "confirmed"})
+    assert "ona@example.org" in confirmed.text and "jonas@example.org" not in confirmed.text
     everyone = await admin_client.get("/admin/subscribers")
     assert '<option value="suppressed"' in everyone.text
     jonas = await store.find_subscriber(site.db, "jonas@example.org")

@@ -77,8 +77,9 @@ async def subscribers_index(request: Request) -> Response:
     conditions = _conditions(search, status)
     order = (Subscriber.created_at.desc(), Subscriber.id.desc())
     async with state.db.session() as session:
-        if status in ("suppressed", "bounced"):
-            # Suppression is a keyed hash of the address: found by hashing, paged here.
+        if status in store.SHOWN_STATUSES:
+            # A status depends on the suppression list, whose entries are keyed hashes
+            # of addresses: matched by hashing, paged here.
             ids = await store.subscriber_ids_with_status(session, state.settings, status)
             if conditions:
                 matching = set(await session.scalars(select(Subscriber.id).where(*conditions)))
