@@ -224,6 +224,9 @@ class Release(Base):
     # and published_estimated is True.
     published_at: Mapped[datetime] = mapped_column(index=True)
     published_estimated: Mapped[bool] = mapped_column(default=False)
+    # The source gave a calendar date without a time of day: published_at is that
+    # date at 00:00 UTC and is shown as a date, never shifted by a timezone.
+    published_date_only: Mapped[bool] = mapped_column(default=False)
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     canonical_url: Mapped[str | None] = mapped_column(String(2000), index=True)
@@ -244,6 +247,9 @@ class Release(Base):
         ForeignKey("releases.id", ondelete="SET NULL"), index=True
     )
     added_by: Mapped[str | None] = mapped_column(String(100))
+    # Added by an editor (ingest, admin, API): eligible whatever its publication
+    # date, so digest.max_age does not hold it back.
+    exempt_from_max_age: Mapped[bool] = mapped_column(default=False)
 
     links: Mapped[list[ReleaseLink]] = relationship(
         back_populates="release",

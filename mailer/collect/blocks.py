@@ -22,6 +22,10 @@ CONTAINERS = {
     "div", "article", "section", "main", "header", "footer", "body", "html", "center",
     "details",
 }  # fmt: skip
+# Parts of lists and tables found outside them (feeds do send a bare <dd> or <li>):
+# a browser shows each as a line of text, and so does a release.
+STRAY_ITEMS = {"li", "dd", "dt", "td", "th", "caption", "figcaption"}
+STRAY_GROUPS = {"tr", "tbody", "thead", "tfoot"}
 _INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 
@@ -162,7 +166,9 @@ class _Inline:
         self.parts = []
         if not html:
             return
-        wrapper = lxml_html.fragment_fromstring(f"<p>{html}</p>")
+        # The <p> is made around the parsed pieces, not parsed with them: a piece
+        # that may not sit in a paragraph would otherwise split it in two.
+        wrapper = lxml_html.fragment_fromstring(html, create_parent="p")
         lines = _element_lines(wrapper)
         if lines:
             body.blocks.append(Block("p", lines, lxml_html.tostring(wrapper, encoding="unicode")))
@@ -178,9 +184,14 @@ def _walk(element: etree._Element, body: Body) -> None:
         child.tail = None
         if tag == "img":
             _take_image(child, body)
-        elif tag in CONTAINERS:
+        elif tag in CONTAINERS or tag in STRAY_GROUPS:
             inline.flush(body)
             _walk(child, body)
+        elif tag in STRAY_ITEMS:
+            inline.flush(body)
+            child.tag = "p"
+            child.attrib.clear()
+            _take_block(child, "p", body)
         elif tag == "figure":
             inline.flush(body)
             _take_figure(child, body)

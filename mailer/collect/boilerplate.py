@@ -11,16 +11,16 @@ text of every block, with a little context (a "Date" label and its value, a
 
 from __future__ import annotations
 
-import html as html_lib
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, tzinfo
 
-import nh3
 
 from mailer.collect.blocks import Block
-from mailer.collect.dates import is_date_label, parse_date
+from mailer.collect.sanitize import visible_text
+from mailer.collect.dates import Published, is_date_label, parse_published
 
 _BOX_CHARS = "|│┃║┆┇┊┋╎╏"
 _BORDER = re.compile(r"^[\s\-=_*~#+.•·|│┃║═─━┌┐└┘╔╗╚╝╭╮╯╰┼├┤┬┴┏┓┗┛┣┫┳┻╋]+$")
@@ -145,8 +145,8 @@ def normalise(text: str) -> str:
 class CleanResult:
     blocks: list[Block]
     title: str | None = None
-    published: datetime | None = None
-    updated: datetime | None = None
+    published: Published | None = None
+    updated: Published | None = None
     photo_credit: str | None = None
     publisher: str | None = None
     removed_lines: list[str] = field(default_factory=list)
@@ -200,6 +200,8 @@ def is_newsletter_prompt(line: str) -> bool:
 
 
 def photo_credit_of(line: str) -> str | None:
+    """The credit line as the publisher wrote it ("Photo by Žygimantas Gedvila / ELTA."),
+    when the whole line is a photo credit."""
     inner = strip_box(line)
     if len(inner) > 160:
         return None
@@ -207,8 +209,22 @@ def photo_credit_of(line: str) -> str | None:
         if match := pattern.match(inner):
             credit = match.group("credit").strip(" .;,")
             if credit and not _SENTENCE_END.search(credit.rstrip(".")):
-                return credit
+                bracketed = inner[:1] in "([" and inner[-1:] in ")]"
+                return inner[1:-1].strip() if bracketed else inner
     return None
+
+
+_HOST = re.compile(
+    r"^(?:(?:[a-z0-9-]+\.)+[a-z]{2,}|\d{1,3}(?:\.\d{1,3}){3}|localhost|\[[0-9a-f:]+\])"
+    r"(?::\d+)?/?$",
+    re.IGNORECASE,
+)
+
+
+def is_bare_host(name: str) -> bool:
+    """A host name or address ("127.0.0.1:8790", "www.urm.lt"), not an organisation."""
+    value = name.strip().removeprefix("https://").removeprefix("http://")
+    return _HOST.match(value) is not None
 
 
 _NAME_JOINERS = {"of", "the", "and", "for", "on", "in", "at", "to", "&", "ir", "del", "de", "und"}
@@ -219,7 +235,8 @@ def looks_like_publisher(line: str) -> bool:
     Republic of Lithuania", "Lietuvos bankas". A headline that starts with a ministry
     ("Ministry of Health opens …") has lower-case words that are not name joiners."""
     words = [w.strip(",.()\"'“”„") for w in line.split()]
-    words = [w for w in words if w]
+    # "Republic of Lithuania - Ministry of Foreign Affairs": dashes join name parts.
+    words = [w for w in words if w and w not in ("-", "–", "—", "|", "·")]
     if not words or len(line) > 120 or len(words) > 14 or _SENTENCE_END.search(line):
         return False
     if _ORGANISATION.search(line) is None:
@@ -238,10 +255,9 @@ def clean_title(title: str | None, site_names: list[str | None] = ()) -> str | N
     from mailer.collect.blocks import clean_line
 
     if "<" in title:
-        # Titles are plain text; markup in them (feeds do this) is dropped, scripts whole.
-        title = html_lib.unescape(
-            nh3.clean(title, tags=set(), clean_content_tags={"script", "style"})
-        )
+        # Titles are plain text; markup in them (feeds do this) is dropped, and what
+        # a browser would not show (scripts, hidden spans) goes with its words.
+        title = visible_text(title)
     title = clean_line(title.replace("\n", " "))
     for name in site_names:
         if name:
@@ -267,6 +283,7 @@ def clean_blocks(
     title: str | None,
     default_tz: tzinfo = UTC,
     take_title: bool = True,
+    site_names: Sequence[str | None] = (),
 ) -> CleanResult:
     """Remove furniture lines in place; find date, credit, publisher and title."""
     result = CleanResult(blocks=blocks, title=title)
@@ -299,13 +316,13 @@ def clean_blocks(
         if in_header and is_date_label(text):
             following = _next_kept(lines, number)
             if following is not None:
-                value = parse_date(following.text, default_tz=default_tz)
+                value = parse_published(following.text, default_tz=default_tz)
                 if value is not None:
                     _record_date(result, value, text)
                     line.remove(result)
                     following.remove(result)
                     continue
-        value = parse_date(text, default_tz=default_tz)
+        value = parse_published(text, default_tz=default_tz)
         if value is not None and (in_header or _UPDATED_LABEL.match(text) or len(text) <= 40):
             _record_date(result, value, text)
             line.remove(result)
@@ -313,12 +330,12 @@ def clean_blocks(
 
     if take_title:
         _settle_title(lines, result)
-    _find_publisher(lines, result)
+    _find_publisher(lines, result, site_names)
     result.blocks = [block for block in blocks if not block.is_empty]
     return result
 
 
-def _record_date(result: CleanResult, value: datetime, label: str) -> None:
+def _record_date(result: CleanResult, value: Published, label: str) -> None:
     if _UPDATED_LABEL.match(label):
         result.updated = result.updated or value
     else:
@@ -393,10 +410,17 @@ def _settle_title(lines: list[_Line], result: CleanResult) -> None:
         first.remove(result)
 
 
-def _find_publisher(lines: list[_Line], result: CleanResult) -> None:
+def _find_publisher(
+    lines: list[_Line], result: CleanResult, site_names: Sequence[str | None]
+) -> None:
+    """A publisher line above the text (the site's or feed's name, or an
+    organisation's name on a line of its own) is the publisher, not the body."""
+    known = {normalise(name) for name in site_names if name}
     for line in [line for line in lines if not line.removed][:3]:
         text = strip_box(line.text)
-        if line.block.kind == "p" and looks_like_publisher(text):
+        if line.block.kind != "p":
+            continue
+        if normalise(text) in known or looks_like_publisher(text):
             result.publisher = result.publisher or text
             line.remove(result)
             return

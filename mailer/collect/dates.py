@@ -12,6 +12,7 @@ into publication dates.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from email.utils import parsedate_to_datetime
 
@@ -107,19 +108,46 @@ def _plausible(value: datetime, now: datetime | None) -> datetime | None:
     return value.astimezone(UTC)
 
 
+@dataclass(frozen=True)
+class Published:
+    """A publication date as the source gave it. ``date_only``: the source named a
+    calendar day without a time; ``at`` is then that day at 00:00 UTC, a stand-in
+    that sorts by day and is shown as the date, never moved by a timezone."""
+
+    at: datetime
+    date_only: bool = False
+
+
+def parse_published(
+    value: str | None, *, default_tz: tzinfo = UTC, now: datetime | None = None
+) -> Published | None:
+    """The date in ``value`` with its precision, or None when it is not a date we trust.
+
+    A value with a time but without a zone is read in ``default_tz`` (the source's
+    own zone). A value without a time of day stays a date: "2025-10-23" published
+    in Vilnius is 23 October wherever the reader is.
+    """
+    parsed = _parse_labelled(value, default_tz)
+    if parsed is None:
+        return None
+    moment, has_time = parsed
+    if not has_time:
+        day = moment.date()
+        moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    plausible = _plausible(moment, now)
+    return Published(plausible, date_only=not has_time) if plausible else None
+
+
 def parse_date(
     value: str | None, *, default_tz: tzinfo = UTC, now: datetime | None = None
 ) -> datetime | None:
-    """A timezone-aware UTC datetime, or None when ``value`` is not a date we trust.
-
-    A value without a zone is read in ``default_tz`` (the source's own zone); a
-    value without a time of day is taken as midnight there.
-    """
-    parsed = _parse_labelled(value, default_tz)
-    return _plausible(parsed, now) if parsed else None
+    """A timezone-aware UTC datetime, or None; see :func:`parse_published` (a date
+    without a time is that day at 00:00 UTC)."""
+    published = parse_published(value, default_tz=default_tz, now=now)
+    return published.at if published else None
 
 
-def _parse_labelled(value: str | None, default_tz: tzinfo) -> datetime | None:
+def _parse_labelled(value: str | None, default_tz: tzinfo) -> tuple[datetime, bool] | None:
     if not value:
         return None
     text = " ".join(value.replace("\xa0", " ").split())
@@ -132,17 +160,19 @@ def _parse_labelled(value: str | None, default_tz: tzinfo) -> datetime | None:
         return None
 
 
-def _parse(text: str, default_tz: tzinfo) -> datetime | None:
+def _parse(text: str, default_tz: tzinfo) -> tuple[datetime, bool] | None:
+    """The moment and whether the text gave a time of day."""
     if match := _NUMERIC_YMD.match(text):
         day = date(int(match["y"]), int(match["m"]), int(match["d"]))
         zone = _zone_from(match["zone"], default_tz)
-        return datetime.combine(day, _clock(match["time"]), tzinfo=zone)
+        return datetime.combine(day, _clock(match["time"]), tzinfo=zone), bool(match["time"])
     if match := _NUMERIC_DMY.match(text):
         first, second = int(match["d"]), int(match["m"])
         # Day first (European order) unless that cannot be a month/day pair.
         day_number, month = (second, first) if second > 12 >= first else (first, second)
         day = date(int(match["y"]), month, day_number)
-        return datetime.combine(day, _clock(match["time"]), tzinfo=default_tz)
+        moment = datetime.combine(day, _clock(match["time"]), tzinfo=default_tz)
+        return moment, bool(match["time"])
     iso = text.replace(" ", "T", 1) if re.match(r"^\d{4}-\d{2}-\d{2} \d", text) else text
     if re.match(r"^\d{4}-\d{2}-\d{2}", iso):
         try:
@@ -150,7 +180,8 @@ def _parse(text: str, default_tz: tzinfo) -> datetime | None:
         except ValueError:
             parsed = None
         if parsed is not None:
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=default_tz)
+            has_time = len(iso) > 10
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=default_tz)), has_time
     without_weekday = _WEEKDAY_PREFIX.sub("", text)
     for pattern in _TEXTUAL:
         if match := pattern.match(without_weekday):
@@ -160,20 +191,21 @@ def _parse(text: str, default_tz: tzinfo) -> datetime | None:
             day = date(int(match["y"]), month, int(match["d"]))
             groups = match.groupdict()
             zone = _zone_from(groups.get("zone"), default_tz)
-            return datetime.combine(day, _clock(groups.get("time"), groups.get("ampm")), zone)
+            clock = _clock(groups.get("time"), groups.get("ampm"))
+            return datetime.combine(day, clock, zone), bool(groups.get("time"))
     if re.search(r"\d{1,2}:\d{2}", text) and re.search(r"[A-Za-z]{3}", text):
         try:
             parsed = parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
             return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=default_tz)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=default_tz)), True
     return None
 
 
 def is_date_line(line: str) -> bool:
     """True when a whole line is a date (optionally labelled), as in a release header."""
     parsed = _parse_labelled(line, UTC)
-    return parsed is not None and parsed.year >= EARLIEST_YEAR
+    return parsed is not None and parsed[0].year >= EARLIEST_YEAR
 
 
 def is_date_label(line: str) -> bool:

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, tzinfo
 from functools import cached_property
 
 from mailer.collect.blocks import Body, Image, blocks_from_html, blocks_from_text, clean_line
-from mailer.collect.boilerplate import clean_blocks, clean_title, photo_credit_of
-from mailer.collect.dates import parse_date
+from mailer.collect.boilerplate import clean_blocks, clean_title, is_bare_host, photo_credit_of
+from mailer.collect.dates import Published, parse_published
 from mailer.collect.dedupe import content_hash, simhash, to_signed
 from mailer.collect.sanitize import is_tracking_pixel, sanitize_html
 from mailer.collect.summary import cut_at_sentence, lead_summary
@@ -41,6 +41,8 @@ class Candidate:
     photo_credit: str | None = None
     publisher: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # ``published`` is a calendar day (00:00 UTC) without a time of day.
+    published_date_only: bool = False
 
     @cached_property
     def content_hash(self) -> str:
@@ -54,7 +56,7 @@ class Candidate:
     def as_json(self, source: str) -> dict[str, object]:
         return {
             "title": self.title,
-            "published": self.published.isoformat() if self.published else None,
+            "published": published_text(self.published, date_only=self.published_date_only),
             "source": source,
             "url": self.url,
             "guid": self.guid,
@@ -76,6 +78,7 @@ def build_candidate(
     html: str | None = None,
     text: str | None = None,
     published: datetime | None = None,
+    published_date_only: bool = False,
     published_text: str | None = None,
     updated_text: str | None = None,
     image_url: str | None = None,
@@ -97,7 +100,9 @@ def build_candidate(
     else:
         body = Body([])
     given_title = clean_title(title, list(site_names))
-    cleaned = clean_blocks(body.blocks, title=given_title, default_tz=default_tz)
+    cleaned = clean_blocks(
+        body.blocks, title=given_title, default_tz=default_tz, site_names=site_names
+    )
     warnings: list[str] = []
     final_title = cleaned.title
     if not final_title:
@@ -108,9 +113,14 @@ def build_candidate(
         warnings.append(f"{label}: no title; used the opening words instead")
     final_title = final_title[:TITLE_MAX]
 
-    date = published or parse_date(published_text, default_tz=default_tz)
-    date = date or cleaned.published or parse_date(updated_text, default_tz=default_tz)
-    date = date or cleaned.updated
+    given = Published(published, published_date_only) if published else None
+    date = (
+        given
+        or parse_published(published_text, default_tz=default_tz)
+        or cleaned.published
+        or parse_published(updated_text, default_tz=default_tz)
+        or cleaned.updated
+    )
 
     lead = _lead_image(body.images, image_url, image_alt, page_base)
     credit = photo_credit or cleaned.photo_credit
@@ -128,16 +138,34 @@ def build_candidate(
         guid=guid[:2000],
         title=final_title,
         url=link,
-        published=date,
+        published=date.at if date else None,
+        published_date_only=bool(date and date.date_only),
         text=text_out,
         html=html_out,
         summary=summary or cut_at_sentence(final_title),
         image_url=lead.src if lead else None,
         image_alt=(lead.alt if lead else None),
         photo_credit=_short(credit, 500),
-        publisher=_short(publisher or cleaned.publisher or fallback_publisher, 200),
+        publisher=_publisher(publisher, cleaned.publisher, fallback_publisher),
         warnings=warnings,
     )
+
+
+def published_text(value: datetime | None, *, date_only: bool) -> str | None:
+    """ISO 8601: ``2025-10-23`` for a date without a time, else the full moment."""
+    if value is None:
+        return None
+    return value.date().isoformat() if date_only else value.isoformat()
+
+
+def _publisher(*choices: str | None) -> str | None:
+    """The first real organisation name: never a bare host ("127.0.0.1:8790",
+    "www.urm.lt"), which is what site-name guessers fall back to."""
+    for choice in choices:
+        name = _short(choice, 200)
+        if name and not is_bare_host(name):
+            return name
+    return None
 
 
 def _short(value: str | None, limit: int) -> str | None:

@@ -15,8 +15,10 @@ import charset_normalizer
 import feedparser
 from lxml import html as lxml_html
 
-from mailer.collect.dates import parse_date
+from mailer.collect.boilerplate import is_boilerplate
+from mailer.collect.dates import parse_date, parse_published
 from mailer.collect.extract import Candidate, EntryError, build_candidate
+from mailer.collect.sanitize import visible_text
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +187,15 @@ def _text(value: Any) -> str:
         return ""
     text = str(value)
     if "<" in text and ">" in text:
-        text = lxml_html.fromstring(f"<div>{text}</div>").text_content()
+        # The feed's markup is not sanitised by feedparser (sanitize_html=False):
+        # a script or a hidden span in a title must leave no words behind.
+        text = visible_text(text)
     return " ".join(text.split())
+
+
+def _feed_publisher(feed_title: str | None) -> str | None:
+    """A feed's title names its publisher unless it is a generic label ("News")."""
+    return feed_title if feed_title and not is_boilerplate(feed_title) else None
 
 
 def _struct_time(value: Any) -> datetime | None:
@@ -211,6 +220,11 @@ def _entry_candidate(
     published = _struct_time(entry.get("published_parsed")) or _struct_time(
         entry.get("created_parsed")
     )
+    written = entry.get("published") or entry.get("created")
+    stated = parse_published(written, default_tz=default_tz) if written else None
+    if stated is not None and stated.date_only:
+        # feedparser reads "2025-10-23" as midnight UTC; keep it a date.
+        published = None
     image_url, image_alt = _entry_image(entry)
     credits = entry.get("media_credit") or []
     credit = credits[0].get("content") if credits and isinstance(credits[0], dict) else None
@@ -223,7 +237,7 @@ def _entry_candidate(
         html=html,
         text=text,
         published=published,
-        published_text=entry.get("published") if not published else None,
+        published_text=written if not published else None,
         # dict.get: feedparser's own get() answers "updated" with the published
         # date (and a deprecation warning) when the entry has no updated date.
         updated_text=dict.get(entry, "updated"),
@@ -231,6 +245,7 @@ def _entry_candidate(
         image_alt=image_alt,
         photo_credit=credit,
         publisher=_text(source.get("title")) or None,
+        fallback_publisher=_feed_publisher(feed_title),
         site_names=(feed_title,),
         base_url=base,
         default_tz=default_tz,
@@ -312,6 +327,7 @@ def _parse_json_feed(content: bytes, *, url: str | None, default_tz: tzinfo) -> 
                 published_text=_string(item.get("date_published")),
                 updated_text=_string(item.get("date_modified")),
                 image_url=_string(item.get("image")) or _string(item.get("banner_image")),
+                fallback_publisher=_feed_publisher(title),
                 site_names=(title,),
                 base_url=base,
                 default_tz=default_tz,

@@ -14,6 +14,7 @@ from lxml import html as lxml_html
 from mailer.collect.boilerplate import photo_credit_of
 from mailer.collect.extract import Candidate, EntryError, build_candidate
 from mailer.collect.feeds import SourceError
+from mailer.collect.sanitize import drop_hidden
 from mailer.collect.urls import canonical_url
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ def extract_page(
     label = label or url or "page"
     document = decode_html(content, charset) if isinstance(content, bytes) else content
     page = _parse(document, url)
+    body_element = page.find("body")
+    if body_element is not None:
+        drop_hidden(body_element)
     extracted = trafilatura.extract(
         page,
         url=url,
@@ -138,7 +142,8 @@ def extract_page(
         published_text=published_text,
         image_url=og_image,
         photo_credit=_photo_credit(page),
-        fallback_publisher=site_name,
+        # og:site_name, else the name trafilatura found (never its host fallback).
+        fallback_publisher=site_name or meta.get("sitename"),
         site_names=(site_name, meta.get("sitename")),
         base_url=url,
         default_tz=default_tz,

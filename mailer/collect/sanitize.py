@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 import nh3
+from lxml import etree
 from lxml import html as lxml_html
 
 ALLOWED_TAGS = {
@@ -40,12 +41,63 @@ _PIXEL_NAME = re.compile(
 _PIXEL_PATH = re.compile(r"/(pixel|track|tracking|beacon)s?/", re.IGNORECASE)
 
 
+# Active or invisible content: its text must not reach readers as if it were prose.
+_NEVER_SHOWN = {"script", "style", "noscript", "template"}
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
+_HIDDEN_HINT = re.compile(r"hidden|display|<script|<style|<noscript|<template", re.IGNORECASE)
+
+
+def drop_hidden(root: etree._Element) -> None:
+    """Remove, text and all, what a browser would not show: scripts, styles,
+    ``hidden`` and ``aria-hidden="true"`` elements, ``display:none`` and
+    ``visibility:hidden`` styles. nh3 drops style attributes, so this runs first."""
+    doomed = [
+        element
+        for element in root.iter()
+        if isinstance(element.tag, str)
+        and element is not root
+        and (
+            element.tag.lower() in _NEVER_SHOWN
+            or element.get("hidden") is not None
+            or (element.get("aria-hidden") or "").strip().lower() == "true"
+            or _HIDDEN_STYLE.search(element.get("style") or "") is not None
+        )
+    ]
+    for element in doomed:
+        if element.getparent() is not None:
+            element.drop_tree()
+
+
+def _without_hidden(html: str) -> str:
+    if _HIDDEN_HINT.search(html) is None:
+        return html
+    root = lxml_html.fragment_fromstring(html, create_parent="div")
+    drop_hidden(root)
+    return _inner_html(root)
+
+
+def _inner_html(root: etree._Element) -> str:
+    return "".join(
+        [escape_text(root.text or "")]
+        + [lxml_html.tostring(child, encoding="unicode") for child in root]
+    )
+
+
+def visible_text(html: str) -> str:
+    """The text a reader would see of an HTML snippet (a feed title, a name)."""
+    if "<" not in html:
+        return html
+    root = lxml_html.fragment_fromstring(html, create_parent="div")
+    drop_hidden(root)
+    return root.text_content()
+
+
 def sanitize_html(html: str, base_url: str | None = None) -> str:
     """Sanitised HTML fragment: safe to show in a browser or an email as it is."""
     if not html or not html.strip():
         return ""
     cleaned = nh3.clean(
-        html,
+        _without_hidden(html),
         tags=ALLOWED_TAGS,
         clean_content_tags=DROPPED_WITH_CONTENT,
         attributes=ALLOWED_ATTRIBUTES,
@@ -75,9 +127,7 @@ def _drop_pixels_and_empty_images(fragment: str) -> str:
             changed = True
     if not changed:
         return fragment
-    return "".join(
-        [root.text or ""] + [lxml_html.tostring(child, encoding="unicode") for child in root]
-    )
+    return _inner_html(root)
 
 
 def is_tracking_pixel(src: str, width: str | None = None, height: str | None = None) -> bool:

@@ -69,7 +69,7 @@ def test_scraped_text_loses_banners_widgets_and_footers() -> None:
     release = build_candidate(label="messy.txt", text=MESSY_TEXT)
     assert release.title == "Prime Minister Šimonytė meets NATO envoys"
     assert release.publisher == "Ministry of Foreign Affairs of the Republic of Lithuania"
-    assert release.photo_credit == "Žygimantas Gedvila / BNS"
+    assert release.photo_credit == "Photo by Žygimantas Gedvila / BNS"
     assert release.published is not None and release.published.date().isoformat() == "2023-07-12"
     assert release.text.startswith("On Wednesday, Prime Minister Ingrida Šimonytė met")
     assert release.text.endswith('"Our security is indivisible," said Šimonytė.')
@@ -132,7 +132,7 @@ def test_release_page_fields_and_no_boilerplate() -> None:
     assert release.title == "Prime Minister Šimonytė meets NATO envoys"
     assert release.url == "https://urm.example/news/simonyte-nato"
     assert release.image_url == "https://urm.example/images/summit.jpg"
-    assert release.photo_credit == "Žygimantas Gedvila / BNS"
+    assert release.photo_credit == "Photo by Žygimantas Gedvila / BNS"
     assert release.publisher == "Ministry of Foreign Affairs of the Republic of Lithuania"
     assert release.published is not None and release.published.date().isoformat() == "2023-07-12"
     assert release.text.startswith("On Wednesday, Prime Minister Ingrida Šimonytė met")
@@ -166,7 +166,7 @@ def test_lithuanian_banner_and_credit_forms() -> None:
     release = build_candidate(label="lt.txt", text=text)
     assert release.title == "Vyriausybė pritarė biudžetui"
     assert release.publisher == "Lietuvos Respublikos finansų ministerija"
-    assert release.photo_credit == "Jono Jonaičio / ELTA"
+    assert release.photo_credit == "Jono Jonaičio / ELTA nuotr."
     assert release.text == (
         "Vyriausybė trečiadienį pritarė 2026 metų biudžeto projektui ir perdavė jį Seimui."
     )

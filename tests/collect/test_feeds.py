@@ -73,7 +73,7 @@ def test_ministry_feed_entry_is_clean_and_complete() -> None:
     first = parsed.candidates[0]
     assert first.url == "https://urm.example.lt/news/vilnius-summit"  # tracking removed
     assert first.image_url == "https://urm.example.lt/images/summit.jpg"
-    assert first.photo_credit == "Žygimantas Gedvila / BNS"
+    assert first.photo_credit == "Photo by Žygimantas Gedvila / BNS"
     assert first.publisher == "Ministry of Foreign Affairs of the Republic of Lithuania"
     for junk in ("BDAR", "Close", "Rating", "2.jpg", "Share on Facebook"):
         assert junk not in first.text and junk not in first.html

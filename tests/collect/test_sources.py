@@ -47,7 +47,7 @@ async def test_page_source_reads_each_release_page(
     assert vaccination.title == "Spring vaccination campaign opens in 60 municipalities"
     assert vaccination.published_at == datetime(2024, 3, 5, 7, 30, tzinfo=UTC)
     assert vaccination.image_url == server.url("/images/vaccination-point.jpg")
-    assert vaccination.photo_credit == "Ministry of Health / Jonas Petraitis"
+    assert vaccination.photo_credit == "Photo: Ministry of Health / Jonas Petraitis"
     assert vaccination.publisher == "Ministry of Health"
     assert f'href="{server.url("/portal")}"' in vaccination.html
     for junk in ("cookies", "Accept all", "Rate this", "Share on", "mailing list", "track()"):
@@ -141,7 +141,7 @@ async def test_example_releases_read_cleanly(
         "Prime Minister Šimonytė: the Vilnius summit strengthened NATO's eastern flank"
     ]
     assert summit.publisher == "Office of the Government of the Republic of Lithuania"
-    assert summit.photo_credit == "Žygimantas Gedvila / BNS"
+    assert summit.photo_credit == "Photo by Žygimantas Gedvila / BNS"
     assert summit.published_at == datetime(2023, 7, 12, tzinfo=UTC)
     assert {t.slug for t in summit.topics} == {"economy", "foreign-affairs"}
     embassy = releases["Lithuanian embassy in Kyiv resumes consular services"]
