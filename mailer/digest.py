@@ -15,7 +15,8 @@ The rules for one subscriber:
   as sent, so a press release reached through two sources arrives once;
 * collected (first seen) at or after the subscriber's ``digest_since`` (set at
   confirmation; else ``confirmed_at``), so a slow source's late release still
-  arrives, and published no longer ago than ``digest.max_age``;
+  arrives, and published no longer ago than ``digest.max_age`` unless an editor
+  added it by hand (``exempt_from_max_age``: an explicit decision to publish);
 * already seen by the collector at ``now``;
 * matching one of their topics, or any release when they chose none;
 * the newest ``digest.max_items`` of those, newest first.
@@ -33,11 +34,11 @@ from __future__ import annotations
 import email
 import email.policy
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import Settings
@@ -69,6 +70,124 @@ class PlanningError(ValueError):
     pass
 
 
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def format_duration(value: timedelta) -> str:
+    """``14d``, ``36h``, ``90m``: as config.yaml writes durations."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0 and unit != "w":
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass
+class SelectionReport:
+    """Why a send (or a preview) reaches whom it reaches, with numbers.
+
+    Filled in by the planner itself (:func:`plan_digest` with ``report=``), so the
+    explanation is the planning's own account, not a second opinion. Readers who
+    get nothing are counted once, under the rule that left them out last.
+    """
+
+    frequency: str
+    max_age: timedelta
+    recipients: int = 0
+    # Confirmed readers this send is for (its frequency, or the one previewed).
+    readers: int = 0
+    # Confirmed readers whose frequency is another schedule's.
+    other_schedules: int = 0
+    pending: int = 0
+    suppressed: int = 0
+    already_received: int = 0
+    topics_match_none: int = 0
+    confirmed_after: int = 0
+    # Releases that could go out now, and those held back.
+    candidates: int = 0
+    too_old: int = 0
+    excluded: int = 0
+    not_collected_yet: int = 0
+    only_subscriber: bool = False
+    releases_per_recipient: dict[int, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def left_out(self) -> int:
+        return self.readers - self.recipients
+
+    def reasons(self) -> list[str]:
+        """One sentence per rule that held something back; empty when nothing was."""
+        lines: list[str] = []
+        age = format_duration(self.max_age)
+        if self.candidates == 0 and not (self.too_old or self.excluded or self.not_collected_yet):
+            lines.append("No releases are stored yet: collect or add some first.")
+        if self.too_old:
+            lines.append(
+                f"{_plural(self.too_old, 'release is', 'releases are')} older than "
+                f"digest.max_age ({age}) and not sent (collected releases only; releases "
+                "added by hand are sent whatever their date)."
+            )
+        if self.excluded:
+            lines.append(
+                f"{_plural(self.excluded, 'release is', 'releases are')} excluded from "
+                "digests by an editor."
+            )
+        if self.not_collected_yet:
+            lines.append(
+                f"{_plural(self.not_collected_yet, 'release was', 'releases were')} "
+                "collected after this moment."
+            )
+        if self.readers == 0 and not self.only_subscriber:
+            audience = "" if self.frequency == "all" else f" with frequency {self.frequency!r}"
+            others = []
+            if self.other_schedules:
+                others.append(f"{self.other_schedules} confirmed on another schedule")
+            if self.pending:
+                others.append(f"{self.pending} not confirmed yet")
+            tail = f" ({'; '.join(others)})" if others else ""
+            lines.append(f"There is no confirmed reader{audience}{tail}.")
+        # (how many, what they did: said of one reader, said of several)
+        left_out = (
+            (
+                self.already_received,
+                "has already received every release that could go out",
+                "have already received every release that could go out",
+            ),
+            (
+                self.topics_match_none,
+                "chose topics that match none of the releases not yet sent to them",
+                "chose topics that match none of the releases not yet sent to them",
+            ),
+            (
+                self.confirmed_after,
+                "confirmed after these releases arrived (a reader gets what arrives "
+                "after confirming)",
+                "confirmed after these releases arrived (a reader gets what arrives "
+                "after confirming)",
+            ),
+            (
+                self.suppressed,
+                "has a suppressed address (bounced, complained or unsubscribed)",
+                "have suppressed addresses (bounced, complained or unsubscribed)",
+            ),
+        )
+        for count, one, several in left_out:
+            if count:
+                who = "The reader" if self.only_subscriber else _plural(count, "reader", "readers")
+                lines.append(f"{who} {one if count == 1 else several}.")
+        return lines
+
+    def summary(self) -> str:
+        """One line for a shell: how many it reaches, then why not more."""
+        head = (
+            f"{_plural(self.recipients, 'recipient', 'recipients')} of "
+            f"{_plural(self.readers, 'confirmed reader', 'confirmed readers')}"
+        )
+        reasons = self.reasons()
+        return head + (": " + " ".join(reasons) if reasons else ".")
+
+
 @dataclass(frozen=True)
 class _Candidate:
     id: int
@@ -84,10 +203,12 @@ async def plan_digest(
     now: datetime | None = None,
     *,
     only_subscriber_id: int | None = None,
+    report: SelectionReport | None = None,
 ) -> int:
     """Write the outbox rows of ``digest``; return how many deliveries were queued.
 
-    ``only_subscriber_id`` restricts planning to one subscriber (previews).
+    ``only_subscriber_id`` restricts planning to one subscriber (previews);
+    ``report`` is filled in with why the send reaches whom it reaches.
     """
     if digest.id is None:
         raise PlanningError("the digest must be flushed (have an id) before planning")
@@ -98,7 +219,7 @@ async def plan_digest(
     if digest.kind == "test":
         count = await _plan_test(session, settings, digest, now)
     else:
-        count = await _plan_subscribers(session, settings, digest, now, only_subscriber_id)
+        count = await _plan_subscribers(session, settings, digest, now, only_subscriber_id, report)
     digest.recipient_count = count
     return count
 
@@ -169,11 +290,16 @@ async def _plan_subscribers(
     digest: Digest,
     now: datetime,
     only_subscriber_id: int | None,
+    report: SelectionReport | None = None,
 ) -> int:
     """Plan in chunks of subscribers (all in the caller's one transaction), so
     memory stays flat however long the list: a 100,000-reader plan holds one
     chunk's rows at a time, not two and a half million."""
-    candidates = await _candidates(session, now - settings.digest.max_age, now)
+    oldest_allowed = now - settings.digest.max_age
+    candidates = await _candidates(session, oldest_allowed, now)
+    if report is not None:
+        report.candidates = len(candidates)
+        await _count_held_back(session, report, oldest_allowed, now, digest, only_subscriber_id)
     if not candidates:
         return 0
     candidate_ids = [c.id for c in candidates]
@@ -220,6 +346,7 @@ async def _plan_subscribers(
             already_sent,
             suppressed,
             keyed,
+            report,
         )
 
     if planned:
@@ -236,13 +363,57 @@ async def _plan_subscribers(
     return planned
 
 
+async def _count_held_back(
+    session: AsyncSession,
+    report: SelectionReport,
+    oldest_allowed: datetime,
+    now: datetime,
+    digest: Digest,
+    only_subscriber_id: int | None,
+) -> None:
+    """The release and reader counts of a report that planning itself does not see."""
+    live = Release.merged_into_id.is_(None)
+    too_old = (Release.published_at < oldest_allowed) & Release.exempt_from_max_age.is_(False)
+    report.too_old = (
+        await session.scalar(select(func.count()).where(live, Release.excluded.is_(False), too_old))
+        or 0
+    )
+    report.excluded = (
+        await session.scalar(select(func.count()).where(live, Release.excluded.is_(True), ~too_old))
+        or 0
+    )
+    report.not_collected_yet = (
+        await session.scalar(select(func.count()).where(*_sendable(), Release.first_seen_at > now))
+        or 0
+    )
+    report.only_subscriber = only_subscriber_id is not None
+    readers = select(func.count()).where(Subscriber.status == SubscriberStatus.CONFIRMED)
+    if only_subscriber_id is not None:
+        report.readers = (
+            await session.scalar(readers.where(Subscriber.id == only_subscriber_id)) or 0
+        )
+        return
+    if digest.frequency != "all":
+        report.other_schedules = (
+            await session.scalar(readers.where(Subscriber.frequency != digest.frequency)) or 0
+        )
+        readers = readers.where(Subscriber.frequency == digest.frequency)
+    report.readers = await session.scalar(readers) or 0
+    report.pending = (
+        await session.scalar(
+            select(func.count()).where(Subscriber.status == SubscriberStatus.PENDING)
+        )
+        or 0
+    )
+
+
 async def _candidates(
     session: AsyncSession, oldest_allowed: datetime, now: datetime
 ) -> list[_Candidate]:
     """Sendable releases young enough to go out, newest first, with their topics."""
     candidate_filter = (
         *_sendable(),
-        Release.published_at >= oldest_allowed,
+        or_(Release.published_at >= oldest_allowed, Release.exempt_from_max_age.is_(True)),
         Release.first_seen_at <= now,
     )
     release_rows = (
@@ -314,6 +485,7 @@ async def _plan_chunk(
     already_sent: dict[int, set[int]],
     suppressed: set[str],
     keyed: Settings,
+    report: SelectionReport | None = None,
 ) -> int:
     max_items = settings.digest.max_items
     nothing: frozenset[int] = frozenset()
@@ -321,6 +493,8 @@ async def _plan_chunk(
     picked_by_subscriber: dict[int, list[int]] = {}
     for subscriber in subscribers:
         if suppressed and email_hash(keyed, subscriber.email) in suppressed:
+            if report is not None:
+                report.suppressed += 1
             continue
         # "Since the last digest" is what subscriber_releases records; the first
         # digest starts at confirmation. Both go by when mailer collected a release,
@@ -330,19 +504,33 @@ async def _plan_chunk(
         topics = chosen_topics.get(subscriber.id)
         sent = already_sent.get(subscriber.id, nothing)
         picked: list[int] = []
+        arrived_since = unsent = 0
         for candidate in candidates:
             if since and candidate.first_seen_at < since:
                 continue
-            if candidate.id in sent or (topics and not topics & candidate.topic_ids):
+            arrived_since += 1
+            if candidate.id in sent:
+                continue
+            unsent += 1
+            if topics and not topics & candidate.topic_ids:
                 continue
             picked.append(candidate.id)
             if len(picked) == max_items:
                 break
+        if report is not None and not picked:
+            if unsent:
+                report.topics_match_none += 1
+            elif arrived_since:
+                report.already_received += 1
+            else:
+                report.confirmed_after += 1
         if picked:
             picked_by_subscriber[subscriber.id] = picked
             deliveries.append(
                 _delivery_row(digest.id, subscriber.id, subscriber.email, picked, now)
             )
+    if report is not None:
+        report.recipients += len(deliveries)
     if not deliveries:
         return 0
     result = await session.execute(
@@ -416,10 +604,61 @@ class DigestPreview:
     subject: str
     release_count: int
     html: str
+    # Who a send now would reach and why not more (for the sample: every reader).
+    selection: SelectionReport | None = None
 
 
 class _DiscardChanges(Exception):
     pass
+
+
+async def explain_digest(
+    database: Database,
+    settings: Settings,
+    frequency: str = "all",
+    now: datetime | None = None,
+    *,
+    subscriber_email: str | None = None,
+) -> SelectionReport:
+    """Who a send of ``frequency`` (or to one subscriber) would reach now and why
+    not more: the planner runs with a report in a transaction that is rolled back,
+    so nothing is written. Dry runs, confirm pages and empty previews show this."""
+    outcome: list[SelectionReport] = []
+    try:
+        async with database.transaction() as session:
+            subscriber = (
+                await _confirmed_subscriber(session, subscriber_email) if subscriber_email else None
+            )
+            report = SelectionReport(frequency=frequency, max_age=settings.digest.max_age)
+            digest = Digest(kind="preview", frequency=frequency, created_by="explain")
+            session.add(digest)
+            await session.flush()
+            await plan_digest(
+                session,
+                settings,
+                digest,
+                now,
+                only_subscriber_id=subscriber.id if subscriber else None,
+                report=report,
+            )
+            outcome.append(report)
+            raise _DiscardChanges
+    except _DiscardChanges:
+        pass
+    return outcome[0]
+
+
+async def _confirmed_subscriber(session: AsyncSession, address: str) -> Subscriber:
+    subscriber = await session.scalar(
+        select(Subscriber).where(Subscriber.email_key == email_key(address))
+    )
+    if subscriber is None:
+        raise PreviewError(f"no subscriber with the address {address}")
+    if subscriber.status != SubscriberStatus.CONFIRMED:
+        raise PreviewError(
+            f"{address} is {subscriber.status.value}: only confirmed subscribers receive digests"
+        )
+    return subscriber
 
 
 async def preview_digest(
@@ -450,17 +689,9 @@ async def _preview(
     session: AsyncSession, settings: Settings, subscriber_email: str | None, now: datetime | None
 ) -> DigestPreview | None:
     subscriber: Subscriber | None = None
+    report = SelectionReport(frequency="all", max_age=settings.digest.max_age)
     if subscriber_email is not None:
-        subscriber = await session.scalar(
-            select(Subscriber).where(Subscriber.email_key == email_key(subscriber_email))
-        )
-        if subscriber is None:
-            raise PreviewError(f"no subscriber with the address {subscriber_email}")
-        if subscriber.status != SubscriberStatus.CONFIRMED:
-            raise PreviewError(
-                f"{subscriber_email} is {subscriber.status.value}: only confirmed subscribers "
-                "receive digests"
-            )
+        subscriber = await _confirmed_subscriber(session, subscriber_email)
         digest = Digest(kind="preview", frequency="all", created_by="preview")
     else:
         sample_address = f"reader@{settings.sender.domain}"
@@ -468,10 +699,21 @@ async def _preview(
     session.add(digest)
     await session.flush()
     count = await plan_digest(
-        session, settings, digest, now, only_subscriber_id=subscriber.id if subscriber else None
+        session,
+        settings,
+        digest,
+        now,
+        only_subscriber_id=subscriber.id if subscriber else None,
+        report=report if subscriber else None,
     )
     if count == 0:
         return None
+    if subscriber is None:
+        # The sample shows the newest releases; say whom a real send would reach.
+        everyone = Digest(kind="preview", frequency="all", created_by="preview")
+        session.add(everyone)
+        await session.flush()
+        await plan_digest(session, settings, everyone, now, report=report)
     delivery = (
         await session.scalars(select(Delivery).where(Delivery.digest_id == digest.id))
     ).one()
@@ -497,4 +739,5 @@ async def _preview(
         release_count=len(delivery.release_ids),
         # The wire format's CRLF line ends, as a local file would have them.
         html=html_part.get_content().replace("\r\n", "\n") if html_part is not None else "",
+        selection=report,
     )

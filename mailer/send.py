@@ -27,7 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -63,6 +63,10 @@ POLICY_REFUSALS_BEFORE_PAUSE = 5
 OPEN_STATES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED)
 
 
+if TYPE_CHECKING:
+    from mailer.digest import SelectionReport
+
+
 class SendError(Exception):
     pass
 
@@ -79,9 +83,11 @@ async def start_digest(
     created_by: str = "cli",
     test_address: str | None = None,
     now: datetime | None = None,
+    report: SelectionReport | None = None,
 ) -> Digest:
     """Create a send and its outbox rows in one transaction. A send with no
-    recipients (nothing new for anyone) is created already done."""
+    recipients (nothing new for anyone) is created already done. ``report`` is
+    filled in with who the send reaches and why not more."""
     from mailer.digest import plan_digest
 
     now = now or utcnow()
@@ -97,7 +103,7 @@ async def start_digest(
         )
         session.add(digest)
         await session.flush()
-        count = await plan_digest(session, settings, digest, now=now)
+        count = await plan_digest(session, settings, digest, now=now, report=report)
         digest.recipient_count = count
         if count == 0:
             digest.status = DigestStatus.DONE
@@ -152,7 +158,12 @@ async def schedule_digest(
 
 
 async def start_queued_digest(
-    database: Database, settings: Settings, digest_id: int, *, now: datetime | None = None
+    database: Database,
+    settings: Settings,
+    digest_id: int,
+    *,
+    now: datetime | None = None,
+    report: SelectionReport | None = None,
 ) -> Digest:
     """Plan a queued send now: its time came, or an operator chose to send it at once."""
     from mailer.digest import plan_digest
@@ -166,7 +177,7 @@ async def start_queued_digest(
             raise SendError(f"digest {digest_id} is {digest.status.value}, not queued")
         digest.status = DigestStatus.SENDING
         digest.started_at = now
-        count = await plan_digest(session, settings, digest, now=now)
+        count = await plan_digest(session, settings, digest, now=now, report=report)
         digest.recipient_count = count
         if count == 0:
             digest.status = DigestStatus.DONE

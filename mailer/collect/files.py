@@ -11,7 +11,7 @@ import email
 import email.policy
 import email.utils
 import re
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, date, datetime, tzinfo
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,8 @@ def read_release(
         "guid": str(front.get("guid") or front.get("url") or front.get("link") or guid),
         "title": _str(front.get("title")),
         "url": _str(front.get("url") or front.get("link")),
-        "published": _date(front.get("date") or front.get("published")),
+        "published": _date(front.get("date") or front.get("published"), default_tz),
+        "published_date_only": _is_day(front.get("date") or front.get("published")),
         "published_text": _str(front.get("date") or front.get("published")),
         "image_url": _str(front.get("image")),
         "photo_credit": _str(front.get("photo_credit") or front.get("credit")),
@@ -122,15 +123,18 @@ def _str(value: Any) -> str | None:
     return str(value).strip() or None if value is not None else None
 
 
-def _date(value: Any) -> datetime | None:
+def _date(value: Any, default_tz: tzinfo) -> datetime | None:
     # YAML reads an unquoted 2023-07-12 as a date and with a time as a datetime.
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    from datetime import date
-
+        return value if value.tzinfo else value.replace(tzinfo=default_tz)
     if isinstance(value, date):
+        # A calendar day stays that day: 00:00 UTC, marked as a date (see dates.py).
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     return None
+
+
+def _is_day(value: Any) -> bool:
+    return isinstance(value, date) and not isinstance(value, datetime)
 
 
 def _front_matter(text: str, label: str) -> tuple[dict[str, Any], str]:

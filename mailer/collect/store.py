@@ -171,7 +171,7 @@ class ReleaseStore:
         if link is None:
             self._add_link(survivor.id, candidate, url, guid, digest)
             self._remember(survivor.id, url, digest)
-            _take_earliest_date(survivor, candidate.published, estimated=False)
+            _take_best_date(survivor, candidate.published, _precision_of(candidate))
             _fill_missing(survivor, candidate, url)
             await self._add_topics(survivor.id, self.rules.match(candidate.title, candidate.text))
             return Stored(Outcome.MERGED, survivor.id)
@@ -180,7 +180,7 @@ class ReleaseStore:
         unchanged = link.content_hash == digest and link.title == _fit(candidate.title, 1000)
         if candidate.published is not None:
             link.published_at = candidate.published
-            _take_earliest_date(survivor, candidate.published, estimated=False)
+            _take_best_date(survivor, candidate.published, _precision_of(candidate))
         if unchanged:
             return Stored(Outcome.UPDATED if folded else Outcome.UNCHANGED, survivor.id)
         # The release shows this source's text only if that is where its text came from.
@@ -233,6 +233,7 @@ class ReleaseStore:
         values.update(
             published_at=candidate.published or self.now,
             published_estimated=candidate.published is None,
+            published_date_only=candidate.published is not None and candidate.published_date_only,
             first_seen_at=self.now,
             updated_at=self.now,
             canonical_url=url,
@@ -332,7 +333,7 @@ class ReleaseStore:
             .execution_options(synchronize_session=False)
         )
         other.merged_into_id = survivor.id
-        _take_earliest_date(survivor, other.published_at, estimated=other.published_estimated)
+        _take_best_date(survivor, other.published_at, _precision_of_release(other))
         for name in ("image_url", "image_alt", "photo_credit", "publisher", "canonical_url"):
             if getattr(survivor, name) is None and getattr(other, name) is not None:
                 setattr(survivor, name, getattr(other, name))
@@ -383,14 +384,41 @@ def _fill_missing(release: Release, candidate: Candidate, url: str | None) -> No
         release.publisher = _fit(candidate.publisher, 200)
 
 
-def _take_earliest_date(release: Release, value: datetime | None, *, estimated: bool) -> None:
-    """A real date beats an estimate (first-seen time); among real dates the earliest wins."""
+# How much a stored publication date says: first-seen estimate < a calendar day < a time.
+_ESTIMATED, _DAY, _MOMENT = 0, 1, 2
+# A time this close to a calendar day is that day's time (in some timezone).
+_SAME_DAY = timedelta(hours=36)
+
+
+def _precision_of(candidate: Candidate) -> int:
+    return _DAY if candidate.published_date_only else _MOMENT
+
+
+def _precision_of_release(release: Release) -> int:
+    if release.published_estimated:
+        return _ESTIMATED
+    return _DAY if release.published_date_only else _MOMENT
+
+
+def _take_best_date(release: Release, value: datetime | None, precision: int) -> None:
+    """Keep the most precise date of the copies: a real date beats an estimate, and
+    "15:10+03:00" beats the bare "2025-10-23" of the same day. Between equally
+    precise dates (or a time days away from a bare date) the earliest wins."""
     if value is None:
         return
-    if release.published_estimated and not estimated:
-        release.published_at, release.published_estimated = value, False
-    elif release.published_estimated == estimated and value < release.published_at:
+    current = _precision_of_release(release)
+    earlier = value < release.published_at
+    same_day = abs(value - release.published_at) <= _SAME_DAY
+    if precision > current:
+        better = current == _ESTIMATED or same_day or earlier
+    elif precision == current:
+        better = earlier
+    else:
+        better = precision != _ESTIMATED and earlier and not same_day
+    if better:
         release.published_at = value
+        release.published_estimated = precision == _ESTIMATED
+        release.published_date_only = precision == _DAY
 
 
 def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
