@@ -35,7 +35,7 @@ from mailer.config import Settings
 from mailer.context import AppContext
 from mailer.db import Database
 from mailer.locks import Leadership
-from mailer.models import Frequency, Source, Subscriber, SubscriberStatus, utcnow
+from mailer.models import Source, utcnow
 from mailer.send import Worker, new_worker_id, start_digest, start_due_digests
 
 log = logging.getLogger(__name__)
@@ -90,29 +90,13 @@ def _leader_only(
 
 
 async def collect_and_notify(database: Database, settings: Settings, source_name: str) -> None:
+    from mailer.arrivals import releases_arrived
     from mailer.collect import collect_source
     from mailer.metrics import record_collection
 
     result = await collect_source(database, settings, source_name)
     record_collection(source_name, ok=result.ok, skipped=result.skipped)
-    if result.new_release_ids:
-        await send_immediately(database, settings)
-
-
-async def send_immediately(database: Database, settings: Settings) -> None:
-    async with database.session() as session:
-        waiting = await session.scalar(
-            select(Subscriber.id)
-            .where(
-                Subscriber.status == SubscriberStatus.CONFIRMED,
-                Subscriber.frequency == Frequency.IMMEDIATELY,
-            )
-            .limit(1)
-        )
-    if waiting is not None:
-        await start_digest(
-            database, settings, frequency="immediately", kind="scheduled", created_by="scheduler"
-        )
+    await releases_arrived(database, settings, result.new_release_ids)
 
 
 async def scheduled_digest(database: Database, settings: Settings, frequency: str) -> None:

@@ -11,7 +11,7 @@ the plain-text part of an email.
 from __future__ import annotations
 
 import textwrap
-from datetime import datetime
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -82,12 +82,34 @@ def wrap_text(
     return "\n\n".join(wrapped)
 
 
-def long_date(value: datetime | None, timezone: str = "UTC") -> str:
-    """``12 July 2023`` in the given timezone; empty for no date."""
+def long_date(value: datetime | date | None, timezone: str = "UTC") -> str:
+    """``12 July 2023`` in the given timezone; empty for no date. A ``date`` (a
+    release published on a day, without a time) is that day wherever one is."""
     if value is None:
         return ""
-    local = value.astimezone(ZoneInfo(timezone))
+    local = value.astimezone(ZoneInfo(timezone)) if isinstance(value, datetime) else value
     return f"{local.day} {local:%B %Y}"
+
+
+def local_time(value: datetime | None, timezone: str = "UTC") -> str:
+    """``2025-10-23 15:10 EEST``: a moment in the configured timezone, labelled with
+    the zone so that nobody has to guess (the CLI and the admin both use this)."""
+    if value is None:
+        return "—"
+    local = value.astimezone(ZoneInfo(timezone))
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname() or timezone}"
+
+
+def publication_date(
+    value: datetime | None, timezone: str = "UTC", *, date_only: bool = False
+) -> str:
+    """A release's publication as the source gave it: ``2025-10-23`` for a date
+    without a time (never shifted by a timezone), else :func:`local_time`."""
+    if value is None:
+        return "—"
+    if date_only:
+        return value.astimezone(UTC).date().isoformat()
+    return local_time(value, timezone)
 
 
 def iso_date(value: datetime | None, timezone: str = "UTC") -> str:

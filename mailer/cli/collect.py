@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import click
@@ -12,6 +11,7 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from mailer.arrivals import releases_arrived
 from mailer.cli import BadInput, OperationalError, echo_json, run
 from mailer.collect import (
     INGEST_SOURCE,
@@ -20,13 +20,33 @@ from mailer.collect import (
     collect_all,
     ingest_paths,
 )
-from mailer.collect.store import Outcome
+from mailer.collect.extract import published_text
+from mailer.collect.ingest import IngestedRelease
+from mailer.collect.store import Outcome, source_release_counts
 from mailer.context import AppContext
-from mailer.models import Release, ReleaseLink, ReleaseTopic, Source, Topic
+from mailer.models import Digest, Release, ReleaseLink, ReleaseTopic, Source, Topic
+from mailer.templating import local_time, publication_date
 
 
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if value else "—"
+def _zone(ctx: click.Context) -> str:
+    app = ctx.find_object(AppContext)
+    return app.settings.digest.timezone if app is not None else "UTC"
+
+
+def _published(release: Release, zone: str) -> str:
+    shown = publication_date(release.published_at, zone, date_only=release.published_date_only)
+    return shown + (" ~" if release.published_estimated else "")
+
+
+def _arrival_line(arrival: Digest | None) -> str | None:
+    if arrival is None:
+        return None
+    if arrival.recipient_count == 0:
+        return "Readers who chose “as soon as published”: nothing new for them."
+    return (
+        f"Queued digest {arrival.id} for {arrival.recipient_count} “as soon as published” "
+        "reader(s); `mailer serve` or `mailer worker` delivers it."
+    )
 
 
 def _stdout() -> Console:
@@ -39,7 +59,18 @@ def _stdout() -> Console:
 
 @click.command("ingest")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--dry-run", is_flag=True, help="Read and show the releases; store nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Read and match the releases as a real run would (new, or merged into which "
+    "stored release); store nothing.",
+)
+@click.option(
+    "--no-send",
+    is_flag=True,
+    help="Store the releases excluded from digests (by default a release added by hand "
+    "is sent whatever its publication date).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per release per line.")
 @click.option(
     "--source",
@@ -50,19 +81,29 @@ def _stdout() -> Console:
 )
 @click.pass_context
 def ingest(
-    ctx: click.Context, paths: tuple[str, ...], dry_run: bool, as_json: bool, source_name: str
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    dry_run: bool,
+    no_send: bool,
+    as_json: bool,
+    source_name: str,
 ) -> None:
     """Read release files (.txt, .md, .html, .eml, and feed files .xml .rss .atom .json)
     or folders of them, and store the releases. Files that cannot be read are listed
-    and the others are stored all the same; the exit status is then 2."""
+    and the others are stored all the same; the exit status is then 2.
+
+    A release added by hand is an editor's decision to publish: it goes out with the
+    next digest whatever its publication date (digest.max_age holds back only
+    collected releases), and readers who chose "as soon as published" get it now."""
 
     async def work(app: AppContext) -> IngestReport:
-        if dry_run:
-            return await ingest_paths(None, app.settings, paths, True, source_name=source_name)
         async with app.database() as database:
-            return await ingest_paths(database, app.settings, paths, source_name=source_name)
+            return await ingest_paths(
+                database, app.settings, paths, dry_run, source_name=source_name, send=not no_send
+            )
 
     report = run(ctx, work)
+    zone = _zone(ctx)
     for item in report.releases:
         if as_json:
             row = item.candidate.as_json(report.source)
@@ -70,21 +111,44 @@ def ingest(
                 row = {"id": item.release_id, "outcome": str(item.outcome), **row}
             echo_json(row)
         else:
-            state = "would store" if dry_run else str(item.outcome or "failed")
-            date = _when(item.candidate.published) if item.candidate.published else "no date"
-            click.echo(f"{state:>11}  {date:16}  {item.candidate.title}  ({item.path})")
+            candidate = item.candidate
+            date = publication_date(
+                candidate.published, zone, date_only=candidate.published_date_only
+            )
+            click.echo(f"{_ingest_state(item, dry_run):>11}  {date:20}  {candidate.title}")
+            click.echo(f"{'':>11}  from {item.path}")
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     for error in report.errors:
         click.echo(f"error: {error}", err=True)
     if not as_json:
+        counts = ", ".join(f"{report.count(o)} {o}" for o in Outcome)
         if dry_run:
-            click.echo(f"{len(report.releases)} release(s) read; nothing stored (--dry-run).")
+            click.echo(
+                f"{len(report.releases)} release(s) read: would be {counts}; "
+                "nothing stored (--dry-run)."
+            )
         else:
-            counts = ", ".join(f"{report.count(o)} {o}" for o in Outcome)
             click.echo(f"{len(report.releases)} release(s) read: {counts}.")
+            if no_send:
+                click.echo("New releases are stored excluded from digests (--no-send).")
+            if line := _arrival_line(report.arrival):
+                click.echo(line)
     if report.errors:
         raise BadInput(f"{len(report.errors)} input(s) could not be read or stored (see above)")
+
+
+def _ingest_state(item: IngestedRelease, dry_run: bool) -> str:
+    if item.outcome is None:
+        return "failed"
+    would = "would " if dry_run else ""
+    target = f"#{item.release_id} “{item.existing_title}”"
+    return {
+        Outcome.NEW: f"{would}store" if dry_run else "new",
+        Outcome.MERGED: f"{would}merge into {target}" if dry_run else f"merged into {target}",
+        Outcome.UPDATED: f"{would}update {target}",
+        Outcome.UNCHANGED: f"unchanged: {target}",
+    }[item.outcome]
 
 
 @click.command("collect")
@@ -97,7 +161,7 @@ def collect(ctx: click.Context, only: str | None, as_json: bool) -> None:
     Exit status 1 when a source failed; the others are collected regardless."""
     errors = Console(stderr=True)
 
-    async def work(app: AppContext) -> list[SourceRunResult]:
+    async def work(app: AppContext) -> tuple[list[SourceRunResult], Digest | None]:
         async with app.database() as database:
             if only is not None:
                 await _require_source(database, only)
@@ -129,14 +193,18 @@ def collect(ctx: click.Context, only: str | None, as_json: bool) -> None:
                         query = query.where(Source.name == only)
                     total = len((await session.scalars(query)).all())
                 progress.update(overall, total=total)
-                return await collect_all(database, app.settings, only=only, progress=report)
+                results = await collect_all(database, app.settings, only=only, progress=report)
+            arrived = [i for result in results for i in result.new_release_ids]
+            return results, await releases_arrived(database, app.settings, arrived)
 
-    results = run(ctx, work)
+    results, arrival = run(ctx, work)
     if as_json:
         for result in results:
             echo_json({"source": result.source, "error": result.error, **result.counts()})
     else:
         _results_table(results)
+        if line := _arrival_line(arrival):
+            click.echo(line)
     failed = [r for r in results if r.error and not r.skipped]
     if failed:
         raise OperationalError(f"{len(failed)} of {len(results)} source(s) failed")
@@ -180,11 +248,13 @@ def _results_table(results: list[SourceRunResult]) -> None:
 def sources(ctx: click.Context, as_json: bool) -> None:
     """List sources and their health."""
 
-    async def work(app: AppContext) -> list[Source]:
+    async def work(app: AppContext) -> tuple[list[Source], dict[int, int]]:
         async with app.database() as database, database.session() as session:
-            return list((await session.scalars(select(Source).order_by(Source.name))).all())
+            rows = list((await session.scalars(select(Source).order_by(Source.name))).all())
+            return rows, await source_release_counts(session)
 
-    rows = run(ctx, work)
+    rows, counts = run(ctx, work)
+    zone = _zone(ctx)
     if as_json:
         for source in rows:
             echo_json(
@@ -201,12 +271,12 @@ def sources(ctx: click.Context, as_json: bool) -> None:
                     "last_error": source.last_error,
                     "last_error_at": source.last_error_at,
                     "consecutive_failures": source.consecutive_failures,
-                    "total_releases": source.total_releases,
+                    "releases": counts.get(source.id, 0),
                     "last_counts": source.last_counts,
                 }
             )
         return
-    table = Table(title="Sources", title_justify="left")
+    table = Table(title=f"Sources (times in {zone})", title_justify="left")
     for column in ("Name", "Kind", "Status", "Every", "Last run", "Last success", "Releases"):
         table.add_column(column)
     table.add_column("Last error", overflow="fold")
@@ -216,16 +286,16 @@ def sources(ctx: click.Context, as_json: bool) -> None:
             status += f" ({source.consecutive_failures}×)"
         error = ""
         if source.last_error and source.status != "ok":
-            error = f"{_when(source.last_error_at)}: {source.last_error}"
+            error = f"{local_time(source.last_error_at, zone)}: {source.last_error}"
         every = f"{source.interval_seconds // 60} min" if source.interval_seconds else "—"
         table.add_row(
             source.name,
             source.kind,
             status,
             every,
-            _when(source.last_run_at),
-            _when(source.last_success_at),
-            str(source.total_releases),
+            local_time(source.last_run_at, zone),
+            local_time(source.last_success_at, zone),
+            str(counts.get(source.id, 0)),
             error,
         )
     _stdout().print(table)
@@ -275,15 +345,16 @@ def releases(
         for release in rows:
             echo_json(release_json(release))
         return
-    table = Table(title="Releases", title_justify="left")
-    for column in ("Id", "Published", "Title", "Sources", "Topics"):
+    zone = _zone(ctx)
+    table = Table(title=f"Releases (times in {zone})", title_justify="left")
+    for column in ("Id", "Published", "Title", "Publisher", "Sources", "Topics"):
         table.add_column(column, overflow="fold")
     for release in rows:
-        published = _when(release.published_at) + (" ~" if release.published_estimated else "")
         table.add_row(
             str(release.id),
-            published,
+            _published(release, zone),
             release.title,
+            release.publisher or "",
             ", ".join(dict.fromkeys(link.source_name for link in release.links)),
             ", ".join(t.name for t in release.topics),
         )
@@ -296,8 +367,9 @@ def release_json(release: Release) -> dict[str, Any]:
     return {
         "id": release.id,
         "title": release.title,
-        "published": release.published_at.isoformat(),
+        "published": published_text(release.published_at, date_only=release.published_date_only),
         "published_estimated": release.published_estimated,
+        "published_date_only": release.published_date_only,
         "first_seen": release.first_seen_at.isoformat(),
         "updated": release.updated_at.isoformat(),
         "sources": [{"name": link.source_name, "url": link.url} for link in release.links],

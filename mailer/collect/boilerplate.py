@@ -17,10 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 
-
 from mailer.collect.blocks import Block
-from mailer.collect.sanitize import visible_text
 from mailer.collect.dates import Published, is_date_label, parse_published
+from mailer.collect.sanitize import visible_text
 
 _BOX_CHARS = "|│┃║┆┇┊┋╎╏"
 _BORDER = re.compile(r"^[\s\-=_*~#+.•·|│┃║═─━┌┐└┘╔╗╚╝╭╮╯╰┼├┤┬┴┏┓┗┛┣┫┳┻╋]+$")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -12,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.collect.extract import Candidate, EntryError
 from mailer.collect.files import SUPPORTED_SUFFIXES, is_supported, read_release_file
-from mailer.collect.store import Outcome, store_candidates
+from mailer.collect.store import Outcome, Stored, store_candidates
 from mailer.config import Settings
 from mailer.db import Database
-from mailer.models import Source, SourceStatus, utcnow
+from mailer.models import Digest, Release, Source, SourceStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,16 @@ class IngestedRelease:
     candidate: Candidate
     outcome: Outcome | None = None
     release_id: int | None = None
+    # The stored release's title when this copy went into one already there.
+    existing_title: str | None = None
 
 
 @dataclass
 class IngestReport:
     source: str
+    dry_run: bool = False
+    # What the "as soon as published" rule did (None: nothing arrived).
+    arrival: Digest | None = None
     releases: list[IngestedRelease] = field(default_factory=list)
     # One line per file or entry that could not be read or stored.
     errors: list[str] = field(default_factory=list)
@@ -89,6 +95,63 @@ async def label_source(session: AsyncSession, name: str, *, origin: str) -> Sour
     return source
 
 
+async def store_by_hand(
+    session: AsyncSession,
+    *,
+    source_name: str,
+    origin: str,
+    candidates: Sequence[Candidate],
+    now: datetime,
+    send: bool = True,
+    added_by: str | None = None,
+    isolate: bool = False,
+) -> list[Stored | Exception]:
+    """Store releases an editor added by hand (CLI ingest, admin, API), through the
+    collector's own matching, and record the editor's decision: such a release
+    goes out whatever its publication date (``exempt_from_max_age``), or, with
+    ``send=False``, a new one is stored excluded from digests."""
+    source = await label_source(session, source_name, origin=origin)
+    results = await store_candidates(
+        session,
+        source_id=source.id,
+        source_name=source.name,
+        candidates=candidates,
+        now=now,
+        isolate=isolate,
+    )
+    for stored in results:
+        if isinstance(stored, Exception):
+            continue
+        release = await session.get(Release, stored.release_id)
+        if release is None:
+            continue
+        if send:
+            release.exempt_from_max_age = True
+        elif stored.outcome is Outcome.NEW:
+            release.excluded = True
+        if added_by and release.added_by is None:
+            release.added_by = added_by[:100]
+    source.last_run_at = source.last_success_at = now
+    return results
+
+
+def arrived_ids(results: Iterable[Stored | Exception], *, send: bool) -> list[int]:
+    """Releases that became sendable: new ones, and collected ones an editor's copy
+    made exempt from max_age."""
+    if not send:
+        return []
+    return [
+        stored.release_id
+        for stored in results
+        if not isinstance(stored, Exception)
+        and stored.outcome in (Outcome.NEW, Outcome.MERGED, Outcome.UPDATED)
+    ]
+
+
+class _DryRun(Exception):
+    pass
+
+
 async def ingest_paths(
     database: Database | None,
     settings: Settings,
@@ -96,10 +159,13 @@ async def ingest_paths(
     dry_run: bool = False,
     *,
     source_name: str = INGEST_SOURCE,
+    send: bool = True,
 ) -> IngestReport:
-    """Read release files and store them (unless ``dry_run``). Bad files are reported
-    in ``errors`` and the good ones are stored all the same."""
-    report = IngestReport(source=source_name)
+    """Read release files and store them. Bad files are reported in ``errors`` and
+    the good ones are stored all the same. ``dry_run``: the same reading and
+    matching in a transaction that is rolled back (with no database: read only).
+    ``send=False`` stores new releases excluded from digests."""
+    report = IngestReport(source=source_name, dry_run=dry_run)
     files, report.errors = expand_paths(paths)
     for path in files:
         try:
@@ -110,41 +176,56 @@ async def ingest_paths(
         report.errors.extend(parsed.errors)
         report.warnings.extend(parsed.warnings)
         report.releases.extend(IngestedRelease(str(path), c) for c in parsed.candidates)
-    if dry_run or not report.releases:
+    if not report.releases or (dry_run and database is None):
         return report
     if database is None:
         raise ValueError("a database is needed unless dry_run is set")
+    from mailer.arrivals import releases_arrived
     from mailer.collect.runner import store_lock
 
-    async with store_lock(database), database.transaction() as session:
-        source = await label_source(session, source_name, origin="cli")
-        now = utcnow()
-        candidates = [item.candidate for item in report.releases]
-        try:
-            async with session.begin_nested():
-                stored_all = await store_candidates(
-                    session,
-                    source_id=source.id,
-                    source_name=source.name,
-                    candidates=candidates,
-                    now=now,
-                    isolate=False,
-                )
-        except Exception:
-            log.exception("storing the ingested releases failed; retrying one by one")
-            stored_all = await store_candidates(
+    try:
+        async with store_lock(database), database.transaction() as session:
+            stored_all = await _store_files(session, report, source_name, send)
+            for item, stored in zip(report.releases, stored_all, strict=True):
+                if isinstance(stored, Exception):
+                    report.errors.append(f"{item.path}: could not be stored ({stored})")
+                    continue
+                item.outcome, item.release_id = stored.outcome, stored.release_id
+                if stored.outcome is not Outcome.NEW:
+                    item.existing_title = await session.scalar(
+                        select(Release.title).where(Release.id == stored.release_id)
+                    )
+            if dry_run:
+                raise _DryRun
+    except _DryRun:
+        return report
+    report.arrival = await releases_arrived(database, settings, arrived_ids(stored_all, send=send))
+    return report
+
+
+async def _store_files(
+    session: AsyncSession, report: IngestReport, source_name: str, send: bool
+) -> list[Stored | Exception]:
+    now = utcnow()
+    candidates = [item.candidate for item in report.releases]
+    try:
+        async with session.begin_nested():
+            return await store_by_hand(
                 session,
-                source_id=source.id,
-                source_name=source.name,
+                source_name=source_name,
+                origin="cli",
                 candidates=candidates,
                 now=now,
-                isolate=True,
+                send=send,
             )
-        for item, stored in zip(report.releases, stored_all, strict=True):
-            if isinstance(stored, Exception):
-                report.errors.append(f"{item.path}: could not be stored ({stored})")
-            else:
-                item.outcome, item.release_id = stored.outcome, stored.release_id
-        source.last_run_at = source.last_success_at = now
-        source.total_releases = (source.total_releases or 0) + report.count(Outcome.NEW)
-    return report
+    except Exception:
+        log.exception("storing the ingested releases failed; retrying one by one")
+        return await store_by_hand(
+            session,
+            source_name=source_name,
+            origin="cli",
+            candidates=candidates,
+            now=now,
+            send=send,
+            isolate=True,
+        )

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, insert, literal, select, text, update
+from sqlalchemy import delete, distinct, func, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -461,3 +461,14 @@ async def store_candidates(
         except Exception as exc:
             results.append(exc)
     return results
+
+
+async def source_release_counts(session: AsyncSession) -> dict[int, int]:
+    """Releases each source contributed, merged copies included: the one count the
+    CLI, the admin's dashboard and sources pages show (source id -> count)."""
+    rows = await session.execute(
+        select(ReleaseLink.source_id, func.count(distinct(ReleaseLink.release_id)))
+        .where(ReleaseLink.source_id.is_not(None))
+        .group_by(ReleaseLink.source_id)
+    )
+    return {source_id: count for source_id, count in rows}

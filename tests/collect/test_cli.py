@@ -94,7 +94,7 @@ def test_ingest_stores_good_files_and_reports_bad_ones_with_exit_2(
     assert f"{tmp_path / 'missing.txt'}: no such file or folder" in err
     rows = json_lines(mailer(config, "releases", "--json")[1])
     assert [row["title"] for row in rows] == ["Budget approved"]
-    assert rows[0]["published"] == "2025-10-23T00:00:00+00:00"
+    assert rows[0]["published"] == "2025-10-23"  # a date stays a date
     assert rows[0]["topics"] == ["economy"]
     assert rows[0]["sources"] == [{"name": "Manual ingest", "url": None}]
     # Ingesting the same file again changes nothing.
