@@ -379,8 +379,7 @@ async def _count_held_back(
         or 0
     )
     report.excluded = (
-        await session.scalar(select(func.count()).where(live, Release.excluded.is_(True), ~too_old))
-        or 0
+        await session.scalar(select(func.count()).where(live, Release.excluded.is_(True))) or 0
     )
     report.not_collected_yet = (
         await session.scalar(select(func.count()).where(*_sendable(), Release.first_seen_at > now))

@@ -41,7 +41,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -116,6 +116,16 @@ class DigestItem:
     publisher: str | None
     sources: tuple[SourceLink, ...]
     topic_ids: tuple[int, ...] = ()
+    published_date_only: bool = False
+
+    @property
+    def published(self) -> datetime | date:
+        """What the templates show: the day itself for a date without a time."""
+        return (
+            self.published_at.astimezone(UTC).date()
+            if self.published_date_only
+            else (self.published_at)
+        )
 
     @classmethod
     def from_release(cls, release: Release) -> DigestItem:
@@ -142,10 +152,14 @@ class DigestItem:
             image_url=_web_url(release.image_url),
             image_alt=one_line(release.image_alt or "") or title,
             photo_credit=_credit(release.photo_credit),
-            publisher=one_line(release.publisher or "") or None,
+            publisher=_publisher(release.publisher),
             sources=tuple(sources),
             topic_ids=tuple(topic.id for topic in release.topics),
+            published_date_only=bool(release.published_date_only),
         )
+
+
+TEST_SUBJECT_PREFIX = "[Test]"
 
 
 def one_line(value: str | None) -> str:
@@ -156,9 +170,26 @@ def one_line(value: str | None) -> str:
 
 
 def _credit(credit: str | None) -> str | None:
-    # Sources write "Photo: X", "Foto: X" or just "X"; the templates add the label.
-    cleaned = re.sub(r"^(photo|foto|nuotr\.?|image)\s*[:\-–]\s*", "", one_line(credit), flags=re.I)
-    return cleaned or None
+    # Shown as the publisher wrote it ("Photo by X / ELTA.", "X nuotr."); a bare
+    # name (a feed's media:credit) gets a label so readers know what it is.
+    cleaned = one_line(credit)
+    if not cleaned:
+        return None
+    if _CREDIT_LABEL.search(cleaned):
+        return cleaned
+    return f"Photo: {cleaned}"
+
+
+_CREDIT_LABEL = re.compile(
+    r"^[(\[]?(photo|foto|nuotr|image|picture|credit|©)|(nuotr\.?|nuotrauka)[)\]]?$", re.I
+)
+
+
+def _publisher(publisher: str | None) -> str | None:
+    from mailer.collect.boilerplate import is_bare_host
+
+    name = one_line(publisher)
+    return name if name and not is_bare_host(name) else None
 
 
 def _web_url(url: str | None) -> str | None:
@@ -526,16 +557,18 @@ class MessageComposer:
         chosen = [t for t in self.topic_choices.get(subscriber_id, ()) if t in self.topic_names]
         return tuple(sorted(chosen)) if len(chosen) > 1 else ()
 
-    def content(self, release_ids: Iterable[int], grouping: tuple[int, ...] = ()) -> _Content:
+    def content(
+        self, release_ids: Iterable[int], grouping: tuple[int, ...] = (), *, test: bool = False
+    ) -> _Content:
         present = tuple(sorted({i for i in release_ids if i in self._items}))
         if not present:
             raise MessageError("none of the digest's releases exist any more")
-        key = (present, grouping)
+        key = (present, grouping, test)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        content = self._render([self._items[i] for i in present], grouping)
+        content = self._render([self._items[i] for i in present], grouping, test)
         self._cache[key] = content
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -571,11 +604,16 @@ class MessageComposer:
         )
         return one_line(subject)
 
-    def _render(self, items: list[DigestItem], grouping: tuple[int, ...]) -> _Content:
+    def _render(
+        self, items: list[DigestItem], grouping: tuple[int, ...], test: bool = False
+    ) -> _Content:
         self.renders += 1
         groups = self._groups(items, grouping)
         ordered = [item for group in groups for item in group.items]
         subject = self.subject_for(ordered)
+        if test:
+            # A test send says so where the recipient looks first.
+            subject = f"{TEST_SUBJECT_PREFIX} {subject}"
         context = {
             **site_context(self.settings),
             "subject": subject,
@@ -584,6 +622,7 @@ class MessageComposer:
             "count": len(ordered),
             "preheader": _preheader(ordered),
             "recipient": self._markers.by_slot,
+            "test": test,
         }
         text = self._environment.get_template("email/digest.txt.j2").render(context)
         html, html_pieces, html_bytes = self._render_html(context, groups, ordered)
@@ -679,7 +718,10 @@ class MessageComposer:
         """One recipient's message. Raises MessageError for an unusable address or
         when none of the releases exist any more."""
         address = checked_address(email)
-        content = self.content(release_ids, self.grouping_for(subscriber_id))
+        # Only a test send has no subscriber (see mailer.send's claim).
+        content = self.content(
+            release_ids, self.grouping_for(subscriber_id), test=subscriber_id is None
+        )
         values = self.recipient_values(subscriber_id, address, name)
         encoded: dict[tuple[str, str], bytes] = {}
         for part, slot in content.slots:

@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from mailer.collect.store import source_release_counts
 from mailer.db import Database
 from mailer.models import (
     ConsentEvent,
@@ -106,10 +107,11 @@ async def database_metrics(database: Database, now: datetime | None = None) -> l
                     Source.status,
                     Source.consecutive_failures,
                     Source.last_success_at,
-                    Source.total_releases,
+                    Source.id,
                 ).where(Source.kind.in_(("feed", "page", "folder")))
             )
         ).all()
+        release_counts = await source_release_counts(session)
 
     by_status = GaugeMetricFamily(
         "mailer_deliveries",
@@ -157,11 +159,11 @@ async def database_metrics(database: Database, now: datetime | None = None) -> l
     releases = CounterMetricFamily(
         "mailer_source_releases", "Releases a source has brought in.", labels=["source"]
     )
-    for name, status, failures, last_success, total in sources:
+    for name, status, failures, last_success, source_id in sources:
         failing.add_metric([name, status.value], failures)
         if last_success is not None:
             success.add_metric([name], last_success.timestamp())
-        releases.add_metric([name], total)
+        releases.add_metric([name], release_counts.get(source_id, 0))
     return [
         by_status,
         queue,

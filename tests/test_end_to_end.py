@@ -97,7 +97,7 @@ def test_cli_path_to_an_external_smtp_server(
     assert any(p["published"] and p["published"].startswith("2025-10-23") for p in previews)
     # A dry run stores nothing: sending now finds nothing new.
     nothing = mailer(config, "digest", "send", "--yes")
-    assert nothing.returncode == 0 and "Nothing new" in nothing.stdout
+    assert nothing.returncode == 0 and "No releases are stored yet" in nothing.stdout
 
     ingested = mailer(config, "ingest", str(folder))
     assert ingested.returncode == 0, ingested.stderr
@@ -124,7 +124,7 @@ def test_cli_path_to_an_external_smtp_server(
     assert "Gedimino pr. 11, Vilnius" in text
     # Sending again sends nothing: no release goes to the same reader twice.
     again = mailer(config, "digest", "send", "--yes")
-    assert again.returncode == 0 and "Nothing new" in again.stdout
+    assert again.returncode == 0 and "already received" in again.stdout
     assert len(smtp_server.messages) == 1
 
 

@@ -11,7 +11,13 @@ import click
 
 from mailer.cli import BadInput, run
 from mailer.context import AppContext
-from mailer.digest import DigestPreview, PreviewError, preview_digest
+from mailer.digest import (
+    DigestPreview,
+    PreviewError,
+    SelectionReport,
+    explain_digest,
+    preview_digest,
+)
 from mailer.message import MessageError
 
 
@@ -40,23 +46,25 @@ def digest_preview(ctx: click.Context, subscriber_email: str | None, out_dir: Pa
     Nothing is sent and nothing is marked as sent.
     """
 
-    async def work(app: AppContext) -> DigestPreview | None:
+    async def work(app: AppContext) -> tuple[DigestPreview | None, SelectionReport | None]:
         async with app.database() as database:
             try:
-                return await preview_digest(database, app.settings, subscriber_email)
+                preview = await preview_digest(database, app.settings, subscriber_email)
+                if preview is not None:
+                    return preview, preview.selection
+                explained = await explain_digest(
+                    database, app.settings, subscriber_email=subscriber_email
+                )
+                return None, explained
             except (PreviewError, MessageError) as exc:
                 raise BadInput(str(exc)) from None
 
-    preview = run(ctx, work)
+    preview, selection = run(ctx, work)
     who = subscriber_email or "the sample reader"
     if preview is None:
-        reason = (
-            "there are no releases yet"
-            if subscriber_email is None
-            else "nothing new matches their topics since their last digest, or the address "
-            "is suppressed"
-        )
-        click.echo(f"No digest would be sent to {who} now: {reason}.")
+        click.echo(f"No digest would be sent to {who} now:")
+        for reason in selection.reasons() if selection else ():
+            click.echo(f"  {reason}")
         return
     app: AppContext = ctx.find_object(AppContext)
     folder = out_dir or app.settings.data_path / "preview"
@@ -73,3 +81,9 @@ def digest_preview(ctx: click.Context, subscriber_email: str | None, out_dir: Pa
     click.echo(f"Size:     {len(preview.message.data):,} bytes")
     click.echo(f"Wrote {eml_path}")
     click.echo(f"Wrote {html_path}")
+    if selection is not None and subscriber_email is None:
+        # The sample shows the newest releases; a real send follows the rules.
+        click.echo(f"A send now would reach {selection.summary()}")
+    elif selection is not None:
+        for reason in selection.reasons():
+            click.echo(f"  {reason}")

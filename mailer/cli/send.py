@@ -20,13 +20,13 @@ from sqlalchemy import select
 from mailer.cli import BadInput, OperationalError, run
 from mailer.context import AppContext
 from mailer.db import Database
+from mailer.digest import SelectionReport, explain_digest
 from mailer.models import Digest
 from mailer.send import (
     DigestProgress,
     SendError,
     Worker,
     WorkerStats,
-    count_recipients,
     digest_progress,
     set_digest_state,
     start_digest,
@@ -64,30 +64,37 @@ def digest_send(
     """Send the digest of new releases to every confirmed subscriber."""
     if dry_run:
 
-        async def count(app: AppContext) -> int:
+        async def explain(app: AppContext) -> SelectionReport:
             async with app.database() as database:
-                return await count_recipients(database, app.settings, frequency)
+                return await explain_digest(database, app.settings, frequency)
 
-        click.echo(f"Would send to {run(ctx, count)} recipients (dry run: nothing sent).")
+        report = run(ctx, explain)
+        click.echo(f"Would send to {report.recipients} recipients (dry run: nothing sent).")
+        _echo_reasons(report)
         return
     if not yes and not click.confirm("Send the digest now?", default=False):
         raise click.Abort()
 
-    async def send(app: AppContext) -> tuple[DigestProgress, str | None]:
+    async def send(app: AppContext) -> tuple[DigestProgress, str | None, SelectionReport]:
+        report = SelectionReport(frequency=frequency, max_age=app.settings.digest.max_age)
         async with app.database() as database:
-            digest = await start_digest(database, app.settings, frequency=frequency)
+            digest = await start_digest(database, app.settings, frequency=frequency, report=report)
             if digest.recipient_count == 0 or no_wait:
                 async with database.session() as session:
-                    return await digest_progress(session, digest.id), None
-            return await _deliver_with_progress(app, database, digest.id, workers)
+                    return await digest_progress(session, digest.id), None, report
+            progress, unreachable = await _deliver_with_progress(app, database, digest.id, workers)
+            return progress, unreachable, report
 
-    progress, unreachable = run(ctx, send)
+    progress, unreachable, report = run(ctx, send)
     if progress.recipients == 0:
-        click.echo("Nothing new to send: no subscriber has releases they have not received.")
+        click.echo("Nothing to send:")
+        _echo_reasons(report)
         return
     if no_wait:
         click.echo(f"Digest {progress.digest_id} queued for {progress.recipients} recipients.")
+        _echo_reasons(report)
         return
+    _echo_reasons(report)
     counts = progress.counts
     click.echo(
         f"Digest {progress.digest_id}: sent {counts.get('sent', 0)} of {progress.recipients}"
@@ -101,6 +108,12 @@ def digest_send(
         if unreachable and not counts.get("sent", 0):
             raise OperationalError(f"SMTP server unreachable ({unreachable}); {retry}")
         click.echo(f"{counts['deferred']} deferred by the server; {retry}.")
+
+
+def _echo_reasons(report: SelectionReport) -> None:
+    """Why a send reaches no more readers than it does, one reason a line."""
+    for reason in report.reasons():
+        click.echo(f"  {reason}")
 
 
 async def _deliver_with_progress(

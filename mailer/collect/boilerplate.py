@@ -327,6 +327,9 @@ def clean_blocks(
             line.remove(result)
             continue
 
+    if take_title and not result.title:
+        # A plain-text release may open with its publisher's line above the title.
+        _find_publisher(lines, result, site_names, first_only=True)
     if take_title:
         _settle_title(lines, result)
     _find_publisher(lines, result, site_names)
@@ -410,12 +413,22 @@ def _settle_title(lines: list[_Line], result: CleanResult) -> None:
 
 
 def _find_publisher(
-    lines: list[_Line], result: CleanResult, site_names: Sequence[str | None]
+    lines: list[_Line],
+    result: CleanResult,
+    site_names: Sequence[str | None],
+    *,
+    first_only: bool = False,
 ) -> None:
     """A publisher line above the text (the site's or feed's name, or an
-    organisation's name on a line of its own) is the publisher, not the body."""
+    organisation's name on a line of its own) is the publisher, not the body.
+    ``first_only``: only the opening line, and only when a line follows it."""
+    if result.publisher and first_only:
+        return
     known = {normalise(name) for name in site_names if name}
-    for line in [line for line in lines if not line.removed][:3]:
+    kept = [line for line in lines if not line.removed]
+    if first_only and len(kept) < 2:
+        return
+    for line in kept[: 1 if first_only else 3]:
         text = strip_box(line.text)
         if line.block.kind != "p":
             continue

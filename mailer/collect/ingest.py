@@ -105,7 +105,7 @@ async def store_by_hand(
     send: bool = True,
     added_by: str | None = None,
     isolate: bool = False,
-) -> list[Stored | Exception]:
+) -> HandStored:
     """Store releases an editor added by hand (CLI ingest, admin, API), through the
     collector's own matching, and record the editor's decision: such a release
     goes out whatever its publication date (``exempt_from_max_age``), or, with
@@ -119,33 +119,30 @@ async def store_by_hand(
         now=now,
         isolate=isolate,
     )
+    outcome = HandStored(results)
     for stored in results:
         if isinstance(stored, Exception):
             continue
         release = await session.get(Release, stored.release_id)
         if release is None:
             continue
-        if send:
+        if send and not release.exempt_from_max_age:
+            # New, or a collected release the editor's copy now lets through.
             release.exempt_from_max_age = True
-        elif stored.outcome is Outcome.NEW:
+            outcome.arrived.append(release.id)
+        elif not send and stored.outcome is Outcome.NEW:
             release.excluded = True
         if added_by and release.added_by is None:
             release.added_by = added_by[:100]
     source.last_run_at = source.last_success_at = now
-    return results
+    return outcome
 
 
-def arrived_ids(results: Iterable[Stored | Exception], *, send: bool) -> list[int]:
-    """Releases that became sendable: new ones, and collected ones an editor's copy
-    made exempt from max_age."""
-    if not send:
-        return []
-    return [
-        stored.release_id
-        for stored in results
-        if not isinstance(stored, Exception)
-        and stored.outcome in (Outcome.NEW, Outcome.MERGED, Outcome.UPDATED)
-    ]
+@dataclass
+class HandStored:
+    results: list[Stored | Exception]
+    # Releases that became sendable: what the "as soon as published" rule is told.
+    arrived: list[int] = field(default_factory=list)
 
 
 class _DryRun(Exception):
@@ -185,8 +182,8 @@ async def ingest_paths(
 
     try:
         async with store_lock(database), database.transaction() as session:
-            stored_all = await _store_files(session, report, source_name, send)
-            for item, stored in zip(report.releases, stored_all, strict=True):
+            hand = await _store_files(session, report, source_name, send)
+            for item, stored in zip(report.releases, hand.results, strict=True):
                 if isinstance(stored, Exception):
                     report.errors.append(f"{item.path}: could not be stored ({stored})")
                     continue
@@ -199,13 +196,13 @@ async def ingest_paths(
                 raise _DryRun
     except _DryRun:
         return report
-    report.arrival = await releases_arrived(database, settings, arrived_ids(stored_all, send=send))
+    report.arrival = await releases_arrived(database, settings, hand.arrived)
     return report
 
 
 async def _store_files(
     session: AsyncSession, report: IngestReport, source_name: str, send: bool
-) -> list[Stored | Exception]:
+) -> HandStored:
     now = utcnow()
     candidates = [item.candidate for item in report.releases]
     try:

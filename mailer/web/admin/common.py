@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
-from zoneinfo import ZoneInfo
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.datastructures import FormData, UploadFile
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from mailer.accounts import Identity, Role
+from mailer.templating import local_time, publication_date
 from mailer.web.app import render, web_state
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,12 @@ def page(
             "navigation": navigation,
             "flash": flash,
             "when": lambda value: when(value, state.settings.digest.timezone),
+            # A release's publication: a date stays a date (see mailer.collect.dates).
+            "published": lambda release: publication_date(
+                release.published_at,
+                state.settings.digest.timezone,
+                date_only=release.published_date_only,
+            ),
             "timezone": state.settings.digest.timezone,
             "request_path": request.url.path
             + (f"?{request.url.query}" if request.url.query else ""),
@@ -129,9 +135,8 @@ def redirect(
 
 
 def when(value: datetime | None, timezone: str = "UTC") -> str:
-    if value is None:
-        return "—"
-    return value.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M")
+    """A moment in the site's timezone, labelled with the zone (``… 15:10 EEST``)."""
+    return local_time(value, timezone)
 
 
 async def read_form(request: Request, *, upload_bytes: int | None = None) -> FormData:

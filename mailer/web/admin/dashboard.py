@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from mailer import subscribers as store
 from mailer.accounts import Role
+from mailer.collect.store import source_release_counts
 from mailer.models import ConsentEvent, Source, SourceStatus
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import page
@@ -173,13 +174,9 @@ async def dashboard(request: Request) -> Response:
     signups = await signups_per_day(request)
     async with state.db.session() as session:
         digests = await recent_digests(session, limit=12)
-        sources = (
-            await session.scalars(
-                select(Source)
-                .where(Source.kind.in_(("feed", "page", "folder")))
-                .order_by(Source.name)
-            )
-        ).all()
+        # Every source, hand-added releases' labels included: one count everywhere.
+        sources = (await session.scalars(select(Source).order_by(Source.name))).all()
+        release_counts = await source_release_counts(session)
     status_chart = bar_chart(
         [(name, count, f"bar bar-{name}") for name, count in by_status.items()],
         "Subscribers by status",
@@ -201,6 +198,7 @@ async def dashboard(request: Request) -> Response:
             "digests": digests,
             "digest_chart": digest_chart(digests),
             "sources": sources,
+            "release_counts": release_counts,
             "failing": failing,
         },
     )

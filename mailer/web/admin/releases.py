@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,7 +17,7 @@ from starlette.routing import Route
 
 from mailer import audit
 from mailer.accounts import Role
-from mailer.collect.ingest import label_source
+from mailer.collect.dates import Published, parse_published
 from mailer.config import Settings
 from mailer.db import Database
 from mailer.models import (
@@ -40,7 +41,6 @@ from mailer.web.admin.common import (
     text,
     texts,
 )
-from mailer.web.admin.digests import parse_local_time
 from mailer.web.app import web_state
 
 ADMIN_SOURCE = "Added in the admin"
@@ -107,6 +107,19 @@ async def _topics(session: AsyncSession) -> list[Topic]:
     return list((await session.scalars(select(Topic).where(Topic.active).order_by(Topic.id))).all())
 
 
+def editor_date(raw: str, timezone: str) -> Published | None:
+    """A publication date typed by an editor: ``2025-10-23`` stays a date,
+    ``2025-10-23 15:10`` is read in the site's timezone (or its own offset)."""
+    if not raw.strip():
+        return None
+    published = parse_published(raw, default_tz=ZoneInfo(timezone))
+    if published is None:
+        raise ReleaseInputError(
+            "Give the publication date as YYYY-MM-DD, or YYYY-MM-DD HH:MM, and not in the future."
+        )
+    return published
+
+
 async def add_release(
     database: Database,
     settings: Settings,
@@ -115,18 +128,28 @@ async def add_release(
     body: str,
     url: str | None = None,
     published: datetime | None = None,
+    published_date_only: bool = False,
     topics: list[str] | None = None,
     added_by: str,
+    send: bool = True,
+    source_name: str = ADMIN_SOURCE,
+    origin: str = "admin",
     now: datetime | None = None,
 ) -> tuple[int, str]:
-    """Store a release typed in by an operator; returns (release id, outcome).
+    """Store a release typed in by an editor (admin or API); returns (release id,
+    outcome).
 
     The text goes through the same cleaning and matching as a collected release;
-    ``topics`` (slugs) replaces the keyword tagging when given.
+    ``topics`` (slugs) replaces the keyword tagging when given. Like every release
+    added by hand it goes out whatever its publication date unless ``send`` is
+    False (then it is stored excluded from digests), and its arrival follows the
+    one rule for "as soon as published" readers (:mod:`mailer.arrivals`).
     """
+    from mailer.arrivals import releases_arrived
     from mailer.collect.extract import EntryError, build_candidate
-    from mailer.collect.store import ReleaseStore
-    from mailer.collect.topics import TopicRules, retag_release
+    from mailer.collect.ingest import store_by_hand
+    from mailer.collect.runner import store_lock
+    from mailer.collect.topics import retag_release
 
     if not title.strip():
         raise ReleaseInputError("A release needs a title.")
@@ -139,33 +162,30 @@ async def add_release(
             text=body,
             url=url or None,
             published=published,
+            published_date_only=published_date_only,
         )
     except EntryError as exc:
         raise ReleaseInputError(str(exc)) from None
     now = now or utcnow()
-    async with database.transaction() as session:
-        source = await label_source(session, ADMIN_SOURCE, origin="admin")
-        store = ReleaseStore(
+    async with store_lock(database), database.transaction() as session:
+        hand = await store_by_hand(
             session,
-            source_id=source.id,
-            source_name=source.name,
-            rules=await TopicRules.load(session),
+            source_name=source_name,
+            origin=origin,
+            candidates=[candidate],
             now=now,
+            send=send,
+            added_by=added_by,
         )
-        await store.prepare([candidate])
-        stored = await store.store(candidate)
-        release = await session.get(Release, stored.release_id)
-        if release is not None and release.added_by is None:
-            release.added_by = added_by[:100]
+        (stored,) = hand.results
+        if isinstance(stored, Exception):
+            raise stored
         if topics is not None:
             try:
                 await retag_release(session, settings, stored.release_id, topics)
             except ValueError as exc:
                 raise ReleaseInputError(str(exc)) from None
-        source.total_releases = (source.total_releases or 0) + (
-            1 if str(stored.outcome) == "new" else 0
-        )
-        source.last_run_at = source.last_success_at = now
+    await releases_arrived(database, settings, hand.arrived, now=now)
     return stored.release_id, str(stored.outcome)
 
 
@@ -370,22 +390,21 @@ async def release_new_submit(request: Request) -> Response:
         "published": text(data, "published", limit=40),
         "body": text(data, "body", limit=TEXT_LIMIT),
         "topics": texts(data, "topics"),
+        "no_send": bool(text(data, "no_send")),
     }
     try:
-        published = (
-            parse_local_time(values["published"], state.settings.digest.timezone)
-            if values["published"]
-            else None
-        )
+        published = editor_date(values["published"], state.settings.digest.timezone)
         release_id, outcome = await add_release(
             state.db,
             state.settings,
             title=values["title"],
             body=values["body"],
             url=values["url"] or None,
-            published=published,
+            published=published.at if published else None,
+            published_date_only=bool(published and published.date_only),
             topics=values["topics"] or None,
             added_by=identity(request).actor,
+            send=not values["no_send"],
             now=state.now(),
         )
     except (ReleaseInputError, HTTPException) as exc:

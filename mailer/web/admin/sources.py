@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from mailer import audit
 from mailer.accounts import Role
+from mailer.collect.store import source_release_counts
 from mailer.config import Settings, SourceConfig, parse_duration
 from mailer.db import Database
 from mailer.models import Source, SourceStatus
@@ -142,7 +143,8 @@ async def sources_index(request: Request) -> Response:
                 select(Source).where(Source.kind.in_(KINDS)).order_by(Source.name)
             )
         ).all()
-    return page(request, "sources.html", {"sources": sources})
+        release_counts = await source_release_counts(session)
+    return page(request, "sources.html", {"sources": sources, "release_counts": release_counts})
 
 
 def _edit_page(
@@ -152,11 +154,18 @@ def _edit_page(
     source: Source | None = None,
     error: str | None = None,
     status: int = 200,
+    release_count: int = 0,
 ) -> Response:
     return page(
         request,
         "source.html",
-        {"values": values, "source": source, "error": error, "kinds": KINDS},
+        {
+            "values": values,
+            "source": source,
+            "error": error,
+            "kinds": KINDS,
+            "release_count": release_count,
+        },
         status_code=status,
     )
 
@@ -199,8 +208,13 @@ async def _load(state: WebState, source_id: int) -> Source:
 
 @requires(Role.ADMIN)
 async def source_view(request: Request) -> Response:
-    source = await _load(web_state(request), path_id(request))
-    return _edit_page(request, _values_of(source), source=source)
+    state = web_state(request)
+    source = await _load(state, path_id(request))
+    async with state.db.session() as session:
+        counts = await source_release_counts(session)
+    return _edit_page(
+        request, _values_of(source), source=source, release_count=counts.get(source.id, 0)
+    )
 
 
 @requires(Role.ADMIN)
