@@ -7,10 +7,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailer.collect.dates import Published, parse_published
 from mailer.collect.extract import Candidate, EntryError
 from mailer.collect.files import SUPPORTED_SUFFIXES, is_supported, read_release_file
 from mailer.collect.store import Outcome, Stored, store_candidates
@@ -21,6 +23,12 @@ from mailer.models import Digest, Release, Source, SourceStatus, utcnow
 log = logging.getLogger(__name__)
 
 INGEST_SOURCE = "Manual ingest"
+ADMIN_SOURCE = "Added in the admin"
+API_SOURCE = "Added through the API"
+
+
+class ReleaseInputError(ValueError):
+    """A release typed in by an editor (admin, API) cannot be stored as given."""
 
 
 @dataclass
@@ -226,3 +234,84 @@ async def _store_files(
             send=send,
             isolate=True,
         )
+
+
+def editor_date(raw: str, timezone: str) -> Published | None:
+    """A publication date typed by an editor: ``2025-10-23`` stays a date,
+    ``2025-10-23 15:10`` is read in the site's timezone (or its own offset)."""
+    if not raw.strip():
+        return None
+    published = parse_published(raw, default_tz=ZoneInfo(timezone))
+    if published is None:
+        raise ReleaseInputError(
+            "Give the publication date as YYYY-MM-DD, or YYYY-MM-DD HH:MM, and not in the future."
+        )
+    return published
+
+
+async def add_release(
+    database: Database,
+    settings: Settings,
+    *,
+    title: str,
+    body: str,
+    url: str | None = None,
+    published: datetime | None = None,
+    published_date_only: bool = False,
+    topics: list[str] | None = None,
+    added_by: str,
+    send: bool = True,
+    source_name: str = ADMIN_SOURCE,
+    origin: str = "admin",
+    now: datetime | None = None,
+) -> tuple[int, str]:
+    """Store a release typed in by an editor (admin or API); returns (release id,
+    outcome).
+
+    The text goes through the same cleaning and matching as a collected release;
+    ``topics`` (slugs) replaces the keyword tagging when given. Like every release
+    added by hand it goes out whatever its publication date unless ``send`` is
+    False (then it is stored excluded from digests), and its arrival follows the
+    one rule for "as soon as published" readers (:mod:`mailer.arrivals`).
+    """
+    from mailer.arrivals import releases_arrived
+    from mailer.collect.extract import build_candidate
+    from mailer.collect.runner import store_lock
+    from mailer.collect.topics import retag_release
+
+    if not title.strip():
+        raise ReleaseInputError("A release needs a title.")
+    if url and not url.startswith(("http://", "https://")):
+        raise ReleaseInputError("The link must start with http:// or https://.")
+    try:
+        candidate = build_candidate(
+            label="the new release",
+            title=title,
+            text=body,
+            url=url or None,
+            published=published,
+            published_date_only=published_date_only,
+        )
+    except EntryError as exc:
+        raise ReleaseInputError(str(exc)) from None
+    now = now or utcnow()
+    async with store_lock(database), database.transaction() as session:
+        hand = await store_by_hand(
+            session,
+            source_name=source_name,
+            origin=origin,
+            candidates=[candidate],
+            now=now,
+            send=send,
+            added_by=added_by,
+        )
+        (stored,) = hand.results
+        if isinstance(stored, Exception):
+            raise stored
+        if topics is not None:
+            try:
+                await retag_release(session, settings, stored.release_id, topics)
+            except ValueError as exc:
+                raise ReleaseInputError(str(exc)) from None
+    await releases_arrived(database, settings, hand.arrived, now=now)
+    return stored.release_id, str(stored.outcome)

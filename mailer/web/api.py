@@ -32,7 +32,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from mailer import accounts, audit
 from mailer import subscribers as store
 from mailer.accounts import Identity, Role
-from mailer.digest import PreviewError, preview_digest
+from mailer.collect.extract import published_text
+from mailer.collect.ingest import API_SOURCE, ReleaseInputError, add_release, editor_date
+from mailer.digest import PreviewError, explain_digest, preview_digest
 from mailer.message import MessageError
 from mailer.models import Digest, Release, ReleaseTopic, Subscriber, SubscriberStatus, Topic
 from mailer.send import (
@@ -163,6 +165,11 @@ class ReleaseOut(BaseModel):
     summary: str
     published_at: str
     published_estimated: bool
+    published_date_only: bool = Field(
+        description="The source gave a date without a time: published_at is that day "
+        "(YYYY-MM-DD), not a moment."
+    )
+    publisher: str | None
     url: str | None
     topics: list[str]
     sources: list[str]
@@ -172,6 +179,41 @@ class ReleaseOut(BaseModel):
 class ReleaseList(BaseModel):
     items: list[ReleaseOut]
     total: int
+
+
+class ReleaseCreate(Strict):
+    title: Text = Field(min_length=1, max_length=1000)
+    text: Text = Field(max_length=200_000, description="Paragraphs separated by a blank line.")
+    url: Text | None = Field(None, max_length=2000, description="Where it is published.")
+    published: Text | None = Field(
+        None,
+        max_length=40,
+        description="YYYY-MM-DD (a date, shown as such) or an ISO 8601 time; a time "
+        "without an offset is read in digest.timezone. Empty: now.",
+    )
+    topics: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=50, description="Topic slugs; without them: by keywords."
+    )
+    send: bool = Field(
+        True,
+        description="Send it to readers whatever its publication date (false: store it "
+        "excluded from digests).",
+    )
+
+
+class ReleaseAdded(BaseModel):
+    outcome: str = Field(description="new, or merged (the release was already stored).")
+    release: ReleaseOut
+
+
+class DryRunQuery(Strict):
+    frequency: Audience = Field(Audience.ALL, description="Everyone, or one group.")
+
+
+class DryRunOut(BaseModel):
+    recipients: int
+    readers: int = Field(description="Confirmed readers this send is for.")
+    reasons: list[str] = Field(description="Why it reaches no more of them, with numbers.")
 
 
 class DigestCreate(Strict):
@@ -209,6 +251,10 @@ class PreviewQuery(Strict):
 
 class PreviewOut(BaseModel):
     would_send: bool
+    reasons: list[str] = Field(
+        default_factory=list,
+        description="Why nothing (or less than everything) would be sent, with numbers.",
+    )
     recipient: str | None = None
     subject: str | None = None
     release_count: int = 0
@@ -461,21 +507,69 @@ async def list_releases(request: Request, who: Identity, query: ReleaseQuery) ->
                 .offset(query.offset)
             )
         ).all()
-        items = [
-            ReleaseOut(
-                id=r.id,
-                title=r.title,
-                summary=r.summary,
-                published_at=r.published_at.isoformat(),
-                published_estimated=r.published_estimated,
-                url=r.canonical_url,
-                topics=[t.slug for t in r.topics],
-                sources=list(dict.fromkeys(link.source_name for link in r.links)),
-                excluded=r.excluded,
-            )
-            for r in releases
-        ]
+        items = [_release_out(r) for r in releases]
     return ok(ReleaseList(items=items, total=total or 0))
+
+
+def _release_out(release: Release) -> ReleaseOut:
+    return ReleaseOut(
+        id=release.id,
+        title=release.title,
+        summary=release.summary,
+        published_at=published_text(release.published_at, date_only=release.published_date_only)
+        or "",
+        published_estimated=release.published_estimated,
+        published_date_only=release.published_date_only,
+        publisher=release.publisher,
+        url=release.canonical_url,
+        topics=[t.slug for t in release.topics],
+        sources=list(dict.fromkeys(link.source_name for link in release.links)),
+        excluded=release.excluded,
+    )
+
+
+async def create_release(request: Request, who: Identity, body: ReleaseCreate) -> Response:
+    state = web_state(request)
+    try:
+        published = editor_date(body.published or "", state.settings.digest.timezone)
+        release_id, outcome = await add_release(
+            state.db,
+            state.settings,
+            title=body.title,
+            body=body.text,
+            url=body.url or None,
+            published=published.at if published else None,
+            published_date_only=bool(published and published.date_only),
+            topics=body.topics,
+            added_by=who.actor,
+            send=body.send,
+            source_name=API_SOURCE,
+            origin="api",
+            now=state.now(),
+        )
+    except ReleaseInputError as exc:
+        return error(422, str(exc))
+    await audit.record(
+        state.db,
+        who.actor,
+        "release.add",
+        "release",
+        release_id,
+        {"title": body.title, "outcome": outcome, "via": "api"},
+    )
+    async with state.db.session() as session:
+        release = await session.get(Release, release_id)
+        assert release is not None
+        out = _release_out(release)
+    return ok(ReleaseAdded(outcome=outcome, release=out), 201 if outcome == "new" else 200)
+
+
+async def dry_run(request: Request, who: Identity, query: DryRunQuery) -> Response:
+    state = web_state(request)
+    report = await explain_digest(state.db, state.settings, query.frequency.value, now=state.now())
+    return ok(
+        DryRunOut(recipients=report.recipients, readers=report.readers, reasons=report.reasons())
+    )
 
 
 # --- digests --------------------------------------------------------------------------------
@@ -586,12 +680,19 @@ async def preview(request: Request, who: Identity, query: PreviewQuery) -> Respo
     except (PreviewError, MessageError) as exc:
         return error(422, str(exc))
     if result is None:
-        return ok(PreviewOut(would_send=False))
+        try:
+            report = await explain_digest(
+                state.db, state.settings, now=state.now(), subscriber_email=query.subscriber or None
+            )
+        except PreviewError as exc:
+            return error(422, str(exc))
+        return ok(PreviewOut(would_send=False, reasons=report.reasons()))
     parsed = email.message_from_bytes(result.message.data, policy=email.policy.default)
     text_part = parsed.get_body(("plain",))  # type: ignore[attr-defined]
     return ok(
         PreviewOut(
             would_send=True,
+            reasons=result.selection.reasons() if result.selection else [],
             recipient=result.recipient,
             subject=result.subject,
             release_count=result.release_count,
@@ -644,6 +745,28 @@ OPERATIONS: list[Operation] = [
         ReleaseList,
         query=ReleaseQuery,
         tag="releases",
+    ),
+    Operation(
+        "POST",
+        "/releases",
+        Role.EDITOR,
+        "Add a release by hand (sent whatever its date unless send is false)",
+        create_release,
+        ReleaseAdded,
+        status=201,
+        body=ReleaseCreate,
+        errors=(422,),
+        tag="releases",
+    ),
+    Operation(
+        "GET",
+        "/digests/dry-run",
+        Role.EDITOR,
+        "How many readers a send now would reach, and why not more",
+        dry_run,
+        DryRunOut,
+        query=DryRunQuery,
+        tag="digests",
     ),
     Operation(
         "POST",

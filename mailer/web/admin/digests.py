@@ -21,12 +21,17 @@ from starlette.routing import Route
 
 from mailer import audit
 from mailer.accounts import Role
-from mailer.digest import DigestPreview, PreviewError, preview_digest
+from mailer.digest import (
+    DigestPreview,
+    PreviewError,
+    SelectionReport,
+    explain_digest,
+    preview_digest,
+)
 from mailer.message import MessageError
 from mailer.models import Delivery, DeliveryStatus, Digest, Subscriber
 from mailer.send import (
     SendError,
-    count_recipients,
     digest_progress,
     schedule_digest,
     set_digest_state,
@@ -253,6 +258,14 @@ async def preview_page(request: Request) -> Response:
             raise
         error = exc.detail
     plain = ""
+    selection = preview.selection if preview is not None else None
+    if preview is None and error is None:
+        selection = await explain_digest(
+            web_state(request).db,
+            web_state(request).settings,
+            now=web_state(request).now(),
+            subscriber_email=subscriber,
+        )
     if preview is not None:
         parsed = email.message_from_bytes(preview.message.data, policy=email.policy.default)
         text_part = parsed.get_body(("plain",))  # type: ignore[attr-defined]
@@ -265,6 +278,8 @@ async def preview_page(request: Request) -> Response:
             "plain": plain,
             "subscriber": subscriber or "",
             "error": error,
+            "selection": selection,
+            "reasons": selection.reasons() if selection else [],
             "size": len(preview.message.data) if preview else 0,
         },
         status_code=422 if error else 200,
@@ -308,10 +323,19 @@ async def send_test(request: Request) -> Response:
     )
     await audit.record(state.db, who.actor, "digest.test", "digest", digest.id, {"to": address})
     if digest.recipient_count == 0:
+        report = await explain_digest(state.db, state.settings, now=state.now())
         return redirect(
-            request, "/admin/digests", "There are no releases to send yet.", kind="warn"
+            request,
+            "/admin/digests",
+            "Nothing to test with. " + " ".join(report.reasons()),
+            kind="warn",
         )
-    return redirect(request, f"/admin/digests/{digest.id}", f"Test digest queued for {address}.")
+    return redirect(
+        request,
+        f"/admin/digests/{digest.id}",
+        f"Test digest queued for {address}: its subject starts with “[Test]” and a banner "
+        "in both parts says it is a test.",
+    )
 
 
 @requires(Role.EDITOR)
@@ -319,11 +343,16 @@ async def confirm_send(request: Request) -> Response:
     """The step before a real send: who it goes to and how many they are."""
     state = web_state(request)
     frequency = _frequency(query_text(request, "frequency") or "all")
-    count = await count_recipients(state.db, state.settings, frequency, now=state.now())
+    report = await explain_digest(state.db, state.settings, frequency, now=state.now())
     return page(
         request,
         "digest_confirm.html",
-        {"frequency": frequency, "label": FREQUENCY_CHOICES[frequency], "count": count},
+        {
+            "frequency": frequency,
+            "label": FREQUENCY_CHOICES[frequency],
+            "count": report.recipients,
+            "reasons": report.reasons(),
+        },
     )
 
 
@@ -333,6 +362,7 @@ async def send_now(request: Request) -> Response:
     data = await form(request)
     frequency = _frequency(text(data, "frequency"))
     who = identity(request)
+    report = SelectionReport(frequency=frequency, max_age=state.settings.digest.max_age)
     digest = await start_digest(
         state.db,
         state.settings,
@@ -340,6 +370,7 @@ async def send_now(request: Request) -> Response:
         kind="manual",
         created_by=who.actor,
         now=state.now(),
+        report=report,
     )
     await audit.record(
         state.db,
@@ -353,13 +384,13 @@ async def send_now(request: Request) -> Response:
         return redirect(
             request,
             f"/admin/digests/{digest.id}",
-            "Nobody has anything new to receive; nothing was sent.",
+            "Nothing was sent. " + " ".join(report.reasons()),
             kind="warn",
         )
     return redirect(
         request,
         f"/admin/digests/{digest.id}",
-        f"Sending to {digest.recipient_count} recipient(s).",
+        " ".join([f"Sending to {digest.recipient_count} recipient(s).", *report.reasons()]),
     )
 
 
