@@ -119,6 +119,16 @@ class DigestItem:
     published_date_only: bool = False
 
     @property
+    def credit(self) -> str | None:
+        """The photo credit as the publisher wrote it ("Photo by X / ELTA.", "X
+        nuotr."); a bare name (a feed's media:credit) gets a label."""
+        if not self.photo_credit:
+            return None
+        if _CREDIT_LABEL.search(self.photo_credit):
+            return self.photo_credit
+        return f"Photo: {self.photo_credit}"
+
+    @property
     def published(self) -> datetime | date:
         """What the templates show: the day itself for a date without a time."""
         return (
@@ -151,7 +161,7 @@ class DigestItem:
             summary=_summary_of(release.summary or release.text or ""),
             image_url=_web_url(release.image_url),
             image_alt=one_line(release.image_alt or "") or title,
-            photo_credit=_credit(release.photo_credit),
+            photo_credit=one_line(release.photo_credit) or None,
             publisher=_publisher(release.publisher),
             sources=tuple(sources),
             topic_ids=tuple(topic.id for topic in release.topics),
@@ -167,17 +177,6 @@ def one_line(value: str | None) -> str:
     if not value:
         return ""
     return _SPACES.sub(" ", _LINE_BREAKING.sub(" ", value)).strip()
-
-
-def _credit(credit: str | None) -> str | None:
-    # Shown as the publisher wrote it ("Photo by X / ELTA.", "X nuotr."); a bare
-    # name (a feed's media:credit) gets a label so readers know what it is.
-    cleaned = one_line(credit)
-    if not cleaned:
-        return None
-    if _CREDIT_LABEL.search(cleaned):
-        return cleaned
-    return f"Photo: {cleaned}"
 
 
 _CREDIT_LABEL = re.compile(
