@@ -7,6 +7,7 @@ HTML, and one it trimmed is rebuilt from the lines that are left.
 
 from __future__ import annotations
 
+import html as html_lib
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -168,7 +169,12 @@ class _Inline:
             return
         # The <p> is made around the parsed pieces, not parsed with them: a piece
         # that may not sit in a paragraph would otherwise split it in two.
-        wrapper = lxml_html.fragment_fromstring(html, create_parent="p")
+        try:
+            wrapper = lxml_html.fragment_fromstring(html, create_parent="p")
+        except (etree.ParserError, ValueError):
+            lines = [clean_line(html_lib.unescape(re.sub(r"<[^>]*>", " ", html)))]
+            body.blocks.append(Block("p", [line for line in lines if line]))
+            return
         lines = _element_lines(wrapper)
         if lines:
             body.blocks.append(Block("p", lines, lxml_html.tostring(wrapper, encoding="unicode")))

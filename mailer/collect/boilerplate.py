@@ -227,6 +227,12 @@ def is_bare_host(name: str) -> bool:
 
 
 _NAME_JOINERS = {"of", "the", "and", "for", "on", "in", "at", "to", "&", "ir", "del", "de", "und"}
+# Words of a sentence or a list item ("Applications at any embassy"), never of a name.
+_NOT_IN_NAMES = {
+    "a", "an", "any", "all", "every", "each", "some", "your", "our", "their", "this", "these",
+    "those", "more", "now", "will", "is", "are", "was", "were", "has", "have", "can", "may",
+    "must", "not", "no", "with", "from", "by",
+}  # fmt: skip
 
 
 def looks_like_publisher(line: str) -> bool:
@@ -239,6 +245,8 @@ def looks_like_publisher(line: str) -> bool:
     if not words or len(line) > 120 or len(words) > 14 or _SENTENCE_END.search(line):
         return False
     if _ORGANISATION.search(line) is None:
+        return False
+    if any(w.casefold() in _NOT_IN_NAMES for w in words) or not words[0][0].isupper():
         return False
     ends_with_organisation = _ORGANISATION.fullmatch(words[-1]) is not None
     all_name_words = all(

@@ -9,6 +9,7 @@ they came from (an email has no page to be relative to) or dropped.
 
 from __future__ import annotations
 
+import html as html_lib
 import re
 
 import nh3
@@ -44,6 +45,7 @@ _PIXEL_PATH = re.compile(r"/(pixel|track|tracking|beacon)s?/", re.IGNORECASE)
 # Active or invisible content: its text must not reach readers as if it were prose.
 _NEVER_SHOWN = {"script", "style", "noscript", "template"}
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HIDDEN_HINT = re.compile(r"hidden|display|<script|<style|<noscript|<template", re.IGNORECASE)
 
 
@@ -68,10 +70,20 @@ def drop_hidden(root: etree._Element) -> None:
             element.drop_tree()
 
 
+def _parsed(html: str) -> etree._Element | None:
+    """A fragment as a tree under a <div>, or None when lxml cannot read it."""
+    try:
+        return lxml_html.fragment_fromstring(_CONTROL.sub("", html), create_parent="div")
+    except (etree.ParserError, ValueError):
+        return None
+
+
 def _without_hidden(html: str) -> str:
     if _HIDDEN_HINT.search(html) is None:
         return html
-    root = lxml_html.fragment_fromstring(html, create_parent="div")
+    root = _parsed(html)
+    if root is None:
+        return html
     drop_hidden(root)
     return _inner_html(root)
 
@@ -87,7 +99,10 @@ def visible_text(html: str) -> str:
     """The text a reader would see of an HTML snippet (a feed title, a name)."""
     if "<" not in html:
         return html
-    root = lxml_html.fragment_fromstring(html, create_parent="div")
+    root = _parsed(html)
+    if root is None:
+        # Not markup after all ("<" and a control character): drop tag-like bits.
+        return html_lib.unescape(nh3.clean(html, tags=set()))
     drop_hidden(root)
     return root.text_content()
 
