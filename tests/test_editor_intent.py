@@ -139,7 +139,6 @@ def test_old_releases_added_by_hand_are_sent_and_every_nothing_says_why(
     assert "sent 1 of 1" in out
     assert len(smtp_server.messages) == 1
     text = smtp_server.messages[0].message.get_body(("plain",)).get_content()
-    print(text)
     assert "Foreign Minister Landsbergis opens the Vilnius summit media centre" in text
     assert "Prime Minister Šimonytė meets Baltic counterparts" in text
     # Dates as published: a bare date is that day, not the evening before in UTC.
@@ -208,8 +207,9 @@ def test_ingest_dry_run_runs_the_same_dedupe_and_every_arrival_notifies(
     setup: tuple[Path, Path], tmp_path: Path
 ) -> None:
     config, files = setup
-    mailer(config, "subscribers", "add", "now@example.net", "--confirmed", "--frequency",
-           "immediately")  # fmt: skip
+    mailer(
+        config, "subscribers", "add", "now@example.net", "--confirmed", "--frequency", "immediately"
+    )
     code, out = mailer(config, "ingest", str(files / "b.txt"))
     assert code == 0
     assert "“as soon as published” reader(s)" in out

@@ -61,7 +61,7 @@ async def test_preview_errors_are_explained(
     admin_client: httpx.AsyncClient, site: AdminSite
 ) -> None:
     empty = await admin_client.get("/admin/digests/preview")
-    assert "there are no releases yet" in empty.text
+    assert "No releases are stored yet" in empty.text
     unknown = await admin_client.get(
         "/admin/digests/preview", params={"subscriber": "x@example.org"}
     )

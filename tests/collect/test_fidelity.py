@@ -134,9 +134,12 @@ def test_a_bare_host_is_never_a_publisher() -> None:
     page = extract_page(HOST_ONLY_PAGE.encode(), url="http://127.0.0.1:8790/news/budget")
     assert page.publisher is None
     named = build_candidate(
-        label="x", title="Budget presented", text="The budget was presented today to all.",
-        publisher="www.finmin.lt", fallback_publisher="Ministry of Finance",
-    )  # fmt: skip
+        label="x",
+        title="Budget presented",
+        text="The budget was presented today to all.",
+        publisher="www.finmin.lt",
+        fallback_publisher="Ministry of Finance",
+    )
     assert named.publisher == "Ministry of Finance"
 
 
@@ -166,13 +169,20 @@ async def test_a_merge_keeps_the_most_precise_date(
     """The Atom entry's 15:10+03:00 beats the text file's bare 2025-10-23, whichever
     arrived first; between two bare dates the earliest wins."""
     atom = build_candidate(
-        label="atom", guid="urn:urm:1", title="Summit", text=BODY,
+        label="atom",
+        guid="urn:urm:1",
+        title="Summit",
+        text=BODY,
         published_text="2025-10-23T15:10:00+03:00",
-    )  # fmt: skip
+    )
     text = build_candidate(
-        label="file", guid="file:b.txt", title="Summit", text=BODY,
-        published_text="2025-10-23", default_tz=VILNIUS,
-    )  # fmt: skip
+        label="file",
+        guid="file:b.txt",
+        title="Summit",
+        text=BODY,
+        published_text="2025-10-23",
+        default_tz=VILNIUS,
+    )
     assert text.published_date_only and not atom.published_date_only
     first, second = (atom, text) if atom_first else (text, atom)
     sources = [*SOURCES, source("Drop folder", "folder", path="/nonexistent")]
