@@ -189,18 +189,27 @@ def test_topics_and_confirmation_order_are_explained(setup: tuple[Path, Path]) -
     # Confirmed after the release arrived: readers get what arrives after confirming.
     mailer(config, "subscribers", "add", "late@example.net", "--confirmed")
     mailer(config, "subscribers", "add", "energy@example.net", "--confirmed", "--topic", "energy")
-    code, out = mailer(config, "digest", "send", "--dry-run")
+    _, out = mailer(config, "digest", "send", "--dry-run")
     assert "Would send to 0 recipients" in out
     assert "2 readers confirmed after these releases arrived" in out
     mailer(config, "ingest", str(files / "b.txt"))
     (files / "d.txt").write_text(ARCHIVE_RELEASE, encoding="utf-8")
     mailer(config, "ingest", str(files / "d.txt"))
-    code, out = mailer(config, "digest", "send", "--dry-run")
+    _, out = mailer(config, "digest", "send", "--dry-run")
     assert "Would send to 2 recipients" in out
     mailer(config, "subscribers", "add", "health@example.net", "--confirmed", "--topic", "energy")
-    code, out = mailer(config, "digest", "send", "--yes", "--no-wait")
+    _, out = mailer(config, "digest", "send", "--yes", "--no-wait")
     assert "queued for 2 recipients" in out
     assert "1 reader confirmed after these releases arrived" in out
+    (files / "e.txt").write_text(
+        "Embassy in Canberra opens\n\n2025-10-24\n\nThe embassy of Lithuania in Canberra "
+        "opened on Friday with a consular section.\n",
+        encoding="utf-8",
+    )
+    mailer(config, "ingest", str(files / "e.txt"))
+    _, out = mailer(config, "digest", "send", "--dry-run")
+    assert "Would send to 1 recipients" in out
+    assert "2 readers chose topics that match none of the releases not yet sent to them" in out
 
 
 def test_ingest_dry_run_runs_the_same_dedupe_and_every_arrival_notifies(

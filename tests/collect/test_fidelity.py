@@ -72,14 +72,17 @@ ATOM = """\
     <id>urn:urm:holidays</id>
     <link href="https://urm.example.lt/news/holidays"/>
     <published>2025-10-20</published>
-    <content type="html">&lt;p&gt;Embassies keep shorter consular hours.&lt;/p&gt;&lt;dd&gt;Vilnius: 9:00 to 13:00 on 24 December.&lt;/dd&gt;</content>
+    <content type="html">&lt;p&gt;Embassies keep shorter consular hours.&lt;/p&gt;
+      &lt;dd&gt;Vilnius: 9:00 to 13:00 on 24 December.&lt;/dd&gt;</content>
   </entry>
   <entry>
     <title>Passport fees from January</title>
     <id>urn:urm:fees</id>
     <link href="https://urm.example.lt/news/fees"/>
     <published>2025-10-21T09:00:00+03:00</published>
-    <content type="html">&lt;dt&gt;Adult passport&lt;/dt&gt;&lt;dd&gt;43 euros&lt;/dd&gt;&lt;li&gt;Applications at any embassy&lt;/li&gt;&lt;td&gt;Urgent: double fee&lt;/td&gt;</content>
+    <content type="html">&lt;dt&gt;Adult passport&lt;/dt&gt;&lt;dd&gt;43 euros&lt;/dd&gt;
+      &lt;li&gt;Applications at any embassy&lt;/li&gt;
+      &lt;td&gt;Urgent: double fee&lt;/td&gt;</content>
   </entry>
 </feed>
 """
