@@ -1,6 +1,6 @@
 """How long plan_digest takes for a large list (run by hand).
 
-    python bench/bench_plan.py [--subscribers 20000] [--releases 25] [--database URL]
+    python bench/bench_plan.py [--subscribers 20000] [--releases 25] [--explain] [--database URL]
 
 Fills a fresh database (SQLite in a temporary folder unless --database is given)
 with confirmed subscribers, a third of them with topics, and new releases, then
@@ -20,7 +20,7 @@ from sqlalchemy import func, insert, select
 
 from mailer.config import settings_from_mapping
 from mailer.context import AppContext
-from mailer.digest import plan_digest
+from mailer.digest import SelectionReport, plan_digest
 from mailer.models import (
     Digest,
     DigestStatus,
@@ -35,7 +35,9 @@ from mailer.models import (
 )
 
 
-async def run(subscribers: int, releases: int, database_url: str | None) -> None:
+async def run(
+    subscribers: int, releases: int, database_url: str | None, explain: bool = False
+) -> None:
     folder = Path(tempfile.mkdtemp())
     settings = settings_from_mapping(
         {
@@ -95,7 +97,12 @@ async def run(subscribers: int, releases: int, database_url: str | None) -> None
             digest = Digest(kind="manual", frequency="all", status=DigestStatus.SENDING)
             session.add(digest)
             await session.flush()
-            planned = await plan_digest(session, settings, digest)
+            report = (
+                SelectionReport(frequency="all", max_age=settings.digest.max_age)
+                if explain
+                else None
+            )
+            planned = await plan_digest(session, settings, digest, report=report)
         elapsed = time.perf_counter() - started
         async with database.session() as session:
             pairs = await session.scalar(select(func.count()).select_from(SubscriberRelease))
@@ -109,9 +116,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--subscribers", type=int, default=20_000)
     parser.add_argument("--releases", type=int, default=25)
+    parser.add_argument(
+        "--explain", action="store_true", help="plan with a SelectionReport (dry runs)"
+    )
     parser.add_argument("--database", help="a database URL (default: a temporary SQLite file)")
     args = parser.parse_args()
-    asyncio.run(run(args.subscribers, args.releases, args.database))
+    asyncio.run(run(args.subscribers, args.releases, args.database, args.explain))
 
 
 if __name__ == "__main__":

@@ -271,7 +271,7 @@ def sources(ctx: click.Context, as_json: bool) -> None:
                     "last_error": source.last_error,
                     "last_error_at": source.last_error_at,
                     "consecutive_failures": source.consecutive_failures,
-                    "releases": counts.get(source.id, 0),
+                    "total_releases": counts.get(source.id, 0),
                     "last_counts": source.last_counts,
                 }
             )
