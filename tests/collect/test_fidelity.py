@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 
 from mailer.collect.dates import parse_published
 from mailer.collect.extract import build_candidate
@@ -196,3 +197,24 @@ async def test_a_merge_keeps_the_most_precise_date(
     assert release.published_at == datetime(2025, 10, 23, 12, 10, tzinfo=UTC)
     assert release.published_date_only is False
     assert len(release.links) == 2
+
+
+async def test_a_source_that_contributed_through_a_merge_counts_it(
+    open_database, database_url: str
+) -> None:
+    """One count everywhere: the aggregator's copy was merged, and still counts."""
+    from mailer.collect.store import source_release_counts
+    from mailer.models import Source
+
+    ministry = build_candidate(label="m", guid="urn:m:1", title="Summit", text=BODY)
+    aggregator = build_candidate(label="a", guid="urn:a:1", title="Summit", text=BODY)
+    async with open_database(database_url, SOURCES) as (_settings, database):
+        await store_all(database, "Ministry", [ministry])
+        await store_all(database, "Aggregator", [aggregator])
+        async with database.session() as session:
+            counts = await source_release_counts(session)
+            by_name = {
+                source.name: counts.get(source.id, 0)
+                for source in (await session.scalars(select(Source))).all()
+            }
+    assert by_name == {"Ministry": 1, "Aggregator": 1}
