@@ -34,7 +34,7 @@ from __future__ import annotations
 import email
 import email.policy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -77,8 +77,8 @@ def _plural(count: int, one: str, many: str) -> str:
 def format_duration(value: timedelta) -> str:
     """``14d``, ``36h``, ``90m``: as config.yaml writes durations."""
     seconds = int(value.total_seconds())
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0 and unit != "w":
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
 
@@ -110,11 +110,6 @@ class SelectionReport:
     excluded: int = 0
     not_collected_yet: int = 0
     only_subscriber: bool = False
-    releases_per_recipient: dict[int, int] = field(default_factory=dict, repr=False)
-
-    @property
-    def left_out(self) -> int:
-        return self.readers - self.recipients
 
     def reasons(self) -> list[str]:
         """One sentence per rule that held something back; empty when nothing was."""
