@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import yaml
@@ -19,6 +20,8 @@ from mailer.config import load_settings
 from mailer.db import Database
 from mailer.models import Digest, Release, utcnow
 from tests.support.smtp import SmtpServer
+
+T = TypeVar("T")
 
 # A ministry's release from 2023 and one from 2025, both far older than max_age (14d).
 RELEASE_2023 = """\
@@ -77,30 +80,27 @@ def mailer(config: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, result.stdout + result.stderr
 
 
-def releases(config: Path) -> list[Release]:
-    async def read() -> list[Release]:
-        settings = load_settings(config)
-        database = Database(settings.database.url)
+def rows(config: Path, model: type[T]) -> list[T]:
+    """Every row of ``model`` as the command line left the database, in id order."""
+
+    async def read() -> list[T]:
+        database = Database(load_settings(config).database.url)
         try:
             async with database.session() as session:
-                return list((await session.scalars(select(Release).order_by(Release.id))).all())
+                query = select(model).order_by(model.id)  # type: ignore[attr-defined]
+                return list((await session.scalars(query)).all())
         finally:
             await database.dispose()
 
     return asyncio.run(read())
+
+
+def releases(config: Path) -> list[Release]:
+    return rows(config, Release)
 
 
 def digests(config: Path) -> list[Digest]:
-    async def read() -> list[Digest]:
-        settings = load_settings(config)
-        database = Database(settings.database.url)
-        try:
-            async with database.session() as session:
-                return list((await session.scalars(select(Digest).order_by(Digest.id))).all())
-        finally:
-            await database.dispose()
-
-    return asyncio.run(read())
+    return rows(config, Digest)
 
 
 @pytest.fixture

@@ -211,20 +211,12 @@ async def ingest_paths(
 async def _store_files(
     session: AsyncSession, report: IngestReport, source_name: str, send: bool
 ) -> HandStored:
+    """All files in one go; if that fails, again one savepoint per release so that
+    only the one that cannot be stored is lost."""
     now = utcnow()
     candidates = [item.candidate for item in report.releases]
-    try:
-        async with session.begin_nested():
-            return await store_by_hand(
-                session,
-                source_name=source_name,
-                origin="cli",
-                candidates=candidates,
-                now=now,
-                send=send,
-            )
-    except Exception:
-        log.exception("storing the ingested releases failed; retrying one by one")
+
+    async def store(isolate: bool) -> HandStored:
         return await store_by_hand(
             session,
             source_name=source_name,
@@ -232,8 +224,15 @@ async def _store_files(
             candidates=candidates,
             now=now,
             send=send,
-            isolate=True,
+            isolate=isolate,
         )
+
+    try:
+        async with session.begin_nested():
+            return await store(isolate=False)
+    except Exception:
+        log.exception("storing the ingested releases failed; retrying one by one")
+        return await store(isolate=True)
 
 
 def editor_date(raw: str, timezone: str) -> Published | None:
