@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
@@ -43,6 +44,20 @@ def run(ctx: click.Context, work: Callable[[AppContext], Awaitable[T]]) -> T:
         raise OperationalError(str(exc)) from None
     except OSError as exc:
         raise OperationalError(str(exc)) from None
+
+
+def site_zone(ctx: click.Context) -> str:
+    """The configured timezone (digest.timezone) that every time shown is in."""
+    app = ctx.find_object(AppContext)
+    return app.settings.digest.timezone if app is not None else "UTC"
+
+
+def when(ctx: click.Context, value: datetime | None, empty: str = "—") -> str:
+    """A moment in the configured timezone, labelled with the zone, as the admin
+    shows it (``2025-10-23 15:10 EEST``)."""
+    from mailer.templating import local_time
+
+    return local_time(value, site_zone(ctx)) if value is not None else empty
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,7 +9,7 @@ from typing import TypeVar
 import click
 
 from mailer import accounts, audit
-from mailer.cli import BadInput, echo_json, run
+from mailer.cli import BadInput, echo_json, run, when
 from mailer.context import AppContext
 
 T = TypeVar("T")
@@ -116,7 +116,7 @@ def list_users(ctx: click.Context, as_json: bool) -> None:
                 }
             )
         else:
-            last = user.last_login_at.strftime("%Y-%m-%d %H:%M") if user.last_login_at else "never"
+            last = when(ctx, user.last_login_at, "never")
             click.echo(f"{user.username:30} {user.role.value:7} {state:9} last login {last}")
     if not users and not as_json:
         click.echo("No users yet: mailer admin create-user NAME --role admin")
@@ -161,7 +161,7 @@ def list_tokens(ctx: click.Context) -> None:
 
     for token in _run(ctx, work):
         state = "revoked" if token.revoked else "active"
-        used = token.last_used_at.strftime("%Y-%m-%d %H:%M") if token.last_used_at else "never"
+        used = when(ctx, token.last_used_at, "never")
         click.echo(f"{token.name:30} {token.role.value:7} {state:8} last used {used}")
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from mailer.arrivals import releases_arrived
-from mailer.cli import BadInput, OperationalError, echo_json, run
+from mailer.cli import BadInput, OperationalError, echo_json, run, site_zone
 from mailer.collect import (
     INGEST_SOURCE,
     IngestReport,
@@ -26,11 +26,6 @@ from mailer.collect.store import Outcome, source_release_counts
 from mailer.context import AppContext
 from mailer.models import Digest, Release, ReleaseLink, ReleaseTopic, Source, Topic
 from mailer.templating import local_time, publication_date
-
-
-def _zone(ctx: click.Context) -> str:
-    app = ctx.find_object(AppContext)
-    return app.settings.digest.timezone if app is not None else "UTC"
 
 
 def _published(release: Release, zone: str) -> str:
@@ -103,7 +98,7 @@ def ingest(
             )
 
     report = run(ctx, work)
-    zone = _zone(ctx)
+    zone = site_zone(ctx)
     for item in report.releases:
         if as_json:
             row = item.candidate.as_json(report.source)
@@ -254,7 +249,7 @@ def sources(ctx: click.Context, as_json: bool) -> None:
             return rows, await source_release_counts(session)
 
     rows, counts = run(ctx, work)
-    zone = _zone(ctx)
+    zone = site_zone(ctx)
     if as_json:
         for source in rows:
             echo_json(
@@ -345,7 +340,7 @@ def releases(
         for release in rows:
             echo_json(release_json(release))
         return
-    zone = _zone(ctx)
+    zone = site_zone(ctx)
     table = Table(title=f"Releases (times in {zone})", title_justify="left")
     for column in ("Id", "Published", "Title", "Publisher", "Sources", "Topics"):
         table.add_column(column, overflow="fold")

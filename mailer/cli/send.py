@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy import select
 
-from mailer.cli import BadInput, OperationalError, run
+from mailer.cli import BadInput, OperationalError, run, site_zone, when
 from mailer.context import AppContext
 from mailer.db import Database
 from mailer.digest import SelectionReport, explain_digest
@@ -233,8 +233,8 @@ def digest_status(ctx: click.Context, digest_id: int | None) -> None:
         "failed",
         "bounced",
         "cancelled",
-        "started",
-        "finished",
+        f"started ({site_zone(ctx)})",
+        f"finished ({site_zone(ctx)})",
     )
     for p in rows:
         c = p.counts
@@ -247,8 +247,8 @@ def digest_status(ctx: click.Context, digest_id: int | None) -> None:
             str(c.get("failed", 0)),
             str(p.bounced),
             str(c.get("cancelled", 0)),
-            f"{p.started_at:%Y-%m-%d %H:%M}" if p.started_at else "",
-            f"{p.finished_at:%Y-%m-%d %H:%M}" if p.finished_at else "",
+            when(ctx, p.started_at, ""),
+            when(ctx, p.finished_at, ""),
         )
     Console(width=140).print(table)
 
