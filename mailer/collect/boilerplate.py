@@ -420,6 +420,11 @@ def _settle_title(lines: list[_Line], result: CleanResult) -> None:
         first.remove(result)
 
 
+def _reads_like_title(text: str) -> bool:
+    line = strip_box(text)
+    return 3 <= len(line) <= 250 and not re.search(r"[.!?…]$", line)
+
+
 def _find_publisher(
     lines: list[_Line],
     result: CleanResult,
@@ -434,7 +439,9 @@ def _find_publisher(
         return
     known = {normalise(name) for name in site_names if name}
     kept = [line for line in lines if not line.removed]
-    if first_only and len(kept) < 2:
+    if first_only and (len(kept) < 2 or not _reads_like_title(kept[1].text)):
+        # "Vilnius City Municipality Opens New School" above the first paragraph is
+        # the title; a publisher line stands above a title.
         return
     for line in kept[: 1 if first_only else 3]:
         text = strip_box(line.text)

@@ -218,3 +218,15 @@ async def test_a_source_that_contributed_through_a_merge_counts_it(
                 for source in (await session.scalars(select(Source))).all()
             }
     assert by_name == {"Ministry": 1, "Aggregator": 1}
+
+
+def test_a_title_in_title_case_is_not_taken_for_a_publisher_line() -> None:
+    candidate = read_release(
+        b"Vilnius City Municipality Opens New School\n\n"
+        b"The municipality opened a new school in the north of the city on Monday.\n",
+        suffix=".txt",
+        guid="file:school.txt",
+        label="school.txt",
+    )
+    assert candidate.title == "Vilnius City Municipality Opens New School"
+    assert candidate.publisher is None
