@@ -442,3 +442,39 @@ def test_mailto_unsubscribe_goes_to_the_polled_bounce_address(
     assert token is not None and (token.kind, token.number) == (MailTokenKind.UNSUBSCRIBE, 7)
     assert parse_verp(settings, message.envelope_from) == 41
     assert message.envelope_from.startswith("bounces+d41.")
+
+
+def test_readers_see_the_publisher_and_credit_as_written_never_a_host_or_source_name(
+    plain_settings: Settings,
+) -> None:
+    from mailer.models import Release, ReleaseLink
+
+    release = Release(
+        id=9,
+        title="Foreign Minister meets Baltic counterparts",
+        published_at=datetime(2025, 10, 23, tzinfo=UTC),
+        published_estimated=False,
+        published_date_only=True,
+        canonical_url=None,
+        summary="The ministers met in Vilnius.",
+        image_url="https://urm.example.lt/img/1.jpg",
+        photo_credit="Photo by Žygimantas Gedvila / ELTA.",
+        publisher="127.0.0.1:8790",
+    )
+    release.links = [ReleaseLink(source_name="Drop folder", url=None, guid="file:1.txt")]
+    release.topics = []
+    item = DigestItem.from_release(release)
+    assert item.publisher is None and item.url is None
+    # West of UTC, midnight UTC would be the evening before: a date must not move.
+    new_york = plain_settings.model_copy(
+        update={"digest": plain_settings.digest.model_copy(update={"timezone": "America/New_York"})}
+    )
+    text, html = parts(
+        parse(MessageComposer(new_york, {9: item}).compose(1, 5, "r@example.lt", None, [9]))
+    )
+    for part in (text, html):
+        assert "23 October 2025" in part and "22 October" not in part
+        assert "Photo by Žygimantas Gedvila / ELTA." in part
+        assert "Photo: Photo" not in part
+        assert "127.0.0.1" not in part and "Drop folder" not in part
+    assert "Read the full release" not in text
