@@ -261,3 +261,22 @@ def test_ingest_dry_run_runs_the_same_dedupe_and_every_arrival_notifies(
     assert code == 0, out
     assert "“as soon as published” reader(s)" in out
     assert [d.frequency for d in digests(config)] == ["immediately", "immediately"]
+
+
+def test_two_copies_in_one_dry_run_say_which_file_they_merge_with(
+    setup: tuple[Path, Path],
+) -> None:
+    config, files = setup
+    copy = files / "b-copy.txt"
+    copy.write_text(RELEASE_2025.replace("Thursday", "Thursday,"), encoding="utf-8")
+    code, out = mailer(config, "ingest", "--dry-run", str(files / "b.txt"), str(copy))
+    assert code == 0, out
+    assert "would store" in out
+    assert (
+        "would merge into “Prime Minister Šimonytė meets Baltic counterparts on energy security”"
+        f" (new from {files / 'b.txt'})" in out
+    )
+    assert "would be 1 new, 0 updated, 0 unchanged, 1 merged" in out
+    assert releases(config) == []
+    code, out = mailer(config, "ingest", str(files / "b.txt"), str(copy))
+    assert "2 release(s) read: 1 new, 0 updated, 0 unchanged, 1 merged." in out

@@ -138,6 +138,9 @@ def _ingest_state(item: IngestedRelease, dry_run: bool) -> str:
         return "failed"
     would = "would " if dry_run else ""
     target = f"#{item.release_id} “{item.existing_title}”"
+    if item.merged_with_path is not None:
+        # New in this same run: a dry run has no id to name for it.
+        target = f"“{item.existing_title}” (new from {item.merged_with_path})"
     return {
         Outcome.NEW: f"{would}store" if dry_run else "new",
         Outcome.MERGED: f"{would}merge into {target}" if dry_run else f"merged into {target}",

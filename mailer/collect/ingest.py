@@ -39,6 +39,8 @@ class IngestedRelease:
     release_id: int | None = None
     # The stored release's title when this copy went into one already there.
     existing_title: str | None = None
+    # When that release is new in this very run: the file it came from.
+    merged_with_path: str | None = None
 
 
 @dataclass
@@ -191,12 +193,16 @@ async def ingest_paths(
     try:
         async with store_lock(database), database.transaction() as session:
             hand = await _store_files(session, report, source_name, send)
+            new_here: dict[int, str] = {}
             for item, stored in zip(report.releases, hand.results, strict=True):
                 if isinstance(stored, Exception):
                     report.errors.append(f"{item.path}: could not be stored ({stored})")
                     continue
                 item.outcome, item.release_id = stored.outcome, stored.release_id
-                if stored.outcome is not Outcome.NEW:
+                if stored.outcome is Outcome.NEW:
+                    new_here.setdefault(stored.release_id, item.path)
+                else:
+                    item.merged_with_path = new_here.get(stored.release_id)
                     item.existing_title = await session.scalar(
                         select(Release.title).where(Release.id == stored.release_id)
                     )
