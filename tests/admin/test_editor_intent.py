@@ -47,6 +47,11 @@ async def _reader(site: AdminSite, address: str, frequency: str = "daily") -> No
     site.clock.advance(timedelta(minutes=1))
 
 
+async def add_in_admin(client: httpx.AsyncClient, fields: dict[str, str]) -> httpx.Response:
+    """Fill in and submit the admin's "Add a release" form."""
+    return await post_form(client, "/admin/releases/new", "/admin/releases/new", fields)
+
+
 async def _releases(site: AdminSite) -> list[Release]:
     async with site.db.session() as session:
         return list((await session.scalars(select(Release).order_by(Release.id))).all())
@@ -61,10 +66,8 @@ async def test_an_old_release_added_in_the_admin_is_sent_and_shown_as_published(
     site: AdminSite, editor_client: httpx.AsyncClient
 ) -> None:
     await _reader(site, "ona@example.org", frequency="immediately")
-    added = await post_form(
+    added = await add_in_admin(
         editor_client,
-        "/admin/releases/new",
-        "/admin/releases/new",
         {
             "title": "Minister Šimonytė opens the Vilnius summit media centre",
             "body": "The media centre of the NATO summit opened in Vilnius on Monday.",
@@ -91,10 +94,8 @@ async def test_do_not_send_and_old_collected_releases_are_explained_on_the_confi
     site: AdminSite, editor_client: httpx.AsyncClient, admin_client: httpx.AsyncClient
 ) -> None:
     await _reader(site, "ona@example.org")
-    await post_form(
+    await add_in_admin(
         editor_client,
-        "/admin/releases/new",
-        "/admin/releases/new",
         {
             "title": "Consular statistics of 2024",
             "body": "The ministry published the consular statistics of 2024.",
@@ -127,10 +128,8 @@ async def test_the_confirm_page_says_who_is_left_out(
     site: AdminSite, editor_client: httpx.AsyncClient
 ) -> None:
     await _reader(site, "ona@example.org")
-    await post_form(
+    await add_in_admin(
         editor_client,
-        "/admin/releases/new",
-        "/admin/releases/new",
         {"title": "Budget for 2026 adopted", "body": "The parliament adopted the budget."},
     )
     site.clock.advance(timedelta(minutes=1))
@@ -143,10 +142,8 @@ async def test_the_confirm_page_says_who_is_left_out(
 async def test_send_test_is_marked_in_subject_and_both_parts(
     site: AdminSite, editor_client: httpx.AsyncClient, smtp_server: SmtpServer
 ) -> None:
-    await post_form(
+    await add_in_admin(
         editor_client,
-        "/admin/releases/new",
-        "/admin/releases/new",
         {"title": "Budget for 2026 adopted", "body": "The parliament adopted the budget."},
     )
     response = await post_form(
