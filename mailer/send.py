@@ -620,6 +620,9 @@ class Worker:
                         last_error="recipient unsubscribed, erased or suppressed before sending",
                     )
                 )
+                # They may have been the last open rows of their send: no result will
+                # be written for them, so the send is finished here or never.
+                await finish_completed(session, now)
             if claimed:
                 await session.execute(
                     update(Delivery)
