@@ -52,6 +52,7 @@ from mailer.models import (
     Topic,
     utcnow,
 )
+from mailer.send import finish_completed
 from mailer.suppression import (
     email_hash,
     email_key,
@@ -998,7 +999,7 @@ async def unsubscribe(
         subscriber.status = SubscriberStatus.UNSUBSCRIBED
         subscriber.unsubscribed_at = now
         subscriber.confirm_nonce = None
-        await _cancel_pending_deliveries(session, subscriber_id)
+        await _cancel_pending_deliveries(session, subscriber_id, now)
         await session.execute(
             insert(ConsentEvent),
             [_consent(subscriber_id, "unsubscribe", settings, origin, now, {"method": method})],
@@ -1006,7 +1007,9 @@ async def unsubscribe(
         return True
 
 
-async def _cancel_pending_deliveries(session: AsyncSession, subscriber_id: int) -> None:
+async def _cancel_pending_deliveries(
+    session: AsyncSession, subscriber_id: int, now: datetime
+) -> None:
     await session.execute(
         update(Delivery)
         .where(
@@ -1015,6 +1018,8 @@ async def _cancel_pending_deliveries(session: AsyncSession, subscriber_id: int) 
         )
         .values(status=DeliveryStatus.CANCELLED, last_error="recipient unsubscribed")
     )
+    # When this reader's message was the last one a send had left, the send is done now.
+    await finish_completed(session, now)
 
 
 # --- data access requests: export and erasure -------------------------------------------
@@ -1160,7 +1165,7 @@ async def _erase_row(
         .where(ConsentEvent.subscriber_id == subscriber_id)
         .values(ip=None, user_agent=None, form_url=None, details={})
     )
-    await _cancel_pending_deliveries(session, subscriber_id)
+    await _cancel_pending_deliveries(session, subscriber_id, now)
     await session.execute(
         update(Delivery).where(Delivery.subscriber_id == subscriber_id).values(email="")
     )
