@@ -21,7 +21,6 @@ from mailer.send import start_digest
 from tests.collect.conftest import source, stored_releases
 from tests.collect.server import LocalServer
 
-
 BODIES = {
     "s-1": "The Financial Supervisory Agency fined two banks a total of 1.2 million euro for "
     "weak checks on the origin of their clients' money. Both banks have appealed.",
