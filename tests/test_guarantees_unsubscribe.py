@@ -41,6 +41,7 @@ from tests.admin.conftest import login, post_form, quick_password_hashing  # noq
 from tests.conftest import make_settings
 from tests.send.conftest import seed
 from tests.support.clock import Clock
+from tests.web.conftest import _NoCookies
 
 BASE = "http://127.0.0.1:8000"
 ADMIN_PASSWORD = "correct horse battery"
@@ -75,16 +76,6 @@ class Office:
             found = await session.scalar(select(Subscriber.id).where(Subscriber.email == address))
         assert found is not None
         return found
-
-
-class _NoCookies(httpx.Cookies):
-    """A mail provider's one-click POST carries no cookie."""
-
-    def set_cookie_header(self, request: httpx.Request) -> None:
-        return None
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
 
 
 @pytest.fixture

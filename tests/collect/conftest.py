@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 import pytest
 from sqlalchemy import select
@@ -79,3 +80,25 @@ async def source_row(database: Database, name: str) -> Source:
         row = await session.scalar(select(Source).where(Source.name == name))
         assert row is not None
         return row
+
+
+def rss_feed(channel: str, site: str, items: list[tuple[str, str, str, str]]) -> str:
+    """An RSS 2.0 feed of ``channel`` at ``site`` with items of (guid, title, RFC 822
+    date, description); item links are ``{site}/news/{guid}``."""
+    entries = "".join(
+        f"""
+  <item>
+    <title>{escape(title)}</title>
+    <link>{site}/news/{guid}</link>
+    <guid isPermaLink="false">{guid}</guid>
+    <pubDate>{published}</pubDate>
+    <description>{escape(body)}</description>
+  </item>"""
+        for guid, title, published, body in items
+    )
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<rss version="2.0"><channel>
+  <title>{escape(channel)}</title>
+  <link>{site}/</link>
+  <description>Press releases</description>{entries}
+</channel></rss>"""

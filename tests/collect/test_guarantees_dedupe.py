@@ -13,7 +13,6 @@ from __future__ import annotations
 from datetime import timedelta
 from email.utils import format_datetime
 from fractions import Fraction
-from xml.sax.saxutils import escape
 
 import pytest
 from sqlalchemy import select
@@ -31,7 +30,7 @@ from mailer.collect.dedupe import (
 from mailer.collect.store import Outcome
 from mailer.models import Delivery, Subscriber, SubscriberStatus, utcnow
 from mailer.send import start_digest
-from tests.collect.conftest import source, stored_releases
+from tests.collect.conftest import rss_feed, source, stored_releases
 from tests.collect.server import LocalServer
 from tests.collect.test_store import release, store_all
 
@@ -139,26 +138,6 @@ async def test_the_store_decides_on_each_side_of_the_threshold(
     assert len(releases) == (2 if outcome is Outcome.NEW else 1)
 
 
-def _ministry_feed(items: list[tuple[str, str, str]], published: str) -> str:
-    entries = "".join(
-        f"""
-  <item>
-    <title>{escape(title)}</title>
-    <link>https://finmin.example.lt/news/{guid}</link>
-    <guid isPermaLink="false">{guid}</guid>
-    <pubDate>{published}</pubDate>
-    <description>{escape(body)}</description>
-  </item>"""
-        for guid, title, body in items
-    )
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<rss version="2.0"><channel>
-  <title>Ministry of Finance</title>
-  <link>https://finmin.example.lt/</link>
-  <description>Press releases</description>{entries}
-</channel></rss>"""
-
-
 def _paragraphs(*parts: str) -> str:
     return "".join(f"<p>{part}</p>" for part in parts)
 
@@ -167,16 +146,18 @@ async def test_two_ministry_releases_with_shared_intro_and_outro_both_reach_read
     server: LocalServer, open_database, database_url: str
 ) -> None:
     now = utcnow()
+    published = format_datetime(now - timedelta(hours=3))
     server.serve(
         "/finmin",
-        _ministry_feed(
+        rss_feed(
+            "Ministry of Finance",
+            "https://finmin.example.lt",
             [
-                ("fm-budget", "Government approves the draft budget", _paragraphs(
-                    INTRO, BUDGET_NEWS, OUTRO)),
-                ("fm-bonds", "Lithuania sells ten-year bonds", _paragraphs(
-                    INTRO, BONDS_NEWS, OUTRO)),
+                ("fm-budget", "Government approves the draft budget", published,
+                 _paragraphs(INTRO, BUDGET_NEWS, OUTRO)),
+                ("fm-bonds", "Lithuania sells ten-year bonds", published,
+                 _paragraphs(INTRO, BONDS_NEWS, OUTRO)),
             ],
-            format_datetime(now - timedelta(hours=3)),
         ),
     )  # fmt: skip
     ministry = [source("Ministry of Finance", "feed", url=server.url("/finmin"))]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from email.utils import format_datetime
-from xml.sax.saxutils import escape
 
 from sqlalchemy import select
 
@@ -18,7 +17,7 @@ from mailer.config import Settings
 from mailer.db import Database
 from mailer.models import Delivery, Subscriber, SubscriberStatus, utcnow
 from mailer.send import start_digest
-from tests.collect.conftest import source, stored_releases
+from tests.collect.conftest import rss_feed, source, stored_releases
 from tests.collect.server import LocalServer
 
 BODIES = {
@@ -30,23 +29,12 @@ BODIES = {
 
 
 def _feed(items: list[tuple[str, str, str]]) -> str:
-    """RSS items of (guid, title, RFC 822 date)."""
-    entries = "".join(
-        f"""
-  <item>
-    <title>{escape(title)}</title>
-    <link>https://slow.example.lt/news/{guid}</link>
-    <guid isPermaLink="false">{guid}</guid>
-    <pubDate>{published}</pubDate>
-    <description>{escape(BODIES[guid])}</description>
-  </item>"""
-        for guid, title, published in items
+    """The agency's feed with items of (guid, title, RFC 822 date)."""
+    return rss_feed(
+        "Slow agency",
+        "https://slow.example.lt",
+        [(guid, title, published, BODIES[guid]) for guid, title, published in items],
     )
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<rss version="2.0"><channel>
-  <title>Slow agency</title><link>https://slow.example.lt/</link>
-  <description>Press releases, updated once a day</description>{entries}
-</channel></rss>"""
 
 
 async def _confirm_reader(database: Database, address: str, at: datetime) -> None:
