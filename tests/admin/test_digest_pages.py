@@ -100,7 +100,7 @@ async def test_send_asks_for_confirmation_with_the_count_then_sends(
     assert progress["status"] == "sending"
     assert progress["recipients"] == 3 and progress["pending"] == 3
     page = await editor_client.get(location)
-    assert "Sending to 3 recipient(s)." in page.text
+    assert "Sending to 3 recipients." in page.text
     assert f'data-progress-url="/admin/digests/{digest_id}/progress"' in page.text
 
     paused = await post_form(editor_client, location, f"{location}/pause")

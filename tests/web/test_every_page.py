@@ -378,7 +378,8 @@ def test_every_page_and_email_fits_and_passes_axe(
             browser.close()
 
     patterns = _page_routes(site.app)
-    seen = {_pattern_of(url.split("?")[0].removeprefix(site.url), patterns) for url in audit.visited}
+    paths = {url.split("?")[0].removeprefix(site.url) for url in audit.visited}
+    seen = {_pattern_of(path, patterns) for path in paths}
     unvisited = patterns - seen - set(NOT_PAGES)
     assert not audit.problems, "\n".join(audit.problems)
     assert not unvisited, f"pages this test does not visit: {sorted(unvisited)}"
