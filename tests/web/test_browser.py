@@ -5,6 +5,7 @@ mail goes to a real SMTP server inside the test."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import time
@@ -178,5 +179,36 @@ def test_invalid_address_is_shown_back_in_the_browser(
             expect(page.get_by_text("This is not a valid email address").first).to_be_visible()
             expect(page.get_by_label("Name")).to_have_value("Ona")
             expect(page.get_by_label("Email address")).to_have_value("ona at example.org")
+        finally:
+            browser.close()
+
+
+def test_signup_errors_are_announced_and_lead_to_their_fields(
+    chromium_path: Path, live_site: LiveSite
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(chromium_path),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page()
+            page.goto(live_site.url + "/subscribe")
+            page.get_by_label("Email address").fill("ona at example.org")
+            page.get_by_role("button", name="Subscribe").click()
+            summary = page.get_by_role("alert")
+            # Focused on load: screen readers read it out, the keyboard starts there.
+            expect(summary).to_be_focused()
+            expect(summary).to_contain_text("This is not a valid email address")
+            consent = page.get_by_label("I agree to receive press releases")
+            expect(consent).to_have_attribute("aria-invalid", "true")
+            expect(consent).to_have_accessible_description(re.compile("tick the box"))
+            expect(page.get_by_label("Email address")).to_have_attribute("aria-invalid", "true")
+            summary.get_by_role("link", name=re.compile("tick the box")).click()
+            expect(page).to_have_url(re.compile("#consent$"))
+            page.keyboard.press("Space")
+            expect(consent).to_be_checked()
         finally:
             browser.close()

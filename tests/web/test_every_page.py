@@ -280,6 +280,10 @@ def _visit_admin_pages(audit: Audit, page: Any, site: Site, smtp_server: SmtpSer
     progress = page.locator("#progress [data-status]")
     progress.filter(has_text="done").wait_for(timeout=30_000)
     audit.check(page, "a finished send")
+    # A finished send offers nothing to start, pause, resume or cancel.
+    for action in ("Start now", "Pause", "Resume", "Cancel"):
+        button = page.get_by_role("button", name=action, exact=True)
+        assert button.count() == 0 or not button.is_visible(), f"{action} on a finished send"
     finished_send = page.url
     # A scheduled send, still queued.
     audit.visit(page, base + "/digests")
@@ -287,6 +291,8 @@ def _visit_admin_pages(audit: Audit, page: Any, site: Site, smtp_server: SmtpSer
     page.get_by_label(re.compile(r"^At")).fill("2099-01-01T09:00")
     page.get_by_role("button", name="Schedule").click()
     audit.check(page, "a scheduled send")
+    assert page.get_by_role("button", name="Start now").is_visible()
+    assert not page.get_by_role("button", name="Pause").is_visible()
 
     _wait_for_mail(smtp_server, mails + 1)
     digest_html = _html_part(smtp_server.messages[-1].message)
