@@ -80,6 +80,8 @@ class Audit:
     visited: set[str] = field(default_factory=set)
 
     def check(self, page: Any, what: str) -> None:
+        # A click returns once the next page starts loading: wait for its stylesheet.
+        page.wait_for_load_state("load")
         if page.url.startswith("http"):
             self.visited.add(page.url)
         widths = page.evaluate(
@@ -108,20 +110,29 @@ class Audit:
         self.check(page, what or url)
 
 
-# The elements that stick out furthest to the right, to say what overflows.
+# The elements and text that stick out furthest to the right, to say what overflows.
 WIDEST_ELEMENTS = """() => {
   const limit = document.documentElement.clientWidth;
   const out = [];
+  const name = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') +
+    (typeof el.className === 'string' && el.className.trim()
+      ? '.' + el.className.trim().replace(/\\s+/g, '.') : '');
   for (const el of document.querySelectorAll('body *')) {
     const box = el.getBoundingClientRect();
+    if (box.right > limit + 1) out.push([Math.round(box.right), name(el)]);
+  }
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const range = document.createRange();
+  while (walker.nextNode()) {
+    range.selectNodeContents(walker.currentNode);
+    const box = range.getBoundingClientRect();
     if (box.right > limit + 1) {
-      out.push([Math.round(box.right), el.tagName.toLowerCase() +
-        (el.id ? '#' + el.id : '') + (el.className && el.className.baseVal === undefined
-          ? '.' + String(el.className).trim().replace(/\\s+/g, '.') : '')]);
+      out.push([Math.round(box.right), 'text "' + walker.currentNode.textContent.trim()
+        .slice(0, 30) + '" in ' + name(walker.currentNode.parentElement)]);
     }
   }
   out.sort((a, b) => b[0] - a[0]);
-  return out.slice(0, 5).map(([right, name]) => name + ' to ' + right + 'px');
+  return out.slice(0, 5).map(([right, what]) => what + ' to ' + right + 'px');
 }"""
 
 
