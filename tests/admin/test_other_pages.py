@@ -237,3 +237,13 @@ def test_durations_are_written_back_the_way_they_are_read() -> None:
         assert format_duration(parse_duration(written)) == written
     assert format_duration(parse_duration("1w")) == "7d"
     assert format_duration(parse_duration(3600)) == "1h"
+
+
+def test_every_table_header_has_a_scope_and_a_name() -> None:
+    """Screen readers announce each cell with its header: no header without text,
+    and each says whether it heads a column or a row."""
+    folder = Path(__file__).resolve().parents[2] / "templates" / "web"
+    for template in folder.rglob("*.html"):
+        for header in re.findall(r"<th\b[^>]*>.*?</th>", template.read_text(), re.S):
+            assert re.search(r'\bscope="(col|row)"', header), (template.name, header)
+            assert re.sub(r"<[^>]+>", "", header).strip(), (template.name, header)

@@ -35,7 +35,7 @@ from mailer.web.admin.releases import add_release
 from mailer.web.app import create_app
 from tests.admin.conftest import ADMIN_PASSWORD, site_settings
 from tests.admin.test_access import walk
-from tests.support.node_tools import node_package
+from tests.support.node_tools import NODE_DIR, node_package, run_node_script
 from tests.support.smtp import SmtpServer
 from tests.web.test_browser import _free_port, _wait_for_mail, chromium_path  # noqa: F401
 
@@ -61,6 +61,19 @@ NOT_PAGES = {
     "/admin/subscribers/export.csv": "a CSV download",
     "/preferences/{token}/data.json": "a JSON download",
 }
+# html-validate's recommended rules, less three matters of taste, and with the
+# checkbox groups (several inputs named "topics") allowed.
+HTML_VALIDATE = {
+    "extends": ["html-validate:recommended"],
+    "rules": {
+        "doctype-style": "off",
+        "no-trailing-whitespace": "off",
+        # The scrolling wrapper of a table is a labelled div role="region": a
+        # <section> would take the card styling and add a heading-less section.
+        "prefer-native-element": ["error", {"exclude": ["region"]}],
+        "form-dup-name": ["error", {"shared": ["radio", "checkbox", "button", "submit"]}],
+    },
+}
 AXE_OPTIONS = {
     "runOnly": {
         "type": "tag",
@@ -76,8 +89,11 @@ class Audit:
 
     viewport: dict[str, int]
     axe_source: str
+    base: str
     problems: list[str] = field(default_factory=list)
     visited: set[str] = field(default_factory=set)
+    # Each page's markup as served, for html-validate.
+    documents: dict[str, str] = field(default_factory=dict)
 
     def check(self, page: Any, what: str) -> None:
         # A click returns once the next page starts loading: wait for its stylesheet.
@@ -107,6 +123,8 @@ class Audit:
     def visit(self, page: Any, url: str, what: str | None = None) -> None:
         response = page.goto(url)
         assert response is not None
+        if "html" in response.headers.get("content-type", ""):
+            self.documents[what or url.removeprefix(self.base)] = response.text()
         self.check(page, what or url)
 
 
@@ -373,7 +391,7 @@ def test_every_page_and_email_fits_and_passes_axe(
     from playwright.sync_api import sync_playwright
 
     axe = node_package("axe-core") / "axe.min.js"
-    audit = Audit(viewport, axe.read_text())
+    audit = Audit(viewport, axe.read_text(), site.url)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(chromium_path),
@@ -398,5 +416,15 @@ def test_every_page_and_email_fits_and_passes_axe(
     paths = {url.split("?")[0].removeprefix(site.url) for url in audit.visited}
     seen = {_pattern_of(path, patterns) for path in paths}
     unvisited = patterns - seen - set(NOT_PAGES)
+    if viewport is DESKTOP:
+        node_package("html-validate")
+        found = run_node_script(
+            NODE_DIR / "html-validate-report.mjs",
+            {"config": HTML_VALIDATE, "documents": audit.documents},
+        )
+        audit.problems += [
+            f"html-validate: {n}: {rule}: {text} (line {line}, {where})"
+            for n, rule, text, line, where in found
+        ]
     assert not audit.problems, "\n".join(audit.problems)
     assert not unvisited, f"pages this test does not visit: {sorted(unvisited)}"
