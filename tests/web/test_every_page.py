@@ -13,28 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.routing import Route
 
-from mailer import accounts
-from mailer import subscribers as store
 from mailer.config import Settings
 from mailer.context import AppContext
-from mailer.models import utcnow
-from mailer.web.admin.releases import add_release
 from mailer.web.app import create_app
 from tests.admin.conftest import ADMIN_PASSWORD, site_settings
 from tests.admin.test_access import walk
+from tests.support.live import launch_chromium, seed_admin_site, serving
 from tests.support.node_tools import NODE_DIR, node_package, run_node_script
 from tests.support.smtp import SmtpServer
 from tests.web.test_browser import _free_port, _wait_for_mail, chromium_path  # noqa: F401
@@ -175,45 +168,25 @@ def site(tmp_path: Path, sqlite_url: str, smtp_server: SmtpServer) -> Iterator[S
         sources=[{"name": "Drop folder", "kind": "folder", "path": str(folder)}],
     )
 
-    async def seed() -> None:
-        async with AppContext(settings=settings).database() as database:
-            await accounts.create_user(database, "alice", ADMIN_PASSWORD, "admin")
-            await store.add(
-                database,
-                settings,
-                READER,
-                name="Rūta Žemaitytė-Vaitkevičienė",
-                confirmed=True,
-                now=utcnow() - timedelta(hours=2),
-            )
-            await add_release(
-                database,
-                settings,
-                title=LONG_TITLE,
-                url=LONG_URL,
-                body=(
-                    "The government adopted the budget and the tax plan for 2026. "
-                    f"The full text is at {LONG_URL} and in the annex.\n\n"
-                    "Hospitals receive more money for vaccines."
-                ),
-                added_by="test",
-            )
-
-    asyncio.run(seed())
-    app = create_app(AppContext(settings=settings), run_background=True)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
+    body = (
+        "The government adopted the budget and the tax plan for 2026. "
+        f"The full text is at {LONG_URL} and in the annex.\n\n"
+        "Hospitals receive more money for vaccines."
     )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the app did not start under uvicorn")
-        time.sleep(0.05)
-    yield Site(url, settings, app)
-    server.should_exit = True
-    thread.join(timeout=70)
+    asyncio.run(
+        seed_admin_site(
+            settings,
+            admin_password=ADMIN_PASSWORD,
+            reader=READER,
+            reader_name="Rūta Žemaitytė-Vaitkevičienė",
+            title=LONG_TITLE,
+            body=body,
+            url=LONG_URL,
+        )
+    )
+    app = create_app(AppContext(settings=settings), run_background=True)
+    with serving(app, port, stop_timeout=70):
+        yield Site(url, settings, app)
 
 
 def _html_part(message: EmailMessage) -> str:
@@ -393,10 +366,7 @@ def test_every_page_and_email_fits_and_passes_axe(
     axe = node_package("axe-core") / "axe.min.js"
     audit = Audit(viewport, axe.read_text(), site.url)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(chromium_path),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch_chromium(playwright, chromium_path)
         try:
             # bypass_csp: the pages forbid inline scripts, and axe is injected as one.
             context = browser.new_context(viewport=viewport, bypass_csp=True)
