@@ -126,6 +126,12 @@ class SiteConfig(Section):
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
+def is_loopback_url(base_url: str) -> bool:
+    """True for a base URL on this machine with no path (the shipped default)."""
+    parsed = urlsplit(base_url)
+    return parsed.hostname in {h.strip("[]") for h in LOOPBACK_HOSTS} and not parsed.path
+
+
 def served_base_url(base_url: str, host: str, port: int) -> str | None:
     """The base URL links should use when ``mailer serve`` binds ``host:port``.
 
@@ -134,9 +140,9 @@ def served_base_url(base_url: str, host: str, port: int) -> str | None:
     and the bound host when that is a loopback address too. Any other base_url is
     the public address (a reverse proxy) and stays as configured. Returns None when
     the base_url stays as it is; raises ValueError when no right URL exists."""
-    parsed = urlsplit(base_url)
-    if parsed.hostname not in {h.strip("[]") for h in LOOPBACK_HOSTS} or parsed.path:
+    if not is_loopback_url(base_url):
         return None
+    parsed = urlsplit(base_url)
     if port == 0:
         raise ValueError(
             f"site.base_url is {base_url}, on this machine, so the links in every mail "

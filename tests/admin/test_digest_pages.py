@@ -88,6 +88,7 @@ async def test_send_asks_for_confirmation_with_the_count_then_sends(
     confirm = await editor_client.get("/admin/digests/send", params={"frequency": "all"})
     assert confirm.status_code == 200
     assert 'id="recipient-count">3<' in confirm.text
+    assert "Send to 3 recipients</button>" in confirm.text
     async with site.db.session() as session:
         assert (await session.scalars(select(Digest))).all() == [], "the count wrote nothing"
     sent = await editor_client.post(
@@ -120,7 +121,13 @@ async def test_send_asks_for_confirmation_with_the_count_then_sends(
 
 async def test_nobody_to_send_to_is_said_plainly(editor_client: httpx.AsyncClient) -> None:
     confirm = await editor_client.get("/admin/digests/send", params={"frequency": "weekly"})
-    assert "Nobody would receive anything now" in confirm.text
+    assert (
+        "Nobody would receive anything now: no weekly subscriber has new releases to receive."
+        in confirm.text
+    )
+    everyone = await editor_client.get("/admin/digests/send", params={"frequency": "all"})
+    assert "now: no confirmed subscriber has new releases" in everyone.text
+    assert "(" not in everyone.text.split("Nobody would", 1)[1].split("</p>", 1)[0]
     bad = await editor_client.get("/admin/digests/send", params={"frequency": "hourly"})
     assert bad.status_code == 422
 
