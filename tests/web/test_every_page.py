@@ -280,7 +280,7 @@ def _visit_admin_pages(audit: Audit, page: Any, site: Site, smtp_server: SmtpSer
     page.get_by_label("Address", exact=True).fill("desk@example.org")
     page.get_by_role("button", name="Send test").click()
     progress = page.locator("#progress [data-status]")
-    progress.filter(has_text="done").wait_for(timeout=30_000)
+    progress.filter(has_text="done").wait_for(timeout=60_000)
     audit.check(page, "a finished send")
     # A finished send offers nothing to start, pause, resume or cancel.
     for action in ("Start now", "Pause", "Resume", "Cancel"):
