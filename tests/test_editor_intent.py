@@ -128,7 +128,7 @@ def test_old_releases_added_by_hand_are_sent_and_every_nothing_says_why(
     assert code == 0
     code, out = mailer(config, "ingest", str(files / "a.txt"), str(files / "b.txt"))
     assert code == 0, out
-    assert "2 release(s) read: 2 new" in out
+    assert "2 releases read: 2 new" in out
     stored = releases(config)
     assert all(r.exempt_from_max_age for r in stored)
 
@@ -279,4 +279,4 @@ def test_two_copies_in_one_dry_run_say_which_file_they_merge_with(
     assert "would be 1 new, 0 updated, 0 unchanged, 1 merged" in out
     assert releases(config) == []
     code, out = mailer(config, "ingest", str(files / "b.txt"), str(copy))
-    assert "2 release(s) read: 1 new, 0 updated, 0 unchanged, 1 merged." in out
+    assert "2 releases read: 1 new, 0 updated, 0 unchanged, 1 merged." in out

@@ -121,13 +121,13 @@ async def test_send_asks_for_confirmation_with_the_count_then_sends(
 
 async def test_nobody_to_send_to_is_said_plainly(editor_client: httpx.AsyncClient) -> None:
     confirm = await editor_client.get("/admin/digests/send", params={"frequency": "weekly"})
-    assert (
-        "Nobody would receive anything now: no weekly subscriber has new releases to receive."
-        in confirm.text
-    )
+    assert "Nobody would receive anything now (weekly subscribers):" in confirm.text
+    assert 'id="selection-reasons"' in confirm.text
     everyone = await editor_client.get("/admin/digests/send", params={"frequency": "all"})
-    assert "now: no confirmed subscriber has new releases" in everyone.text
-    assert "(" not in everyone.text.split("Nobody would", 1)[1].split("</p>", 1)[0]
+    sentence = everyone.text.split("Nobody would", 1)[1].split("</p>", 1)[0]
+    assert "every confirmed subscriber, whatever their frequency" in sentence
+    # One plain aside, never one parenthesis inside another.
+    assert sentence.count("(") == 1
     bad = await editor_client.get("/admin/digests/send", params={"frequency": "hourly"})
     assert bad.status_code == 422
 
