@@ -15,6 +15,7 @@ from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -72,6 +73,17 @@ def parse_duration(value: Any) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
+def format_duration(value: timedelta) -> str:
+    """A duration the way config.yaml writes it (``30s``, ``15m``, ``2000d``): the
+    largest of s, m, h, d that divides it exactly; the inverse of parse_duration.
+    Weeks are left out: ``14d`` is how people write a fortnight in this file."""
+    seconds = value.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def _no_header_breaks(value: str | None) -> str | None:
     if value is not None and _HEADER_UNSAFE.search(value):
         raise ValueError("must not contain line breaks or control characters")
@@ -109,6 +121,40 @@ class SiteConfig(Section):
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def is_loopback_url(base_url: str) -> bool:
+    """True for a base URL on this machine with no path (the shipped default)."""
+    parsed = urlsplit(base_url)
+    return parsed.hostname in {h.strip("[]") for h in LOOPBACK_HOSTS} and not parsed.path
+
+
+def served_base_url(base_url: str, host: str, port: int) -> str | None:
+    """The base URL links should use when ``mailer serve`` binds ``host:port``.
+
+    A base_url on this machine (loopback, no path: the shipped default) only makes
+    sense if it names the port the server listens on, so it follows the bound port,
+    and the bound host when that is a loopback address too. Any other base_url is
+    the public address (a reverse proxy) and stays as configured. Returns None when
+    the base_url stays as it is; raises ValueError when no right URL exists."""
+    if not is_loopback_url(base_url):
+        return None
+    parsed = urlsplit(base_url)
+    if port == 0:
+        raise ValueError(
+            f"site.base_url is {base_url}, on this machine, so the links in every mail "
+            "must name the port mailer serves on; choose one with --port, or set "
+            "site.base_url to the public address"
+        )
+    link_host = parsed.hostname or "127.0.0.1"
+    if host in LOOPBACK_HOSTS:
+        link_host = host.strip("[]")
+    netloc = f"[{link_host}]" if ":" in link_host else link_host
+    followed = f"{parsed.scheme}://{netloc}:{port}"
+    return None if followed == base_url else followed
 
 
 class DatabaseConfig(Section):

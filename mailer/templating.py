@@ -55,7 +55,15 @@ def _environment(search_path: tuple[Path, ...]) -> Environment:
     environment.filters["wrap"] = wrap_text
     environment.filters["long_date"] = long_date
     environment.filters["iso_date"] = iso_date
+    environment.filters["count_of"] = count_of
     return environment
+
+
+def count_of(number: int, singular: str, plural: str | None = None) -> str:
+    """``3 recipients``, ``1 recipient``: a number with its noun in agreement (English
+    plurals; pass ``plural`` where adding "s" is wrong)."""
+    noun = singular if number == 1 else (plural or f"{singular}s")
+    return f"{number:,} {noun}"
 
 
 def wrap_text(

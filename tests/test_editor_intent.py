@@ -128,12 +128,12 @@ def test_old_releases_added_by_hand_are_sent_and_every_nothing_says_why(
     assert code == 0
     code, out = mailer(config, "ingest", str(files / "a.txt"), str(files / "b.txt"))
     assert code == 0, out
-    assert "2 release(s) read: 2 new" in out
+    assert "2 releases read: 2 new" in out
     stored = releases(config)
     assert all(r.exempt_from_max_age for r in stored)
 
     code, out = mailer(config, "digest", "send", "--dry-run")
-    assert "Would send to 1 recipients" in out
+    assert "Would send to 1 recipient " in out
     code, out = mailer(config, "digest", "send", "--yes", "--workers", "1")
     assert code == 0, out
     assert "sent 1 of 1" in out
@@ -208,7 +208,7 @@ def test_topics_and_confirmation_order_are_explained(setup: tuple[Path, Path]) -
     )
     mailer(config, "ingest", str(files / "e.txt"))
     _, out = mailer(config, "digest", "send", "--dry-run")
-    assert "Would send to 1 recipients" in out
+    assert "Would send to 1 recipient " in out
     assert "2 readers chose topics that match none of the releases not yet sent to them" in out
 
 
@@ -221,7 +221,7 @@ def test_ingest_dry_run_runs_the_same_dedupe_and_every_arrival_notifies(
     )
     code, out = mailer(config, "ingest", str(files / "b.txt"))
     assert code == 0
-    assert "“as soon as published” reader(s)" in out
+    assert "“as soon as published” reader" in out
     first = digests(config)
     assert [(d.frequency, d.recipient_count) for d in first] == [("immediately", 1)]
 
@@ -259,7 +259,7 @@ def test_ingest_dry_run_runs_the_same_dedupe_and_every_arrival_notifies(
     )
     code, out = mailer(config, "collect")
     assert code == 0, out
-    assert "“as soon as published” reader(s)" in out
+    assert "“as soon as published” reader" in out
     assert [d.frequency for d in digests(config)] == ["immediately", "immediately"]
 
 
@@ -279,4 +279,4 @@ def test_two_copies_in_one_dry_run_say_which_file_they_merge_with(
     assert "would be 1 new, 0 updated, 0 unchanged, 1 merged" in out
     assert releases(config) == []
     code, out = mailer(config, "ingest", str(files / "b.txt"), str(copy))
-    assert "2 release(s) read: 1 new, 0 updated, 0 unchanged, 1 merged." in out
+    assert "2 releases read: 1 new, 0 updated, 0 unchanged, 1 merged." in out

@@ -101,6 +101,13 @@ def test_cli_path_to_an_external_smtp_server(
 
     ingested = mailer(config, "ingest", str(folder))
     assert ingested.returncode == 0, ingested.stderr
+    would = mailer(config, "digest", "send", "--dry-run")
+    assert would.returncode == 0 and "Would send to 1 recipient (dry run" in would.stdout
+    # No terminal to answer "Send the digest now?": say --yes is needed, send nothing.
+    unasked = mailer(config, "digest", "send", stdin="")
+    assert unasked.returncode == 2, unasked.stderr
+    assert "pass --yes" in unasked.stderr and "Aborted" not in unasked.stderr
+    assert smtp_server.messages == []
     sent = mailer(config, "digest", "send", "--yes", "--workers", "1")
     assert sent.returncode == 0, sent.stderr
     assert "sent 1 of 1" in sent.stdout

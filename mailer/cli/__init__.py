@@ -31,6 +31,18 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
+def confirm_at_terminal(question: str, without_terminal: str) -> None:
+    """Ask ``question``; a "no" aborts. Without a terminal nobody can answer, so
+    rather than read an empty answer as "no" this says which option replaces the
+    question (``without_terminal``) and exits 2."""
+    if not sys.stdin.isatty():
+        raise BadInput(
+            f"{question} needs an answer at a terminal, and there is none: {without_terminal}"
+        )
+    if not click.confirm(question, default=False):
+        raise click.Abort()
+
+
 def run(ctx: click.Context, work: Callable[[AppContext], Awaitable[T]]) -> T:
     """Run one async unit of work with the shared error-to-exit-code mapping."""
     app: AppContext = ctx.find_object(AppContext)

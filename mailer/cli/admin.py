@@ -30,6 +30,8 @@ def _read_password(password_stdin: bool) -> str:
     if password_stdin:
         # One line: the password, without its line break (so `echo pw |` works).
         password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():
+        raise BadInput("no terminal to type the password at: pass --password-stdin and pipe it in")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:

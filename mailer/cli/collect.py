@@ -25,7 +25,7 @@ from mailer.collect.ingest import IngestedRelease
 from mailer.collect.store import Outcome, source_release_counts
 from mailer.context import AppContext
 from mailer.models import Digest, Release, ReleaseLink, ReleaseTopic, Source, Topic
-from mailer.templating import local_time, publication_date
+from mailer.templating import count_of, local_time, publication_date
 
 
 def _published(release: Release, zone: str) -> str:
@@ -39,8 +39,9 @@ def _arrival_line(arrival: Digest | None) -> str | None:
     if arrival.recipient_count == 0:
         return "Readers who chose “as soon as published”: nothing new for them."
     return (
-        f"Queued digest {arrival.id} for {arrival.recipient_count} “as soon as published” "
-        "reader(s); `mailer serve` or `mailer worker` delivers it."
+        f"Queued digest {arrival.id} for "
+        f"{count_of(arrival.recipient_count, '“as soon as published” reader')}; "
+        "`mailer serve` or `mailer worker` delivers it."
     )
 
 
@@ -117,20 +118,20 @@ def ingest(
     for error in report.errors:
         click.echo(f"error: {error}", err=True)
     if not as_json:
+        read = count_of(len(report.releases), "release")
         counts = ", ".join(f"{report.count(o)} {o}" for o in Outcome)
         if dry_run:
-            click.echo(
-                f"{len(report.releases)} release(s) read: would be {counts}; "
-                "nothing stored (--dry-run)."
-            )
+            click.echo(f"{read} read: would be {counts}; nothing stored (--dry-run).")
         else:
-            click.echo(f"{len(report.releases)} release(s) read: {counts}.")
+            click.echo(f"{read} read: {counts}.")
             if no_send:
                 click.echo("New releases are stored excluded from digests (--no-send).")
             if line := _arrival_line(report.arrival):
                 click.echo(line)
     if report.errors:
-        raise BadInput(f"{len(report.errors)} input(s) could not be read or stored (see above)")
+        raise BadInput(
+            f"{count_of(len(report.errors), 'input')} could not be read or stored (see above)"
+        )
 
 
 def _ingest_state(item: IngestedRelease, dry_run: bool) -> str:
@@ -205,7 +206,7 @@ def collect(ctx: click.Context, only: str | None, as_json: bool) -> None:
             click.echo(line)
     failed = [r for r in results if r.error and not r.skipped]
     if failed:
-        raise OperationalError(f"{len(failed)} of {len(results)} source(s) failed")
+        raise OperationalError(f"{len(failed)} of {count_of(len(results), 'source')} failed")
 
 
 async def _require_source(database: Any, name: str) -> None:

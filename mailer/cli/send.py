@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy import select
 
-from mailer.cli import BadInput, OperationalError, run, site_zone, when
+from mailer.cli import BadInput, OperationalError, confirm_at_terminal, run, site_zone, when
 from mailer.context import AppContext
 from mailer.db import Database
 from mailer.digest import SelectionReport, explain_digest
@@ -31,6 +31,7 @@ from mailer.send import (
     set_digest_state,
     start_digest,
 )
+from mailer.templating import count_of
 
 FREQUENCIES = click.Choice(["all", "immediately", "daily", "weekly"])
 
@@ -69,11 +70,12 @@ def digest_send(
                 return await explain_digest(database, app.settings, frequency)
 
         report = run(ctx, explain)
-        click.echo(f"Would send to {report.recipients} recipients (dry run: nothing sent).")
+        would = count_of(report.recipients, "recipient")
+        click.echo(f"Would send to {would} (dry run: nothing sent).")
         _echo_reasons(report)
         return
-    if not yes and not click.confirm("Send the digest now?", default=False):
-        raise click.Abort()
+    if not yes:
+        confirm_at_terminal("Send the digest now?", "pass --yes to send without asking.")
 
     async def send(app: AppContext) -> tuple[DigestProgress, str | None, SelectionReport]:
         report = SelectionReport(frequency=frequency, max_age=app.settings.digest.max_age)
@@ -91,7 +93,8 @@ def digest_send(
         _echo_reasons(report)
         return
     if no_wait:
-        click.echo(f"Digest {progress.digest_id} queued for {progress.recipients} recipients.")
+        recipients = count_of(progress.recipients, "recipient")
+        click.echo(f"Digest {progress.digest_id} queued for {recipients}.")
         _echo_reasons(report)
         return
     _echo_reasons(report)

@@ -9,6 +9,7 @@ from types import FrameType
 import click
 
 from mailer.cli import BadInput, OperationalError
+from mailer.config import LOOPBACK_HOSTS, is_loopback_url, served_base_url
 from mailer.context import AppContext
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -49,6 +50,28 @@ def serve(ctx: click.Context, host: str, port: int, no_background: bool, log_lev
 
     app_context: AppContext = ctx.find_object(AppContext)
     settings = app_context.settings
+    try:
+        followed = served_base_url(settings.site.base_url, host, port)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    if host not in LOOPBACK_HOSTS and is_loopback_url(settings.site.base_url):
+        click.echo(
+            f"warning: serving other machines on {host}, but links in mails point at "
+            f"{followed or settings.site.base_url}, on this machine; set site.base_url "
+            "(or MAILER_BASE_URL) to the address readers use.",
+            err=True,
+        )
+    if followed is not None:
+        configured = settings.site.base_url
+        settings = settings.model_copy(
+            update={"site": settings.site.model_copy(update={"base_url": followed})}
+        )
+        app_context = AppContext(settings=settings)
+        click.echo(
+            f"Links in mails use {followed}: site.base_url ({configured}) "
+            "is on this machine, so it follows the address served. Set site.base_url "
+            "to the public address to choose another."
+        )
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -4,22 +4,15 @@ watch the progress page count it out, and see it arrive at an SMTP server."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from mailer import accounts
-from mailer import subscribers as store
 from mailer.context import AppContext
-from mailer.models import utcnow
-from mailer.web.admin.releases import add_release
 from mailer.web.app import create_app
 from tests.admin.conftest import ADMIN_PASSWORD, site_settings
+from tests.support.live import launch_chromium, seed_admin_site, serving
 from tests.support.smtp import SmtpServer
 from tests.web.test_browser import _free_port, _wait_for_mail, chromium_path  # noqa: F401
 
@@ -40,40 +33,19 @@ def running_site(tmp_path: Path, sqlite_url: str, smtp_server: SmtpServer) -> It
         smtp={"embedded": False, "host": "127.0.0.1", "port": smtp_server.port},
     )
 
-    async def seed() -> None:
-        async with AppContext(settings=settings).database() as database:
-            await accounts.create_user(database, "alice", ADMIN_PASSWORD, "admin")
-            await store.add(
-                database,
-                settings,
-                READER,
-                name="Rūta",
-                confirmed=True,
-                now=utcnow() - timedelta(hours=1),
-            )
-            await add_release(
-                database,
-                settings,
-                title=TITLE,
-                body="The government adopted the budget and the tax plan for 2026.",
-                added_by="test",
-            )
-
-    asyncio.run(seed())
-    app = create_app(AppContext(settings=settings), run_background=True)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
+    asyncio.run(
+        seed_admin_site(
+            settings,
+            admin_password=ADMIN_PASSWORD,
+            reader=READER,
+            reader_name="Rūta",
+            title=TITLE,
+            body="The government adopted the budget and the tax plan for 2026.",
+        )
     )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the app did not start under uvicorn")
-        time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=70)
+    app = create_app(AppContext(settings=settings), run_background=True)
+    with serving(app, port, stop_timeout=70):
+        yield url
 
 
 def test_preview_send_and_follow_a_digest(
@@ -84,10 +56,7 @@ def test_preview_send_and_follow_a_digest(
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(chromium_path),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch_chromium(playwright, chromium_path)
         page = browser.new_page()
         failures: list[str] = []
         page.on(

@@ -88,6 +88,7 @@ async def test_send_asks_for_confirmation_with_the_count_then_sends(
     confirm = await editor_client.get("/admin/digests/send", params={"frequency": "all"})
     assert confirm.status_code == 200
     assert 'id="recipient-count">3<' in confirm.text
+    assert "Send to 3 recipients</button>" in confirm.text
     async with site.db.session() as session:
         assert (await session.scalars(select(Digest))).all() == [], "the count wrote nothing"
     sent = await editor_client.post(
@@ -100,7 +101,7 @@ async def test_send_asks_for_confirmation_with_the_count_then_sends(
     assert progress["status"] == "sending"
     assert progress["recipients"] == 3 and progress["pending"] == 3
     page = await editor_client.get(location)
-    assert "Sending to 3 recipient(s)." in page.text
+    assert "Sending to 3 recipients." in page.text
     assert f'data-progress-url="/admin/digests/{digest_id}/progress"' in page.text
 
     paused = await post_form(editor_client, location, f"{location}/pause")
@@ -120,7 +121,13 @@ async def test_send_asks_for_confirmation_with_the_count_then_sends(
 
 async def test_nobody_to_send_to_is_said_plainly(editor_client: httpx.AsyncClient) -> None:
     confirm = await editor_client.get("/admin/digests/send", params={"frequency": "weekly"})
-    assert "Nobody would receive anything now" in confirm.text
+    assert "Nobody would receive anything now (weekly subscribers):" in confirm.text
+    assert 'id="selection-reasons"' in confirm.text
+    everyone = await editor_client.get("/admin/digests/send", params={"frequency": "all"})
+    sentence = everyone.text.split("Nobody would", 1)[1].split("</p>", 1)[0]
+    assert "every confirmed subscriber, whatever their frequency" in sentence
+    # One plain aside, never one parenthesis inside another.
+    assert sentence.count("(") == 1
     bad = await editor_client.get("/admin/digests/send", params={"frequency": "hourly"})
     assert bad.status_code == 422
 

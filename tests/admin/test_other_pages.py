@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from mailer import accounts, audit
 from mailer import subscribers as store
+from mailer.config import Settings, format_duration, parse_duration
+from mailer.context import AppContext
 from mailer.models import Release, Source
 from mailer.send import start_digest
 from mailer.web.admin.releases import add_release
-from tests.admin.conftest import AdminSite, post_form
+from mailer.web.app import create_app
+from tests.admin.conftest import ADMIN_PASSWORD, AdminSite, login, post_form, site_settings
+from tests.support.clock import Clock
 
 
 async def test_add_edit_exclude_a_release(
@@ -196,3 +202,48 @@ async def test_huge_ids_are_not_found(admin_client: httpx.AsyncClient) -> None:
         "/admin/digests/2147483648",
     ):
         assert (await admin_client.get(path)).status_code == 404
+
+
+@pytest.fixture
+def written_settings(tmp_path: Path, sqlite_url: str) -> Settings:
+    return site_settings(
+        tmp_path,
+        sqlite_url,
+        smtp={"timeout": "30s", "rate_limit": 0, "retry_for": "3d"},
+        digest={"max_age": "2000d"},
+        signup={"confirm_ttl": 90},
+    )
+
+
+async def test_settings_are_shown_as_config_yaml_writes_them(written_settings: Settings) -> None:
+    app = create_app(AppContext(settings=written_settings), run_background=False)
+    async with app.router.lifespan_context(app):
+        await accounts.create_user(app.state.web.db, "alice", ADMIN_PASSWORD, "admin")
+        async with AdminSite(app, written_settings, Clock()).client() as client:
+            await login(client, "alice", ADMIN_PASSWORD)
+            page = (await client.get("/admin/settings")).text
+    rows = dict(re.findall(r"<td><code>([^<]+)</code></td><td>([^<]*)</td>", page))
+    assert rows["smtp.timeout"] == "30s"
+    assert rows["smtp.retry_for"] == "3d"
+    assert rows["smtp.rate_limit"] == "0"
+    assert rows["digest.max_age"] == "2000d"
+    assert rows["signup.confirm_ttl"] == "90s"
+    assert rows["signup.confirmation_interval"] == "10m"
+    assert not any(re.match(r"P\d|PT\d", value) for value in rows.values()), rows
+
+
+def test_durations_are_written_back_the_way_they_are_read() -> None:
+    for written in ("30s", "90s", "15m", "6h", "14d", "2000d", "1.5s"):
+        assert format_duration(parse_duration(written)) == written
+    assert format_duration(parse_duration("1w")) == "7d"
+    assert format_duration(parse_duration(3600)) == "1h"
+
+
+def test_every_table_header_has_a_scope_and_a_name() -> None:
+    """Screen readers announce each cell with its header: no header without text,
+    and each says whether it heads a column or a row."""
+    folder = Path(__file__).resolve().parents[2] / "templates" / "web"
+    for template in folder.rglob("*.html"):
+        for header in re.findall(r"<th\b[^>]*>.*?</th>", template.read_text(), re.S):
+            assert re.search(r'\bscope="(col|row)"', header), (template.name, header)
+            assert re.sub(r"<[^>]+>", "", header).strip(), (template.name, header)

@@ -88,7 +88,7 @@ def test_ingest_stores_good_files_and_reports_bad_ones_with_exit_2(
         config, "ingest", str(good), str(empty), str(unsupported), str(tmp_path / "missing.txt")
     )
     assert code == 2
-    assert "1 release(s) read: 1 new" in out
+    assert "1 release read: 1 new" in out
     assert f"{empty}: the file is empty" in err
     assert f"{unsupported}: unsupported file type .pdf" in err
     assert f"{tmp_path / 'missing.txt'}: no such file or folder" in err
@@ -125,7 +125,7 @@ def test_collect_shows_a_table_and_fails_when_a_source_fails(
         ],
     )
     code, out, err = mailer(config, "collect")
-    assert code == 1 and "1 of 4 source(s) failed" in err
+    assert code == 1 and "1 of 4 sources failed" in err
     lines = {line.split("│")[1].strip(): line for line in out.splitlines() if "│" in line}
     assert "expected a feed but got an HTML page" in out
     assert [cell.strip() for cell in lines["Drop folder"].split("│")[2:6]] == ["4", "0", "0", "0"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import itertools
 import re
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -212,7 +213,11 @@ def test_html_part_layout_and_footer(
     assert f'<a href="{releases[3].url}"' in html
     assert "agg.example.com" not in html and "News aggregator" not in html
     # CSS inlined into the elements; only @media rules (dark mode) stay in <style>.
-    assert re.search(r'<h3 class="item-title" style="[^"]*font-size', html)
+    assert re.search(r'<h[23] class="item-title" style="[^"]*font-size', html)
+    # One h1 (the digest's headline); releases are h2, or h3 under a topic's h2.
+    assert len(re.findall(r"<h1\b", html)) == 1
+    levels = [int(n) for n in re.findall(r"<h([1-6])\b", html)]
+    assert all(b - a <= 1 for a, b in itertools.pairwise(levels)), levels
     style_blocks = re.findall(r"<style>(.*?)</style>", html, re.S)
     assert style_blocks and all(block.strip().startswith("@media") for block in style_blocks)
     assert "prefers-color-scheme: dark" in html

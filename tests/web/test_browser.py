@@ -5,8 +5,8 @@ mail goes to a real SMTP server inside the test."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from mailer import subscribers as store
 from mailer.config import Settings
@@ -22,6 +21,7 @@ from mailer.context import AppContext
 from mailer.models import SubscriberStatus
 from mailer.web.app import create_app
 from tests.conftest import IN_CI, make_settings
+from tests.support.live import launch_chromium, serving
 from tests.support.smtp import SmtpServer
 from tests.web.conftest import TOPICS
 
@@ -62,19 +62,8 @@ def live_site(tmp_path: Path, sqlite_url: str, smtp_server: SmtpServer) -> Itera
         smtp={"embedded": False, "host": "127.0.0.1", "port": smtp_server.port},
     )
     app = create_app(AppContext(settings=settings), run_background=False)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the app did not start under uvicorn")
-        time.sleep(0.05)
-    yield LiveSite(url, settings)
-    server.should_exit = True
-    thread.join(timeout=20)
+    with serving(app, port):
+        yield LiveSite(url, settings)
 
 
 def _wait_for_mail(smtp_server: SmtpServer, count: int) -> None:
@@ -104,10 +93,7 @@ def test_subscribe_confirm_change_preferences_unsubscribe(
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(chromium_path),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch_chromium(playwright, chromium_path)
         try:
             page = browser.new_page(viewport=viewport, java_script_enabled=False)
             page.goto(live_site.url + "/")
@@ -158,25 +144,38 @@ def test_subscribe_confirm_change_preferences_unsubscribe(
             browser.close()
 
 
-def test_invalid_address_is_shown_back_in_the_browser(
+def test_signup_errors_are_shown_announced_and_lead_to_their_fields(
     chromium_path: Path, live_site: LiveSite
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(chromium_path),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch_chromium(playwright, chromium_path)
         try:
             page = browser.new_page()
             page.goto(live_site.url + "/subscribe")
             page.get_by_label("Email address").fill("ona at example.org")
             page.get_by_label("Name").fill("Ona")
-            page.get_by_label("I agree to receive press releases").check()
             page.get_by_role("button", name="Subscribe").click()
-            expect(page.get_by_text("This is not a valid email address").first).to_be_visible()
+            summary = page.get_by_role("alert")
+            # Focused on load: screen readers read it out, the keyboard starts there.
+            expect(summary).to_be_focused()
+            expect(summary).to_contain_text("This is not a valid email address")
             expect(page.get_by_label("Name")).to_have_value("Ona")
             expect(page.get_by_label("Email address")).to_have_value("ona at example.org")
+            expect(page.get_by_label("Email address")).to_have_attribute("aria-invalid", "true")
+            consent = page.get_by_label("I agree to receive press releases")
+            expect(consent).to_have_attribute("aria-invalid", "true")
+            expect(consent).to_have_accessible_description(re.compile("tick the box"))
+            # Each message links to its field.
+            summary.get_by_role("link", name=re.compile("tick the box")).click()
+            expect(page).to_have_url(re.compile("#consent$"))
+            page.keyboard.press("Space")
+            expect(consent).to_be_checked()
+            page.get_by_role("button", name="Subscribe").click()
+            expect(page.get_by_role("alert")).to_have_text(re.compile("not a valid email"))
+            expect(page.get_by_label("I agree to receive press releases")).not_to_have_attribute(
+                "aria-invalid", "true"
+            )
         finally:
             browser.close()

@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mailer.config import served_base_url
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -47,9 +49,8 @@ def test_serve_with_shipped_config_signs_up_and_stops_cleanly(
     (tmp_path / "examples" / "releases").mkdir(parents=True)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")} | {
-        "MAILER_BASE_URL": base
-    }
+    # No base_url of its own: the shipped one (127.0.0.1:8000) follows --port.
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "mailer", "--config", "config.yaml", "serve", "--port", str(port)],
         cwd=tmp_path,
@@ -94,3 +95,38 @@ def test_serve_with_shipped_config_signs_up_and_stops_cleanly(
     assert process.returncode == 0, err
     assert "Traceback" not in err, err
     assert "Application shutdown complete" in err
+
+
+def test_serve_on_a_chosen_port_refuses_port_zero_with_a_loopback_base_url(
+    tmp_path: Path,
+) -> None:
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "mailer", "--config", "config.yaml", "serve", "--port", "0"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "choose one with --port" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("base_url", "host", "port", "expected"),
+    [
+        ("http://127.0.0.1:8000", "127.0.0.1", 8765, "http://127.0.0.1:8765"),
+        ("http://localhost:8000", "127.0.0.1", 8765, "http://127.0.0.1:8765"),
+        ("http://127.0.0.1:8000", "::1", 8000, "http://[::1]:8000"),
+        ("http://127.0.0.1:8000", "0.0.0.0", 9000, "http://127.0.0.1:9000"),
+        ("http://127.0.0.1:8000", "127.0.0.1", 8000, None),
+        ("https://news.example.org", "127.0.0.1", 8765, None),
+        ("http://127.0.0.1:8000/press", "127.0.0.1", 8765, None),
+    ],
+)
+def test_a_loopback_base_url_follows_the_served_address(
+    base_url: str, host: str, port: int, expected: str | None
+) -> None:
+    assert served_base_url(base_url, host, port) == expected

@@ -39,6 +39,7 @@ from mailer.send import (
     start_queued_digest,
 )
 from mailer.subscribers import InvalidAddress, normalize_address
+from mailer.templating import count_of
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import (
     form,
@@ -52,7 +53,7 @@ from mailer.web.admin.common import (
 from mailer.web.app import web_state
 
 FREQUENCY_CHOICES = {
-    "all": "Everyone confirmed (whatever their frequency)",
+    "all": "Every confirmed subscriber, whatever their frequency",
     "immediately": "Subscribers who chose “as soon as published”",
     "daily": "Daily subscribers",
     "weekly": "Weekly subscribers",
@@ -390,7 +391,9 @@ async def send_now(request: Request) -> Response:
     return redirect(
         request,
         f"/admin/digests/{digest.id}",
-        " ".join([f"Sending to {digest.recipient_count} recipient(s).", *report.reasons()]),
+        " ".join(
+            [f"Sending to {count_of(digest.recipient_count, 'recipient')}.", *report.reasons()]
+        ),
     )
 
 
@@ -488,7 +491,7 @@ async def digest_action(request: Request) -> Response:
     past = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "start": "started"}
     notice = f"Send {past[action]}."
     if action == "start":
-        notice = f"Send started for {digest.recipient_count} recipient(s)."
+        notice = f"Send started for {count_of(digest.recipient_count, 'recipient')}."
     return redirect(request, f"/admin/digests/{digest_id}", notice)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+from datetime import timedelta
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -11,6 +13,7 @@ from starlette.routing import Route
 
 from mailer import accounts, audit
 from mailer.accounts import Role
+from mailer.config import format_duration
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import (
     form,
@@ -194,13 +197,30 @@ def _rows(value: Any, prefix: str = "") -> list[tuple[str, str]]:
         for number, inner in enumerate(value):
             rows += _rows(inner, f"{prefix}[{number}]")
         return rows
-    return [(prefix, "—" if value is None else str(value))]
+    return [(prefix, _as_written(value))]
+
+
+def _as_written(value: Any) -> str:
+    """A setting as config.yaml spells it: 30s rather than PT30S, 0 rather than 0.0."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, list):
+        return ", ".join(_as_written(v) for v in value) if value else "—"
+    return str(value)
 
 
 @requires(Role.ADMIN)
 async def settings_page(request: Request) -> Response:
     state = web_state(request)
-    dumped = state.settings.model_dump(mode="json", by_alias=True, exclude={"config_path"})
+    dumped = state.settings.model_dump(by_alias=True, exclude={"config_path"})
     return page(
         request,
         "settings.html",
