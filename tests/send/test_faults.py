@@ -1,0 +1,264 @@
+"""Delivery under faults, after Postfix's queue manager: per-domain connection limits
+that hold for the whole send, a message that breaks the connection deferred alone,
+signals that reach every process of a send, and drains that say what is left."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from mailer.context import AppContext
+from mailer.models import (
+    Delivery,
+    DeliveryStatus,
+    Digest,
+    DigestStatus,
+    Subscriber,
+    SubscriberStatus,
+)
+from mailer.send import Worker, outbox_backlog, start_digest
+from tests.send.conftest import seed, write_config
+from tests.support.faulty_smtp import FaultPlan, FaultySmtpServer
+
+
+def _mailer(config: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailer", "--config", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def _statuses(database, digest_id: int) -> Counter[str]:
+    async with database.session() as session:
+        rows = await session.execute(
+            select(Delivery.status, func.count())
+            .where(Delivery.digest_id == digest_id)
+            .group_by(Delivery.status)
+        )
+        return Counter({status.value: n for status, n in rows.all()})
+
+
+async def _row(database, email: str) -> Delivery:
+    async with database.session() as session:
+        return await session.scalar(select(Delivery).where(Delivery.email == email))
+
+
+async def test_per_domain_limit_holds_across_the_processes_of_a_send(
+    tmp_path: Path, database_url: str
+) -> None:
+    """300 recipients at one domain, 4 connections per process, 2 processes, a limit
+    of 1: the server never sees a second connection open."""
+    server = FaultySmtpServer(FaultPlan(data_delay=0.003)).start()
+    try:
+        settings = write_config(
+            tmp_path, database_url, server.port, connections=4, per_domain_connections=1
+        )
+        async with AppContext(settings=settings).database() as database:
+            addresses = await seed(database, 300, domain="big.example")
+        send = _mailer(settings.config_path, "digest", "send", "--yes", "--workers", "2")
+        out, err = await asyncio.to_thread(send.communicate, timeout=180)
+        assert send.returncode == 0, err.decode()
+        assert "sent 300 of 300" in out.decode()
+        assert server.handler.delivered() == Counter({a: 1 for a in addresses})
+        assert server.handler.most_open == 1
+    finally:
+        server.stop()
+
+
+async def test_sessions_carry_one_domain_each_within_the_limit(
+    tmp_path: Path, database_url: str
+) -> None:
+    server = FaultySmtpServer(FaultPlan(data_delay=0.005)).start()
+    try:
+        settings = write_config(
+            tmp_path, database_url, server.port, connections=4, per_domain_connections=1
+        )
+        async with AppContext(settings=settings).database() as database:
+            await seed(database, 30, domain="one.example")
+            async with database.transaction() as session:
+                for i in range(30):
+                    session.add(
+                        Subscriber(
+                            email=f"other{i}@Two.Example",
+                            email_key=f"other{i}@two.example",
+                            status=SubscriberStatus.CONFIRMED,
+                            digest_since=datetime(2000, 1, 1, tzinfo=UTC),
+                        )
+                    )
+            digest = await start_digest(database, settings)
+            await Worker(database, settings, poll_interval=0.05).run(until_empty=True)
+            assert await _statuses(database, digest.id) == Counter({"sent": 60})
+        assert sum(server.handler.delivered().values()) == 60
+        # Two domains with one slot each: two of the four connections at most,
+        # one transaction per domain at a time (the domain is case-insensitive).
+        assert server.handler.most_open <= 2
+        assert server.handler.most_in_data["one.example"] == 1
+        assert server.handler.most_in_data["Two.Example"] == 1
+    finally:
+        server.stop()
+
+
+async def test_a_message_that_drops_the_connection_is_deferred_alone(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(
+        tmp_path,
+        database_url,
+        faulty_smtp.port,
+        retry_base=0.3,
+        retry_max_interval=0.6,
+        retry_for=3,
+    )
+    async with AppContext(settings=settings).database() as database:
+        addresses = await seed(database, 100)
+        poison, others = addresses[10], [a for a in addresses if a != addresses[10]]
+        faulty_smtp.handler.plan.drop_always.add(poison)
+        digest = await start_digest(database, settings)
+
+        # The first pass delivers the other 99; the poison message waits on its own
+        # backoff, its attempt counted.
+        worker = Worker(database, settings, poll_interval=0.05)
+        await worker.run(until_empty=True)
+        assert faulty_smtp.handler.delivered() == Counter({a: 1 for a in others})
+        row = await _row(database, poison)
+        assert row.status is DeliveryStatus.DEFERRED
+        assert row.attempts == faulty_smtp.handler.attempts[poison] >= 1
+        assert "connection lost" in row.last_error
+        assert worker.last_connection_error is None  # not taken for an outage
+
+        # Waiting for the send to finish: the poison message is failed after
+        # retry_for, with the reason; nothing else is sent again.
+        await Worker(database, settings, poll_interval=0.05).run(until_done=True)
+        row = await _row(database, poison)
+        assert row.status is DeliveryStatus.FAILED
+        assert row.last_error.startswith(f"gave up after {row.attempts} attempts")
+        assert "connection lost" in row.last_error
+        assert row.attempts == faulty_smtp.handler.attempts[poison] >= 3
+        assert faulty_smtp.handler.delivered() == Counter({a: 1 for a in others})
+        assert await _statuses(database, digest.id) == Counter({"sent": 99, "failed": 1})
+        async with database.session() as session:
+            assert (await session.get(Digest, digest.id)).status is DigestStatus.DONE
+
+
+async def test_drops_across_messages_in_a_row_hold_the_queue(
+    tmp_path: Path, sqlite_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(tmp_path, sqlite_url, faulty_smtp.port, connections=1)
+    async with AppContext(settings=settings).database() as database:
+        addresses = await seed(database, 10)
+        faulty_smtp.handler.plan.drop_always.update(addresses)
+        await start_digest(database, settings)
+        worker = Worker(database, settings, poll_interval=0.05)
+        await worker.run(until_empty=True)
+    # Three different messages broke the session: the server is in trouble, so
+    # the rest waits for the outage to end instead of each burning an attempt.
+    assert worker.last_connection_error and "connection lost" in worker.last_connection_error
+    assert sum(faulty_smtp.handler.attempts.values()) == 3
+
+
+async def test_421_on_connect_holds_the_queue_without_counting_attempts(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(tmp_path, database_url, faulty_smtp.port, connections=2)
+    faulty_smtp.handler.plan.refuse_connections = 2
+    async with AppContext(settings=settings).database() as database:
+        addresses = await seed(database, 20)
+        digest = await start_digest(database, settings)
+        await Worker(database, settings, poll_interval=0.05).run(until_done=True)
+        assert faulty_smtp.handler.refused == 2
+        assert faulty_smtp.handler.delivered() == Counter({a: 1 for a in addresses})
+        async with database.session() as session:
+            attempts = Counter((await session.scalars(select(Delivery.attempts))).all())
+        # Refused sessions tried no message: each row counts its one real attempt.
+        assert attempts == Counter({1: 20})
+        assert await _statuses(database, digest.id) == Counter({"sent": 20})
+
+
+async def test_until_empty_says_what_is_left_and_until_done_waits_for_it(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    settings = write_config(
+        tmp_path, database_url, faulty_smtp.port, retry_base=1.5, retry_max_interval=2
+    )
+    async with AppContext(settings=settings).database() as database:
+        addresses = await seed(database, 5)
+        faulty_smtp.handler.plan.defer_times[addresses[0]] = 1
+        digest = await start_digest(database, settings)
+
+    drain = _mailer(settings.config_path, "worker", "--until-empty")
+    out, err = await asyncio.to_thread(drain.communicate, timeout=60)
+    assert drain.returncode == 0, err.decode()
+    said = out.decode()
+    assert "sent 4, deferred 1" in said
+    assert "Left: 1 deferred; next retry due " in said and " s)." in said
+
+    done = _mailer(settings.config_path, "worker", "--until-done")
+    out, err = await asyncio.to_thread(done.communicate, timeout=60)
+    assert done.returncode == 0, err.decode()
+    assert "sent 1, deferred 0" in out.decode()
+    assert "Nothing left to send." in out.decode()
+    assert faulty_smtp.handler.delivered() == Counter({a: 1 for a in addresses})
+    async with AppContext(settings=settings).database() as database:
+        assert await _statuses(database, digest.id) == Counter({"sent": 5})
+        async with database.session() as session:
+            assert not (await outbox_backlog(session)).open
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes; its parent reaps it.
+    status = Path(f"/proc/{pid}/stat")
+    return status.exists() and status.read_text().split(")")[-1].split()[0] != "Z"
+
+
+async def test_sigterm_stops_every_process_of_a_send_and_a_worker_finishes_it(
+    tmp_path: Path, database_url: str
+) -> None:
+    server = FaultySmtpServer(FaultPlan(data_delay=0.01)).start()
+    try:
+        settings = write_config(tmp_path, database_url, server.port, connections=2)
+        async with AppContext(settings=settings).database() as database:
+            addresses = await seed(database, 600)
+        send = _mailer(settings.config_path, "digest", "send", "--yes", "--workers", "3")
+        deadline = time.monotonic() + 60
+        while len(server.handler.accepted) < 60 or len(_children(send.pid)) < 2:
+            assert time.monotonic() < deadline, "the send did not get going"
+            await asyncio.sleep(0.05)
+        helpers = _children(send.pid)
+        signalled = time.monotonic()
+        send.send_signal(signal.SIGTERM)
+        processes = [send.pid, *helpers]
+        while any(_alive(pid) for pid in processes[1:]) or send.poll() is None:
+            assert time.monotonic() - signalled < 5, "a process of the send outlived SIGTERM"
+            await asyncio.sleep(0.05)
+        _, err = send.communicate()
+        assert send.returncode == 1 and b"stopped by a signal" in err, err.decode()
+        stopped_at = len(server.handler.accepted)
+        assert stopped_at < 600, "the send finished before the signal"
+        await asyncio.sleep(0.5)
+        assert len(server.handler.accepted) == stopped_at, "mail went out after the stop"
+
+        finish = _mailer(settings.config_path, "worker", "--until-done")
+        _, err = await asyncio.to_thread(finish.communicate, timeout=120)
+        assert finish.returncode == 0, err.decode()
+        assert server.handler.delivered() == Counter({a: 1 for a in addresses})
+    finally:
+        server.stop()
