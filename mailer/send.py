@@ -486,8 +486,13 @@ class Worker:
         worker_id: str | None = None,
         digest_id: int | None = None,
         rate_limit: float | None = None,
+        domain_share: int | None = None,
         poll_interval: float = 2.0,
     ):
+        """rate_limit and domain_share: this process's part of smtp.rate_limit and
+        of each domain's smtp.per_domain_connections slots, when several processes
+        share them (``digest send --workers N`` gives each 1/N); the slots bound
+        all processes of the machine together either way."""
         self.database = database
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
@@ -504,6 +509,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.stats = WorkerStats()
         self._slots = DomainSlots(settings.data_path / "slots", smtp.per_domain_connections)
+        self._domain_share = min(domain_share or smtp.per_domain_connections, self.connections)
         self._queues: DomainQueues[Claimed] = DomainQueues()
         # Domains this process's sessions hold a slot for, and domains whose slots
         # other processes hold, skipped by claims until the given loop time.
@@ -784,7 +790,7 @@ class Worker:
 
     def _slot_for_waiting_mail(self, but_not: str | None) -> DomainSlot | None:
         for domain in self._queues.domains():
-            if domain == but_not:
+            if domain == but_not or self._held[domain] >= self._domain_share:
                 continue
             slot = self._slots.try_acquire(domain)
             if slot is not None:
@@ -812,7 +818,14 @@ class Worker:
         """Claims of a domain whose every slot another process holds would only
         age here (and outlive the claim lease on a long send): give them back to
         the queue, where the process with the slots picks them up."""
-        starved = self._queues.starved(DOMAIN_HANDBACK, busy=self._held)
+        starved = []
+        for domain in self._queues.starved(DOMAIN_HANDBACK, busy=self._held):
+            probe = self._slots.try_acquire(domain)
+            if probe is None:
+                starved.append(domain)
+            else:  # a slot is free now: a sender of ours takes it shortly
+                probe.release()
+                self._queues.served(domain)
         if not starved:
             return
         until = asyncio.get_running_loop().time() + DOMAIN_HANDBACK

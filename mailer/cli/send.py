@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import subprocess
@@ -119,8 +120,16 @@ async def _deliver_with_progress(
     signal stopped the send. A signal reaches every process of the send."""
     settings = app.settings
     rate = settings.smtp.rate_limit / workers if settings.smtp.rate_limit else 0.0
-    helpers = [_spawn_worker(app, digest_id, rate) for _ in range(workers - 1)]
-    worker = Worker(database, settings, digest_id=digest_id, rate_limit=rate, poll_interval=0.5)
+    share = math.ceil(settings.smtp.per_domain_connections / workers)
+    helpers = [_spawn_worker(app, digest_id, rate, share) for _ in range(workers - 1)]
+    worker = Worker(
+        database,
+        settings,
+        digest_id=digest_id,
+        rate_limit=rate,
+        domain_share=share,
+        poll_interval=0.5,
+    )
     console = Console(stderr=True)
     columns = (
         TextColumn("[bold]digest {task.fields[digest]}"),
@@ -199,7 +208,9 @@ def _kill_stragglers(helpers: list[subprocess.Popen[bytes]], after: float = 0.0)
             helper.wait()
 
 
-def _spawn_worker(app: AppContext, digest_id: int, rate: float) -> subprocess.Popen[bytes]:
+def _spawn_worker(
+    app: AppContext, digest_id: int, rate: float, share: int
+) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "mailer"]
     config_path = app.settings.config_path
     if config_path is not None and Path(config_path).exists():
@@ -211,6 +222,8 @@ def _spawn_worker(app: AppContext, digest_id: int, rate: float) -> subprocess.Po
         str(digest_id),
         "--rate-limit",
         str(rate),
+        "--domain-share",
+        str(share),
         "--quiet",
     ]
     return subprocess.Popen(command)  # noqa: S603 - our own interpreter and module
@@ -314,6 +327,12 @@ digest_cancel = _state_command("cancel", "Cancel a send; unsent messages are wit
 )
 @click.option("--digest", "digest_id", type=int, help="Deliver only this send.")
 @click.option("--rate-limit", type=float, help="Messages per second (default: smtp.rate_limit).")
+@click.option(
+    "--domain-share",
+    type=click.IntRange(1, 200),
+    help="At most this many of a domain's smtp.per_domain_connections in this process "
+    "(default: all; the limit holds for the machine's processes together either way).",
+)
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 @click.pass_context
 def worker(
@@ -322,13 +341,20 @@ def worker(
     until_done: bool,
     digest_id: int | None,
     rate_limit: float | None,
+    domain_share: int | None,
     quiet: bool,
 ) -> None:
     """Run delivery workers only (no web app, no scheduler)."""
 
     async def work(app: AppContext) -> tuple[WorkerStats, Backlog, bool]:
         async with app.database() as database:
-            delivery = Worker(database, app.settings, digest_id=digest_id, rate_limit=rate_limit)
+            delivery = Worker(
+                database,
+                app.settings,
+                digest_id=digest_id,
+                rate_limit=rate_limit,
+                domain_share=domain_share,
+            )
             signalled: list[bool] = []
 
             def stop() -> None:
