@@ -123,7 +123,7 @@ def write_config(folder: Path, port: int, connections: int) -> Path:
     return path
 
 
-async def seed(config: Path, subscribers: int, releases: int) -> None:
+async def seed(config: Path, subscribers: int, releases: int, domains: int = 1) -> None:
     settings = load_settings(config)
     now = utcnow()
     async with AppContext(settings=settings).database() as database:
@@ -150,8 +150,8 @@ async def seed(config: Path, subscribers: int, releases: int) -> None:
                 session.add(release)
         rows = [
             {
-                "email": f"reader{i:06d}@example.net",
-                "email_key": f"reader{i:06d}@example.net",
+                "email": _address(i, domains),
+                "email_key": _address(i, domains),
                 "name": f"Reader {i}",
                 "status": "confirmed",
                 "frequency": Frequency.DAILY,
@@ -165,6 +165,12 @@ async def seed(config: Path, subscribers: int, releases: int) -> None:
         for start in range(0, len(rows), 5000):
             async with database.transaction() as session:
                 await session.execute(insert(Subscriber), rows[start : start + 5000])
+
+
+def _address(i: int, domains: int) -> str:
+    # Readers spread over the domains in turn, as a real list mixes providers.
+    domain = "example.net" if domains == 1 else f"d{i % domains}.example.net"
+    return f"reader{i:06d}@{domain}"
 
 
 def rss_of_tree(pid: int) -> dict[int, int]:
@@ -259,12 +265,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument(
+        "--domains", type=int, default=1, help="spread readers over this many domains"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="mailer-bench-") as folder, Sink() as sink:
         config = write_config(Path(folder), sink.port, args.connections)
         t0 = time.perf_counter()
-        asyncio.run(seed(config, args.subscribers, args.releases))
+        asyncio.run(seed(config, args.subscribers, args.releases, args.domains))
         print(
             f"seeded {args.subscribers} subscribers and {args.releases} releases "
             f"in {time.perf_counter() - t0:.1f}s; sink: {sink.kind}"
