@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import resource
 import shutil
 import smtplib
 import socket
@@ -219,6 +220,12 @@ def run_mailer_send(config: Path, workers: int) -> tuple[float, int, str]:
     return elapsed, peak, out.decode().strip()
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU of the finished child processes (and theirs, once reaped)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def naive_baseline(port: int, count: int, body: str) -> float:
     started = time.perf_counter()
     with smtplib.SMTP("127.0.0.1", port) as client:
@@ -278,7 +285,9 @@ def main() -> None:
             f"seeded {args.subscribers} subscribers and {args.releases} releases "
             f"in {time.perf_counter() - t0:.1f}s; sink: {sink.kind}"
         )
+        cpu_before = children_cpu_seconds()
         elapsed, peak, output = run_mailer_send(config, args.workers)
+        cpu = children_cpu_seconds() - cpu_before
         size = _sample_size(Path(folder), config)
         print(output)
         print(
@@ -286,6 +295,12 @@ def main() -> None:
             f"{elapsed:.1f}s = {args.subscribers / elapsed:.0f} msg/s end to end; "
             f"peak RSS {peak / 2**20:.0f} MB (largest process; {args.workers} workers, "
             f"{args.connections} connections each)"
+        )
+        # CPU time per message barely moves with other load on the machine, unlike
+        # msg/s: compare it when the machine is shared.
+        print(
+            f"CPU of the send's processes: {cpu:.1f}s = "
+            f"{cpu / args.subscribers * 1000:.2f} ms per message ({args.domains} domains)"
         )
         if args.skip_baselines:
             return
