@@ -25,7 +25,7 @@ from mailer.models import (
     Subscriber,
     SubscriberStatus,
 )
-from mailer.send import Worker, outbox_backlog, start_digest
+from mailer.send import Worker, journal_dir, outbox_backlog, start_digest
 from tests.send.conftest import seed, write_config
 from tests.support.faulty_smtp import FaultPlan, FaultySmtpServer
 
@@ -236,28 +236,42 @@ async def test_sigterm_stops_every_process_of_a_send_and_a_worker_finishes_it(
     try:
         settings = write_config(tmp_path, database_url, server.port, connections=2)
         async with AppContext(settings=settings).database() as database:
-            addresses = await seed(database, 600)
+            addresses = await seed(database, 1000)
         send = _mailer(settings.config_path, "digest", "send", "--yes", "--workers", "3")
-        deadline = time.monotonic() + 60
-        while len(server.handler.accepted) < 60 or len(_children(send.pid)) < 2:
+        journals = journal_dir(settings)
+
+        def delivering(pid: int) -> bool:
+            # A worker keeps its journal while it delivers (see journal.py).
+            return journals.is_dir() and any(journals.glob(f"*-{pid}-*.journal"))
+
+        deadline = time.monotonic() + 120
+        while True:
+            helpers = _children(send.pid)
+            running = len(helpers) == 2 and all(delivering(pid) for pid in [send.pid, *helpers])
+            if running and len(server.handler.accepted) >= 60:
+                break
             assert time.monotonic() < deadline, "the send did not get going"
             await asyncio.sleep(0.05)
-        helpers = _children(send.pid)
+        at_signal = len(server.handler.accepted)
         signalled = time.monotonic()
         send.send_signal(signal.SIGTERM)
-        processes = [send.pid, *helpers]
-        while any(_alive(pid) for pid in processes[1:]) or send.poll() is None:
-            assert time.monotonic() - signalled < 5, "a process of the send outlived SIGTERM"
+        # The signal must reach the helpers: after it, each of the 3 x 2 sessions
+        # finishes at most the message on the wire, then nothing more goes out.
+        while any(_alive(pid) for pid in helpers) or send.poll() is None:
+            # The target is under 5 s (docs/production.md); the bound here leaves
+            # room for a machine loaded by other work, where interpreter exit alone
+            # can take seconds. Before the fix the helpers went on for the whole send.
+            assert time.monotonic() - signalled < 15, "a process of the send outlived SIGTERM"
             await asyncio.sleep(0.05)
         _, err = send.communicate()
         assert send.returncode == 1 and b"stopped by a signal" in err, err.decode()
+        assert len(server.handler.accepted) - at_signal <= 3 * 2
         stopped_at = len(server.handler.accepted)
-        assert stopped_at < 600, "the send finished before the signal"
         await asyncio.sleep(0.5)
         assert len(server.handler.accepted) == stopped_at, "mail went out after the stop"
 
         finish = _mailer(settings.config_path, "worker", "--until-done")
-        _, err = await asyncio.to_thread(finish.communicate, timeout=120)
+        _, err = await asyncio.to_thread(finish.communicate, timeout=180)
         assert finish.returncode == 0, err.decode()
         assert server.handler.delivered() == Counter({a: 1 for a in addresses})
     finally:
