@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from mailer.context import AppContext
+from mailer.destinations import DomainSlots
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -282,3 +283,37 @@ async def test_sigterm_stops_every_process_of_a_send_and_a_worker_finishes_it(
         assert server.handler.delivered() == Counter({a: 1 for a in addresses})
     finally:
         server.stop()
+
+
+async def test_claims_of_a_domain_whose_slots_are_taken_go_back_to_the_queue(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer, monkeypatch
+) -> None:
+    import mailer.send
+
+    monkeypatch.setattr(mailer.send, "DOMAIN_HANDBACK", 0.3)
+    settings = write_config(
+        tmp_path, database_url, faulty_smtp.port, connections=2, per_domain_connections=1
+    )
+    # Another process holds the only slot of busy.example.
+    elsewhere = DomainSlots(settings.data_path / "slots", 1).try_acquire("busy.example")
+    assert elsewhere is not None
+    async with AppContext(settings=settings).database() as database:
+        busy = await seed(database, 5, domain="busy.example")
+        free = await seed(database, 5, releases=0, domain="free.example")
+        digest = await start_digest(database, settings)
+        worker = Worker(database, settings, poll_interval=0.05)
+        running = asyncio.create_task(worker.run(until_empty=True))
+        deadline = time.monotonic() + 30
+        while (await _statuses(database, digest.id)) != Counter({"sent": 5, "pending": 5}):
+            assert time.monotonic() < deadline, await _statuses(database, digest.id)
+            await asyncio.sleep(0.05)
+        # free.example went out; busy.example waits unclaimed for whoever has a slot.
+        assert set(faulty_smtp.handler.delivered()) == set(free)
+        async with database.session() as session:
+            claimed = await session.scalar(
+                select(func.count()).where(Delivery.claimed_by.is_not(None))
+            )
+        assert claimed == 0
+        elsewhere.release()
+        await asyncio.wait_for(running, timeout=60)
+        assert faulty_smtp.handler.delivered() == Counter({a: 1 for a in busy + free})
