@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -23,11 +22,10 @@ from mailer.models import (
     DeliveryStatus,
     Digest,
     DigestStatus,
-    Subscriber,
-    SubscriberStatus,
 )
 from mailer.send import Worker, journal_dir, outbox_backlog, start_digest
 from tests.send.conftest import seed, write_config
+from tests.send.conftest import statuses as _statuses
 from tests.support.faulty_smtp import FaultPlan, FaultySmtpServer
 
 
@@ -37,16 +35,6 @@ def _mailer(config: Path, *args: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-
-
-async def _statuses(database, digest_id: int) -> Counter[str]:
-    async with database.session() as session:
-        rows = await session.execute(
-            select(Delivery.status, func.count())
-            .where(Delivery.digest_id == digest_id)
-            .group_by(Delivery.status)
-        )
-        return Counter({status.value: n for status, n in rows.all()})
 
 
 async def _row(database, email: str) -> Delivery:
@@ -86,16 +74,7 @@ async def test_sessions_carry_one_domain_each_within_the_limit(
         )
         async with AppContext(settings=settings).database() as database:
             await seed(database, 30, domain="one.example")
-            async with database.transaction() as session:
-                for i in range(30):
-                    session.add(
-                        Subscriber(
-                            email=f"other{i}@Two.Example",
-                            email_key=f"other{i}@two.example",
-                            status=SubscriberStatus.CONFIRMED,
-                            digest_since=datetime(2000, 1, 1, tzinfo=UTC),
-                        )
-                    )
+            await seed(database, 30, releases=0, domain="Two.Example")
             digest = await start_digest(database, settings)
             await Worker(database, settings, poll_interval=0.05).run(until_empty=True)
             assert await _statuses(database, digest.id) == Counter({"sent": 60})
