@@ -173,7 +173,8 @@ class SmtpConfig(Section):
     timeout: Duration = timedelta(seconds=30)
     connections: int = Field(4, ge=1, le=200)
     rate_limit: float = Field(0, ge=0)
-    # At most this many of the connections talk to one recipient domain at once.
+    # At most this many connections are open for one recipient domain at once, for
+    # all processes of one machine sharing data_dir (see destinations.py).
     per_domain_connections: int = Field(4, ge=1, le=200)
     # 4xx replies and unreachable servers: retry with exponential backoff and jitter,
     # starting at retry_base, at most retry_max_interval apart, for up to retry_for.

@@ -5,7 +5,9 @@
       claim     ─ a batch of due rows → "sending" (FOR UPDATE SKIP LOCKED on
                   PostgreSQL; an IMMEDIATE transaction on SQLite)
       compose   ─ MessageComposer renders each distinct content once
-      send      ─ one task per SMTP connection; global rate limit; per-domain limit
+      send      ─ one task per SMTP connection, each carrying one recipient domain's
+                  messages at a time under a per-domain slot (destinations.py);
+                  rate limit per process
       journal   ─ each accepted message is appended to the worker's journal at once
       record    ─ states are written back in batches (sent, deferred, failed)
 
@@ -23,9 +25,9 @@ import os
 import random
 import socket
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import Settings
 from mailer.db import Database
+from mailer.destinations import DomainQueues, DomainSlot, DomainSlots, recipient_domain
 from mailer.journal import Journal, orphan_journals
 from mailer.models import (
     Bounce,
@@ -60,6 +63,17 @@ RECORD_EVERY_COUNT = 500
 OUTAGE_BACKOFF = (1.0, 60.0)
 # A relay that refuses this many recipients in a row by policy (5.7.x) refuses them all.
 POLICY_REFUSALS_BEFORE_PAUSE = 5
+# Sessions dropped during this many different messages in a row mean the server,
+# not a message, is in trouble: the worker then holds off as in an outage.
+DROPS_FOR_OUTAGE = 3
+# A session with nothing to carry keeps its domain slot this long (more of the
+# domain may come with the next claim), then closes, as Postfix's connection cache.
+SESSION_IDLE_HOLD = 1.0
+# How often a message waiting for a domain slot held elsewhere looks again; after
+# DOMAIN_HANDBACK seconds without one, claims of that domain go back to the queue
+# for the process holding the slots, and this one skips the domain for as long.
+SLOT_POLL = 0.05
+DOMAIN_HANDBACK = 10.0
 OPEN_STATES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED)
 
 
@@ -291,6 +305,68 @@ async def digest_progress(session: AsyncSession, digest_id: int) -> DigestProgre
     )
 
 
+@dataclass
+class Backlog:
+    """What is left of running (and paused) sends: the answer to "is it done?"."""
+
+    pending: int = 0
+    sending: int = 0
+    deferred: int = 0
+    # The earliest time a deferred message is due again.
+    next_retry_at: datetime | None = None
+    # Unsent messages of paused sends: they wait for an operator, not a worker.
+    paused: int = 0
+
+    @property
+    def open(self) -> int:
+        return self.pending + self.sending + self.deferred
+
+    def describe(self, now: datetime | None = None) -> str:
+        now = now or utcnow()
+        if not self.open:
+            left = "Nothing left to send"
+        else:
+            parts = [f"{n} {name}" for name, n in self._counts() if n]
+            left = "Left: " + ", ".join(parts)
+            if self.next_retry_at is not None:
+                wait = max(0, round((self.next_retry_at - now).total_seconds()))
+                left += f"; next retry due {self.next_retry_at:%Y-%m-%d %H:%M:%S} UTC (in {wait} s)"
+        if self.paused:
+            left += f"; {self.paused} more in paused sends (`mailer digest resume`)"
+        return left + "."
+
+    def _counts(self) -> list[tuple[str, int]]:
+        return [("pending", self.pending), ("in flight", self.sending), ("deferred", self.deferred)]
+
+
+async def outbox_backlog(session: AsyncSession, digest_id: int | None = None) -> Backlog:
+    query = (
+        select(Digest.status, Delivery.status, func.count(), func.min(Delivery.next_attempt_at))
+        .join(Digest, Digest.id == Delivery.digest_id)
+        .where(
+            Digest.status.in_([DigestStatus.SENDING, DigestStatus.PAUSED]),
+            Delivery.status.in_(list(OPEN_STATES)),
+        )
+        .group_by(Digest.status, Delivery.status)
+    )
+    if digest_id is not None:
+        query = query.where(Delivery.digest_id == digest_id)
+    backlog = Backlog()
+    for digest_status, status, count, next_attempt in (await session.execute(query)).all():
+        if digest_status is DigestStatus.PAUSED:
+            backlog.paused += count
+        elif status is DeliveryStatus.PENDING:
+            backlog.pending += count
+        elif status is DeliveryStatus.SENDING:
+            backlog.sending += count
+        else:
+            backlog.deferred += count
+            if next_attempt is not None and next_attempt.tzinfo is None:
+                next_attempt = next_attempt.replace(tzinfo=UTC)  # SQLite keeps no zone
+            backlog.next_retry_at = next_attempt
+    return backlog
+
+
 async def finish_completed(session: AsyncSession, now: datetime | None = None) -> None:
     """Mark sends done once no row of theirs can still be sent."""
     open_rows = exists().where(
@@ -421,8 +497,13 @@ class Worker:
         worker_id: str | None = None,
         digest_id: int | None = None,
         rate_limit: float | None = None,
+        domain_share: int | None = None,
         poll_interval: float = 2.0,
     ):
+        """rate_limit and domain_share: this process's part of smtp.rate_limit and
+        of each domain's smtp.per_domain_connections slots, when several processes
+        share them (``digest send --workers N`` gives each 1/N); the slots bound
+        all processes of the machine together either way."""
         self.database = database
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
@@ -438,10 +519,14 @@ class Worker:
             self.batch_size = int(min(self.batch_size, max(10, per_second * 30)))
         self.poll_interval = poll_interval
         self.stats = WorkerStats()
-        self._domains: dict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(smtp.per_domain_connections)
-        )
-        self._queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
+        self._slots = DomainSlots(settings.data_path / "slots", smtp.per_domain_connections)
+        self._domain_share = min(domain_share or smtp.per_domain_connections, self.connections)
+        self._queues: DomainQueues[Claimed] = DomainQueues()
+        # Domains this process's sessions hold a slot for, and domains whose slots
+        # other processes hold, skipped by claims until the given loop time.
+        self._held: Counter[str] = Counter()
+        self._skipped_domains: dict[str, float] = {}
+        self._dropped_in_a_row: set[int] = set()
         self._results: list[Recorded] = []
         self._journal: Journal | None = None
         self._composers: dict[int, Any] = {}
@@ -458,12 +543,21 @@ class Worker:
         self.last_connection_error: str | None = None
         self._stopping = asyncio.Event()
         self._in_flight = 0
+        self._done_by: float | None = None
 
     def stop(self) -> None:
         """Finish what is on the wire, record it, and return from run()."""
         self._stopping.set()
 
-    async def run(self, *, until_empty: bool = False) -> WorkerStats:
+    async def run(self, *, until_empty: bool = False, until_done: bool = False) -> WorkerStats:
+        """Deliver until stopped. until_empty: return once nothing is pending or
+        due now (deferred rows wait for a later run). until_done: return once the
+        sends are finished (no row open, whoever holds it), waiting out retry
+        schedules, but no longer than the retry window (retry_for plus one
+        retry_max_interval), after which every row has been sent or failed."""
+        smtp = self.settings.smtp
+        window = (smtp.retry_for + smtp.retry_max_interval).total_seconds()
+        self._done_by = asyncio.get_running_loop().time() + window if until_done else None
         await recover(self.database, self.settings)
         self._journal = Journal(journal_dir(self.settings), self.worker_id)
         try:
@@ -472,10 +566,9 @@ class Worker:
                 senders = [asyncio.create_task(self._sender(c)) for c in connections]
                 recorder = asyncio.create_task(self._recorder())
                 try:
-                    await self._feed(until_empty)
+                    await self._feed(until_empty or until_done)
                 finally:
-                    for _ in senders:
-                        self._queue.put_nowait(None)
+                    self._queues.close()
                     await asyncio.gather(*senders, return_exceptions=True)
                     self._stopping.set()
                     await recorder
@@ -494,28 +587,29 @@ class Worker:
             if wait > 0:
                 # Claim nothing while the server is down; the senders hand back
                 # what is queued as deferred to the end of the outage.
-                if self._queue.qsize() or self._in_flight:
+                if len(self._queues) or self._in_flight:
                     await self._sleep(0.05)
                     continue
                 await self._record_batch()
-                if until_empty and not await self._work_due():
+                if until_empty and await self._drained():
                     return
                 await self._sleep(min(wait, self.poll_interval))
                 continue
+            await self._hand_back_starved_domains()
             # Keep at most about one batch queued ahead of the senders.
-            if self._queue.qsize() > self.batch_size // 2:
+            if len(self._queues) > self.batch_size // 2:
                 await self._sleep(0.05)
                 continue
             batch = await self.claim(self.batch_size)
             if batch:
                 for item in batch:
-                    self._queue.put_nowait(item)
+                    self._queues.put(recipient_domain(item.email), item)
                 continue
-            if self._queue.qsize() or self._in_flight:
+            if len(self._queues) or self._in_flight:
                 await self._sleep(0.05)
                 continue
             await self._record_batch()
-            if until_empty and not await self._work_due():
+            if until_empty and await self._drained():
                 return
             await self._sleep(self.poll_interval)
 
@@ -524,6 +618,14 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
         except TimeoutError:
             pass
+
+    async def _drained(self) -> bool:
+        if self._done_by is None:
+            return not await self._work_due()
+        if asyncio.get_running_loop().time() >= self._done_by:
+            return True
+        async with self.database.session() as session:
+            return not (await outbox_backlog(session, self.digest_id)).open
 
     async def _work_due(self) -> bool:
         """True while a row of a running send is pending or due for a retry now.
@@ -568,6 +670,9 @@ class Worker:
             )
             if self.digest_id is not None:
                 query = query.where(Delivery.digest_id == self.digest_id)
+            for domain in self._domains_to_skip():
+                elsewhere = func.lower(Delivery.email).endswith(f"@{domain}", autoescape=True)
+                query = query.where(~elsewhere)
             if not self.database.is_sqlite:
                 query = query.with_for_update(skip_locked=True, of=Delivery)
             ids = list((await session.scalars(query)).all())
@@ -661,15 +766,103 @@ class Worker:
         return composer
 
     async def _sender(self, connection: Connection) -> None:
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            self._in_flight += 1
-            try:
-                await self._deliver(connection, item)
-            finally:
-                self._in_flight -= 1
+        """One SMTP session. It carries one domain's messages at a time, holding
+        that domain's slot while open for it; when the domain runs dry it moves on
+        to another domain with waiting mail (keeping the session), and when there
+        is nothing it may carry it closes after SESSION_IDLE_HOLD."""
+        loop = asyncio.get_running_loop()
+        slot: DomainSlot | None = None
+        idle_since: float | None = None
+        try:
+            while not self._stopping.is_set():
+                item = self._queues.pop(slot.domain) if slot is not None else None
+                if item is not None:
+                    idle_since = None
+                    self._in_flight += 1
+                    try:
+                        await self._deliver(connection, item)
+                    finally:
+                        self._in_flight -= 1
+                    continue
+                other = self._slot_for_waiting_mail(but_not=slot.domain if slot else None)
+                if other is not None:
+                    self._let_go(slot)
+                    slot, idle_since = other, None
+                    continue
+                if self._queues.closed and not len(self._queues):
+                    return
+                now = loop.time()
+                idle_since = idle_since or now
+                if slot is not None and now - idle_since >= SESSION_IDLE_HOLD:
+                    await connection.close()
+                    self._let_go(slot)
+                    slot = None
+                await self._queues.wait(SLOT_POLL if len(self._queues) else SESSION_IDLE_HOLD)
+        finally:
+            await connection.close()
+            self._let_go(slot)
+
+    def _slot_for_waiting_mail(self, but_not: str | None) -> DomainSlot | None:
+        for domain in self._queues.domains():
+            if domain == but_not or self._held[domain] >= self._domain_share:
+                continue
+            slot = self._slots.try_acquire(domain)
+            if slot is not None:
+                self._held[domain] += 1
+                self._queues.served(domain)
+                return slot
+        return None
+
+    def _let_go(self, slot: DomainSlot | None) -> None:
+        if slot is None:
+            return
+        self._held[slot.domain] -= 1
+        if not self._held[slot.domain]:
+            del self._held[slot.domain]
+        slot.release()
+
+    def _domains_to_skip(self) -> list[str]:
+        now = asyncio.get_running_loop().time()
+        for domain, until in list(self._skipped_domains.items()):
+            if until <= now:
+                del self._skipped_domains[domain]
+        return list(self._skipped_domains)
+
+    async def _hand_back_starved_domains(self) -> None:
+        """Claims of a domain whose every slot another process holds would only
+        age here (and outlive the claim lease on a long send): give them back to
+        the queue, where the process with the slots picks them up."""
+        starved = []
+        for domain in self._queues.starved(DOMAIN_HANDBACK, busy=self._held):
+            probe = self._slots.try_acquire(domain)
+            if probe is None:
+                starved.append(domain)
+            else:  # a slot is free now: a sender of ours takes it shortly
+                probe.release()
+                self._queues.served(domain)
+        if not starved:
+            return
+        until = asyncio.get_running_loop().time() + DOMAIN_HANDBACK
+        items = []
+        for domain in starved:
+            items.extend(self._queues.take_all(domain))
+            self._skipped_domains[domain] = until
+        await self._return_to_queue(items)
+        log.info(
+            "handed back %d messages for %s: other processes hold every connection slot",
+            len(items),
+            ", ".join(starved),
+        )
+
+    def _start_outage(self, reason: str) -> None:
+        """The server, not a message, failed: hold everything for a while
+        (doubling each time) instead of burning through the queue."""
+        loop_time = asyncio.get_running_loop().time()
+        self._outage_until = max(self._outage_until, loop_time + self._outage_delay)
+        self._outage_reason = reason
+        self.last_connection_error = reason
+        log.warning("SMTP server unreachable (%s); retrying in %.0fs", reason, self._outage_delay)
+        self._outage_delay = min(self._outage_delay * 2, OUTAGE_BACKOFF[1])
 
     async def _deliver(self, connection: Connection, item: Claimed) -> None:
         outage_left = self._outage_until - asyncio.get_running_loop().time()
@@ -691,40 +884,36 @@ class Worker:
             name=item.name,
             release_ids=item.release_ids,
         )
-        domain = item.email.rpartition("@")[2].lower()
-        async with self._domains[domain]:
-            await self.rate.wait()
-            result = await connection.send(message.envelope_from, message.recipients, message.data)
+        await self.rate.wait()
+        result = await connection.send(message.envelope_from, message.recipients, message.data)
         now = utcnow()
+        if result.connection_error:
+            # No session could be had: nothing was tried, so no attempt is counted.
+            self._start_outage(result.reason)
+            retry_at = now + timedelta(
+                seconds=self._outage_until - asyncio.get_running_loop().time()
+            )
+            self._results.append(
+                Recorded(item, result, message.message_id, now, attempted=False, retry_at=retry_at)
+            )
+            self.stats.count(result.outcome)
+            return
+        if result.dropped:
+            # This message's attempt counts and it backs off on its own; the session
+            # reopens for the next one. Only drops across several messages in a row
+            # look like a server in trouble.
+            self._dropped_in_a_row.add(item.id)
+            if len(self._dropped_in_a_row) >= DROPS_FOR_OUTAGE:
+                self._dropped_in_a_row.clear()
+                self._start_outage(result.reason)
+        else:
+            self._dropped_in_a_row.clear()
         if result.outcome is Outcome.SENT:
             assert self._journal is not None
             self._journal.record(item.id, message.message_id, now)
             self._outage_delay = OUTAGE_BACKOFF[0]
             self._failure_streak[item.digest_id] = 0
             self._policy_streak[item.digest_id] = 0
-        elif result.connection_error:
-            # The server, not this message, failed: hold everything for a while
-            # (doubling each time) instead of burning through the queue.
-            loop_time = asyncio.get_running_loop().time()
-            self._outage_until = max(self._outage_until, loop_time + self._outage_delay)
-            self._outage_reason = result.reason
-            self.last_connection_error = result.reason
-            log.warning(
-                "SMTP server unreachable (%s); retrying in %.0fs", result.reason, self._outage_delay
-            )
-            self._outage_delay = min(self._outage_delay * 2, OUTAGE_BACKOFF[1])
-            self._results.append(
-                Recorded(
-                    item,
-                    result,
-                    message.message_id,
-                    now,
-                    attempted=False,
-                    retry_at=now + timedelta(seconds=self._outage_until - loop_time),
-                )
-            )
-            self.stats.count(result.outcome)
-            return
         elif result.outcome is Outcome.FAILED:
             self._failure_streak[item.digest_id] += 1
             self._note_policy_refusal(item.digest_id, result)
@@ -778,6 +967,7 @@ class Worker:
     async def _write_results(self, batch: list[Recorded]) -> None:
         sent, other, bounces = [], [], []
         now = utcnow()
+        retry_for = self.settings.smtp.retry_for
         for record in batch:
             item, result = record.claimed, record.result
             if result.outcome is Outcome.SENT:
@@ -790,6 +980,16 @@ class Worker:
                         "claimed_by": None,
                         "attempts": item.attempts + 1,
                         "last_error": None,
+                    }
+                )
+            elif record.retry_at is not None and now - item.created_at >= retry_for:
+                other.append(
+                    {
+                        "id": item.id,
+                        "status": DeliveryStatus.FAILED,
+                        "claimed_by": None,
+                        "last_error": f"gave up: the server was unreachable past the retry "
+                        f"window ({result.reason})"[:2000],
                     }
                 )
             elif record.retry_at is not None:
@@ -884,19 +1084,18 @@ class Worker:
 
     async def _release_unsent(self) -> None:
         """On a clean stop, give queued but unsent claims back to the queue."""
-        leftover: list[Claimed] = []
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is not None:
-                leftover.append(item)
-        if not leftover:
+        await self._return_to_queue(self._queues.take_all())
+
+    async def _return_to_queue(self, items: list[Claimed]) -> None:
+        if not items:
             return
         async with self.database.transaction() as session:
             await session.execute(
                 update(Delivery)
                 .where(
-                    Delivery.id.in_([c.id for c in leftover]),
+                    Delivery.id.in_([c.id for c in items]),
                     Delivery.status == DeliveryStatus.SENDING,
+                    Delivery.claimed_by == self.worker_id,
                 )
                 .values(status=DeliveryStatus.PENDING, claimed_by=None)
             )

@@ -46,8 +46,13 @@ class SendResult:
     # True for a 5.7.x refusal (relaying, policy, authentication): about this sender,
     # not the reader; repeated across recipients it pauses the send.
     policy: bool = False
-    # True when the connection, not the message, failed (counts towards pausing).
+    # True when no session could be had (refused, unreachable, 421 greeting, bad
+    # credentials): the server, not the message, failed, so the queue is held.
     connection_error: bool = False
+    # True when an open session broke during this message's transaction (dropped,
+    # timed out): the message is deferred alone; only a run of these across
+    # different messages means the server is in trouble.
+    dropped: bool = False
 
     @property
     def reason(self) -> str:
@@ -167,10 +172,22 @@ class Connection:
             self._client = client
         return self._client
 
+    @property
+    def is_open(self) -> bool:
+        return self._client is not None and self._client.is_connected
+
     async def send(self, envelope_from: str, recipients: Sequence[str], data: bytes) -> SendResult:
         addresses = [envelope_from, *recipients]
         try:
             client = await self._ensure()
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            await self.close()
+            refused = classify(exc)
+            # Whatever the reply, no message was tried: never fail mail over it.
+            return SendResult(
+                Outcome.DEFERRED, refused.code, refused.message, connection_error=True
+            )
+        try:
             options: list[str] = []
             if not all(address.isascii() for address in addresses):
                 # Internationalised mailboxes (RFC 6531) need the server's SMTPUTF8.
@@ -184,8 +201,9 @@ class Connection:
             result = classify(exc)
             if result.connection_error:
                 await self.close()
-            else:
-                await self._reset()
+                lost = f"connection lost during the transaction: {result.reason}"
+                return SendResult(Outcome.DEFERRED, result.code, lost, dropped=True)
+            await self._reset()
             return result
         return SendResult(Outcome.SENT, 250, "accepted")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import subprocess
@@ -23,11 +24,13 @@ from mailer.db import Database
 from mailer.digest import SelectionReport, explain_digest
 from mailer.models import Digest
 from mailer.send import (
+    Backlog,
     DigestProgress,
     SendError,
     Worker,
     WorkerStats,
     digest_progress,
+    outbox_backlog,
     set_digest_state,
     start_digest,
 )
@@ -77,17 +80,17 @@ def digest_send(
     if not yes:
         confirm_at_terminal("Send the digest now?", "pass --yes to send without asking.")
 
-    async def send(app: AppContext) -> tuple[DigestProgress, str | None, SelectionReport]:
+    async def send(app: AppContext) -> tuple[DigestProgress, str | None, bool, SelectionReport]:
         report = SelectionReport(frequency=frequency, max_age=app.settings.digest.max_age)
         async with app.database() as database:
             digest = await start_digest(database, app.settings, frequency=frequency, report=report)
             if digest.recipient_count == 0 or no_wait:
                 async with database.session() as session:
-                    return await digest_progress(session, digest.id), None, report
-            progress, unreachable = await _deliver_with_progress(app, database, digest.id, workers)
-            return progress, unreachable, report
+                    return await digest_progress(session, digest.id), None, False, report
+            delivered = await _deliver_with_progress(app, database, digest.id, workers)
+            return (*delivered, report)
 
-    progress, unreachable, report = run(ctx, send)
+    progress, unreachable, stopped, report = run(ctx, send)
     if progress.recipients == 0:
         click.echo("Nothing to send:")
         _echo_reasons(report)
@@ -104,6 +107,12 @@ def digest_send(
         f", failed {counts.get('failed', 0)}, deferred {counts.get('deferred', 0)}"
         f", cancelled {counts.get('cancelled', 0)}."
     )
+    if stopped:
+        left = progress.recipients - progress.done
+        raise OperationalError(
+            f"stopped by a signal with {left} messages of digest {progress.digest_id} left "
+            "queued; `mailer worker` (or `mailer serve`) finishes the send"
+        )
     if progress.status == "paused":
         raise OperationalError(f"digest {progress.digest_id} paused: {progress.pause_reason}")
     if counts.get("deferred", 0):
@@ -121,13 +130,22 @@ def _echo_reasons(report: SelectionReport) -> None:
 
 async def _deliver_with_progress(
     app: AppContext, database: Database, digest_id: int, workers: int
-) -> tuple[DigestProgress, str | None]:
-    """Deliver until nothing is pending or due; returns the progress and the last
-    reason the server could not be reached, if it could not."""
+) -> tuple[DigestProgress, str | None, bool]:
+    """Deliver until nothing is pending or due; returns the progress, the last
+    reason the server could not be reached (if it could not), and whether a
+    signal stopped the send. A signal reaches every process of the send."""
     settings = app.settings
     rate = settings.smtp.rate_limit / workers if settings.smtp.rate_limit else 0.0
-    helpers = [_spawn_worker(app, digest_id, rate) for _ in range(workers - 1)]
-    worker = Worker(database, settings, digest_id=digest_id, rate_limit=rate, poll_interval=0.5)
+    share = math.ceil(settings.smtp.per_domain_connections / workers)
+    helpers = [_spawn_worker(app, digest_id, rate, share) for _ in range(workers - 1)]
+    worker = Worker(
+        database,
+        settings,
+        digest_id=digest_id,
+        rate_limit=rate,
+        domain_share=share,
+        poll_interval=0.5,
+    )
     console = Console(stderr=True)
     columns = (
         TextColumn("[bold]digest {task.fields[digest]}"),
@@ -147,7 +165,16 @@ async def _deliver_with_progress(
             "send", total=None, digest=digest_id, sent=0, failed=0, deferred=0, rate=0
         )
         work = asyncio.create_task(worker.run(until_empty=True))
-        stop = _stop_on_signals(worker)
+        signalled: list[float] = []
+
+        def stop_all() -> None:
+            signalled.append(time.monotonic())
+            worker.stop()
+            for helper in helpers:
+                if helper.poll() is None:
+                    helper.send_signal(signal.SIGTERM)
+
+        restore = _on_stop_signals(stop_all)
         try:
             while True:
                 async with database.session() as session:
@@ -163,22 +190,43 @@ async def _deliver_with_progress(
                     deferred=progress.counts.get("deferred", 0),
                     rate=f"{rate_now:.0f}",
                 )
-                if work.done():
+                if work.done() and all(helper.poll() is not None for helper in helpers):
                     break
-                await asyncio.sleep(0.5)
+                if signalled and time.monotonic() - signalled[0] > HELPER_STOP_GRACE:
+                    _kill_stragglers(helpers)
+                await asyncio.sleep(0.1 if signalled else 0.5)
             await work
         finally:
-            stop()
-            for helper in helpers:
-                try:
-                    helper.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    helper.terminate()
+            restore()
+            if not signalled:
+                # An error here: the helpers must not outlive the command.
+                for helper in helpers:
+                    if helper.poll() is None:
+                        helper.send_signal(signal.SIGTERM)
+            _kill_stragglers(helpers, after=HELPER_STOP_GRACE)
     async with database.session() as session:
-        return await digest_progress(session, digest_id), worker.last_connection_error
+        progress = await digest_progress(session, digest_id)
+    return progress, worker.last_connection_error, bool(signalled)
 
 
-def _spawn_worker(app: AppContext, digest_id: int, rate: float) -> subprocess.Popen[bytes]:
+# A helper asked to stop finishes the message on the wire; one that has not
+# exited by then is killed (its journal keeps what the server accepted).
+HELPER_STOP_GRACE = 4.0
+
+
+def _kill_stragglers(helpers: list[subprocess.Popen[bytes]], after: float = 0.0) -> None:
+    deadline = time.monotonic() + after
+    for helper in helpers:
+        try:
+            helper.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            helper.kill()
+            helper.wait()
+
+
+def _spawn_worker(
+    app: AppContext, digest_id: int, rate: float, share: int
+) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "mailer"]
     config_path = app.settings.config_path
     if config_path is not None and Path(config_path).exists():
@@ -190,15 +238,17 @@ def _spawn_worker(app: AppContext, digest_id: int, rate: float) -> subprocess.Po
         str(digest_id),
         "--rate-limit",
         str(rate),
+        "--domain-share",
+        str(share),
         "--quiet",
     ]
     return subprocess.Popen(command)  # noqa: S603 - our own interpreter and module
 
 
-def _stop_on_signals(worker: Worker) -> Callable[[], None]:
+def _on_stop_signals(stop: Callable[[], None]) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, worker.stop)
+        loop.add_signal_handler(sig, stop)
 
     def restore() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -280,34 +330,70 @@ digest_cancel = _state_command("cancel", "Cancel a send; unsent messages are wit
 
 
 @click.command("worker")
-@click.option("--until-empty", is_flag=True, help="Exit 0 once nothing is pending or due.")
+@click.option(
+    "--until-empty",
+    is_flag=True,
+    help="Exit once nothing is pending or due now; prints what is left and when it is due.",
+)
+@click.option(
+    "--until-done",
+    is_flag=True,
+    help="Wait, retries included, until the sends are finished (at most the retry window: "
+    "smtp.retry_for + smtp.retry_max_interval); exit 1 if something is still open then.",
+)
 @click.option("--digest", "digest_id", type=int, help="Deliver only this send.")
 @click.option("--rate-limit", type=float, help="Messages per second (default: smtp.rate_limit).")
+@click.option(
+    "--domain-share",
+    type=click.IntRange(1, 200),
+    help="At most this many of a domain's smtp.per_domain_connections in this process "
+    "(default: all; the limit holds for the machine's processes together either way).",
+)
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 @click.pass_context
 def worker(
     ctx: click.Context,
     until_empty: bool,
+    until_done: bool,
     digest_id: int | None,
     rate_limit: float | None,
+    domain_share: int | None,
     quiet: bool,
 ) -> None:
     """Run delivery workers only (no web app, no scheduler)."""
 
-    async def work(app: AppContext) -> WorkerStats:
+    async def work(app: AppContext) -> tuple[WorkerStats, Backlog, bool]:
         async with app.database() as database:
-            delivery = Worker(database, app.settings, digest_id=digest_id, rate_limit=rate_limit)
-            restore = _stop_on_signals(delivery)
+            delivery = Worker(
+                database,
+                app.settings,
+                digest_id=digest_id,
+                rate_limit=rate_limit,
+                domain_share=domain_share,
+            )
+            signalled: list[bool] = []
+
+            def stop() -> None:
+                signalled.append(True)
+                delivery.stop()
+
+            restore = _on_stop_signals(stop)
             try:
-                return await delivery.run(until_empty=until_empty)
+                stats = await delivery.run(until_empty=until_empty, until_done=until_done)
             finally:
                 restore()
+            async with database.session() as session:
+                return stats, await outbox_backlog(session, digest_id), bool(signalled)
 
-    stats = run(ctx, work)
+    stats, backlog, stopped = run(ctx, work)
     if not quiet:
         click.echo(
             f"Worker done: sent {stats.sent}, deferred {stats.deferred}, failed {stats.failed}."
         )
+    if until_done and backlog.open and not stopped:
+        raise OperationalError(f"not finished within the retry window. {backlog.describe()}")
+    if not quiet:
+        click.echo(backlog.describe())
 
 
 # Attached to the `digest` group (mailer/cli/digest.py) in mailer/cli/commands.py.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -94,6 +95,21 @@ async def seed(
                 )
             )
     return addresses
+
+
+async def statuses(database: Database, digest_id: int) -> Counter[str]:
+    """How many of a send's outbox rows are in each state."""
+    from sqlalchemy import func, select
+
+    from mailer.models import Delivery
+
+    async with database.session() as session:
+        rows = await session.execute(
+            select(Delivery.status, func.count())
+            .where(Delivery.digest_id == digest_id)
+            .group_by(Delivery.status)
+        )
+        return Counter({status.value: n for status, n in rows.all()})
 
 
 async def deliver_all(database: Database, settings: Settings, timeout: float = 60.0) -> None:

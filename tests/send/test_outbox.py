@@ -7,7 +7,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from mailer.context import AppContext
 from mailer.models import (
@@ -22,17 +22,8 @@ from mailer.models import (
 from mailer.send import Worker, digest_progress, set_digest_state, start_digest
 from mailer.suppression import is_suppressed
 from tests.send.conftest import deliver_all, seed, write_config
+from tests.send.conftest import statuses as _statuses
 from tests.support.faulty_smtp import FaultySmtpServer
-
-
-async def _statuses(database, digest_id: int) -> Counter[str]:
-    async with database.session() as session:
-        rows = await session.execute(
-            select(Delivery.status, func.count())
-            .where(Delivery.digest_id == digest_id)
-            .group_by(Delivery.status)
-        )
-        return Counter({status.value: n for status, n in rows.all()})
 
 
 async def test_every_recipient_gets_exactly_one_message(
