@@ -118,8 +118,11 @@ def classify(exc: BaseException) -> SendResult:
         # of 554): every message would fail alike, so hold the queue, lose nothing.
         return SendResult(Outcome.DEFERRED, exc.code, exc.message, connection_error=True)
     if isinstance(exc, aiosmtplib.SMTPSenderRefused):
-        # MAIL FROM refused: about this sender, never about the reader.
-        return SendResult(Outcome.FAILED, exc.code, exc.message, policy=exc.code >= 500)
+        # MAIL FROM refused: about this sender, never about the reader. A 4xx there
+        # (greylisting, a full queue, "try again later") is as temporary as anywhere.
+        if exc.code < 500:
+            return SendResult(Outcome.DEFERRED, exc.code, exc.message)
+        return SendResult(Outcome.FAILED, exc.code, exc.message, policy=True)
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         first = exc.recipients[0]
         return _by_code(first.code, first.message, at_recipient=True)

@@ -53,6 +53,16 @@ def test_a_refused_sender_is_never_the_readers_fault() -> None:
     assert permanent_verdict("5.1.7") is Verdict.POLICY
 
 
+def test_a_temporary_refusal_of_the_sender_is_retried() -> None:
+    for code, text in ((421, "4.3.2 Service shutting down"), (451, "4.7.1 Greylisted")):
+        result = classify(aiosmtplib.SMTPSenderRefused(code, text, "x@y.z"))
+        assert (result.outcome, result.hard_bounce, result.policy) == (
+            Outcome.DEFERRED,
+            False,
+            False,
+        )
+
+
 def test_enhanced_codes() -> None:
     assert enhanced_code("5.7.26 no") == "5.7.26"
     assert enhanced_code("550 User unknown") is None
