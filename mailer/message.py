@@ -488,7 +488,6 @@ class MessageComposer:
     cache_size: int = CONTENT_CACHE_SIZE
 
     def __post_init__(self) -> None:
-
         self._items: dict[int, DigestItem] = {
             release_id: item if isinstance(item, DigestItem) else DigestItem.from_release(item)
             for release_id, item in self.releases_by_id.items()
@@ -831,7 +830,6 @@ def _transactional(
     list_unsubscribe_url: str | None = None,
 ) -> ComposedMessage:
     """Render and encode a one-off message (no cache: each is sent once)."""
-
     address = checked_address(email)
     display = _display_name(name)
     greeting = _Greeting(environment).for_name(display)
