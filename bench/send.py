@@ -29,6 +29,7 @@ import resource
 import shutil
 import smtplib
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -310,42 +311,76 @@ def dkim_settings(folder: Path, algorithms: list[str]) -> dict[str, object]:
 
 
 def dkim_comparison(args: argparse.Namespace) -> None:
-    """The same send unsigned and signed, smtp-source beside them, one sink."""
+    """The same send unsigned and signed, smtp-source beside them, one sink.
+
+    Each label's database is seeded once and copied for every round; rounds
+    alternate which send goes first, so that a change in the machine's load
+    during the run weighs on both alike. Medians over the rounds are reported.
+    """
     algorithms = [a.strip() for a in args.dkim_algorithms.split(",") if a.strip()]
+    labels = ("unsigned", "signed")
     with tempfile.TemporaryDirectory(prefix="mailer-bench-") as folder, Sink() as sink:
-        runs: dict[str, Path] = {}
-        for label in ("unsigned", "signed"):
-            run_folder = Path(folder) / label
-            run_folder.mkdir()
-            dkim = dkim_settings(run_folder, algorithms) if label == "signed" else None
-            runs[label] = write_config(run_folder, sink.port, args.connections, dkim)
-            asyncio.run(seed(runs[label], args.subscribers, args.releases))
-        size = _sample_size(Path(folder) / "signed", runs["signed"])
+        dkim = {"unsigned": None, "signed": dkim_settings(Path(folder), algorithms)}
+        seeded: dict[str, Path] = {}
+        for label in labels:
+            seeded[label] = Path(folder) / f"seeded-{label}"
+            seeded[label].mkdir()
+            config = write_config(seeded[label], sink.port, args.connections, dkim[label])
+            asyncio.run(seed(config, args.subscribers, args.releases))
+        size = _sample_size(Path(folder), config)
         print(
             f"seeded 2 x {args.subscribers} subscribers, {args.releases} releases "
             f"(~{size / 1024:.0f} KB a signed message); sink: {sink.kind}; "
             f"{args.workers} workers x {args.connections} connections; "
-            f"signed with {', '.join(algorithms)}"
+            f"signed with {', '.join(algorithms)}; {args.rounds} round(s)"
         )
-        results: dict[str, tuple[float, float]] = {}
-        for label, config in runs.items():
-            cpu_before = children_cpu_seconds()
-            elapsed, _peak, _output = run_mailer_send(config, args.workers)
-            results[label] = (elapsed, children_cpu_seconds() - cpu_before)
-        source = smtp_source(sink.port, args.subscribers, size, args.connections * args.workers)
+        elapsed: dict[str, list[float]] = {label: [] for label in labels}
+        cpu: dict[str, list[float]] = {label: [] for label in labels}
+        sources: list[float] = []
+        for round_number in range(args.rounds):
+            order = labels if round_number % 2 == 0 else labels[::-1]
+            for label in order:
+                run_folder = Path(folder) / f"{label}-{round_number}"
+                run_folder.mkdir()
+                for database_file in seeded[label].glob("bench.db*"):
+                    shutil.copy(database_file, run_folder / database_file.name)
+                config = write_config(run_folder, sink.port, args.connections, dkim[label])
+                cpu_before = children_cpu_seconds()
+                seconds, _peak, _output = run_mailer_send(config, args.workers)
+                elapsed[label].append(seconds)
+                cpu[label].append(children_cpu_seconds() - cpu_before)
+            source = smtp_source(sink.port, args.subscribers, size, args.connections * args.workers)
+            if source is not None:
+                sources.append(source)
+            print(
+                f"round {round_number + 1}: "
+                + ", ".join(
+                    f"{label} {args.subscribers / elapsed[label][-1]:.0f} msg/s "
+                    f"{cpu[label][-1] / args.subscribers * 1000:.3f} ms CPU/msg"
+                    for label in labels
+                )
+                + (f", smtp-source {args.subscribers / source:.0f} msg/s" if source else "")
+            )
     count = args.subscribers
-    for label, (elapsed, cpu) in results.items():
-        ratio = f"; {source / elapsed:.2f} of smtp-source" if source else ""
+    source_time = statistics.median(sources) if sources else None
+    for label in labels:
+        seconds = statistics.median(elapsed[label])
+        per_message = statistics.median(cpu[label]) / count * 1000
+        ratio = f"; {source_time / seconds:.2f} of smtp-source" if source_time else ""
         print(
-            f"{label:>8}: {count / elapsed:6.0f} msg/s end to end ({elapsed:.1f} s){ratio}; "
-            f"CPU {cpu:.1f} s = {cpu / count * 1000:.3f} ms a message"
+            f"{label:>8}: {count / seconds:6.0f} msg/s end to end ({seconds:.1f} s){ratio}; "
+            f"CPU {per_message:.3f} ms a message"
         )
-    if source:
-        print(f"smtp-source: {count / source:.0f} msg/s ({size} bytes a message)")
-    added = (results["signed"][1] - results["unsigned"][1]) / count * 1000
+    if source_time:
+        print(f"smtp-source: {count / source_time:.0f} msg/s ({size} bytes a message)")
+    added = statistics.median(
+        (signed - unsigned) / count * 1000
+        for signed, unsigned in zip(cpu["signed"], cpu["unsigned"], strict=True)
+    )
     print(
-        f"signing adds {added:.3f} ms of CPU a message (user + sys of the whole send); "
-        f"one RSA-2048 signature alone costs {rsa_signature_cpu() * 1000:.3f} ms here now"
+        f"signing adds {added:.3f} ms of CPU a message (user + sys of the whole send, "
+        f"median over rounds); one RSA-2048 signature alone costs "
+        f"{rsa_signature_cpu() * 1000:.3f} ms here now"
     )
 
 
@@ -380,6 +415,9 @@ def main() -> None:
         "--dkim-algorithms",
         default="rsa-sha256",
         help="With --dkim: comma-separated dkim.algorithms (e.g. rsa-sha256,ed25519-sha256).",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="With --dkim: unsigned/signed pairs to run."
     )
     args = parser.parse_args()
     if args.dkim:
