@@ -74,6 +74,8 @@ _SIGNED_LOWER = frozenset(name.lower() for name in SIGNED_HEADERS)
 _MEMO_LIMIT = 4096
 
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+_PKCS1V15 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
 
 
 class DkimError(Exception):
@@ -91,7 +93,7 @@ class DkimKey:
 
     def sign(self, header_data: bytes) -> bytes:
         if isinstance(self.private_key, rsa.RSAPrivateKey):
-            return self.private_key.sign(header_data, padding.PKCS1v15(), hashes.SHA256())
+            return self.private_key.sign(header_data, _PKCS1V15, _SHA256)
         # RFC 8463 3: Ed25519 (pure) over the SHA-256 of the canonical header data.
         return self.private_key.sign(hashlib.sha256(header_data).digest())
 
@@ -228,8 +230,8 @@ class DkimSigner:
         fields, body_hash = _analyse(parts, memo)
         if memo is not None:
             memo.learn(parts)
-        names, h_tag = self._signed_names(fields)
-        signed = b"".join(_select(fields, names))
+        lower_names, h_tag = self._signed_names(fields)
+        signed = b"".join(_select(fields, lower_names))
         timestamp = int(time.time()) if now is None else now
         headers = []
         for key, tags in zip(self.keys, self._tags, strict=True):
@@ -245,13 +247,13 @@ class DkimSigner:
         return "".join(headers).encode()
 
     def _signed_names(self, fields: list[tuple[str, bytes]]) -> tuple[list[str], str]:
-        """The h= names for the headers present (cached: it is nearly always the
-        same few sets) and the folded h= tag."""
+        """The h= names (lower-cased) for the headers present, and the folded h=
+        tag (cached: it is nearly always the same few sets)."""
         present = frozenset(name for name, _ in fields) & _SIGNED_LOWER
         cached = self._h_tags.get(present)
         if cached is None:
             names = [n for n in SIGNED_HEADERS if n.lower() in present] + list(OVERSIGNED_HEADERS)
-            cached = self._h_tags[present] = (names, _fold_list("h=", names))
+            cached = self._h_tags[present] = ([n.lower() for n in names], _fold_list("h=", names))
         return cached
 
 
@@ -291,10 +293,9 @@ def _analyse(parts: Sequence[bytes], memo: PieceMemo | None) -> tuple[list[tuple
     for part in parts[body_from:]:
         piece = memo.get(part) if memo is not None else None
         body.append(piece.body if piece is not None else part)
-    digest = hashlib.sha256()
-    for chunk in _relaxed_body_chunks(body):
-        digest.update(chunk)
-    return fields, base64.b64encode(digest.digest()).decode()
+    # One update over the joined chunks: a copy of 40 KB costs less than a dozen calls.
+    digest = hashlib.sha256(b"".join(_relaxed_body_chunks(body))).digest()
+    return fields, base64.b64encode(digest).decode()
 
 
 def _relaxed_body_chunks(items: list[bytes | _BodyPiece]) -> list[bytes]:
@@ -374,15 +375,15 @@ def _split_headers(head: bytes) -> list[tuple[str, bytes]]:
     return fields
 
 
-def _select(fields: list[tuple[str, bytes]], names: list[str]) -> list[bytes]:
+def _select(fields: list[tuple[str, bytes]], lower_names: list[str]) -> list[bytes]:
     """RFC 6376 5.4.2: each name in h= takes the last unused instance; a name with
     none left (over-signing) contributes nothing."""
     remaining: dict[str, list[bytes]] = {}
     for name, canonical in fields:
         remaining.setdefault(name, []).append(canonical)
     chosen = []
-    for name in names:
-        instances = remaining.get(name.lower())
+    for name in lower_names:
+        instances = remaining.get(name)
         if instances:
             chosen.append(instances.pop())
     return chosen
