@@ -213,10 +213,6 @@ class DkimSigner:
         ]
         self._h_tags: dict[frozenset[str], tuple[list[str], str]] = {}
 
-    @property
-    def algorithms(self) -> tuple[str, ...]:
-        return tuple(key.algorithm for key in self.keys)
-
     def sign(self, message: bytes, now: int | None = None) -> bytes:
         """The message with its DKIM-Signature headers in front of it."""
         return self.signature_headers((message,), now=now) + message
