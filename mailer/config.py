@@ -453,6 +453,44 @@ class DkimConfig(Section):
     domain: str
     selector: str
     private_key_file: Path
+    # rsa-sha256 always; ed25519-sha256 (RFC 8463) adds a second signature with
+    # its own key and selector.
+    algorithms: list[Literal["rsa-sha256", "ed25519-sha256"]] = Field(
+        default_factory=lambda: ["rsa-sha256"], min_length=1
+    )
+    ed25519_selector: str | None = None
+    ed25519_private_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _keys_for_algorithms(self) -> DkimConfig:
+        if len(set(self.algorithms)) != len(self.algorithms):
+            raise ValueError("dkim.algorithms: an algorithm is listed twice")
+        if "rsa-sha256" not in self.algorithms:
+            raise ValueError(
+                "dkim.algorithms must include rsa-sha256: most receivers (Gmail, Outlook) "
+                "cannot verify ed25519-sha256 alone"
+            )
+        wants_ed25519 = "ed25519-sha256" in self.algorithms
+        has_ed25519 = self.ed25519_selector is not None or self.ed25519_private_key_file is not None
+        if wants_ed25519 and (
+            self.ed25519_selector is None or self.ed25519_private_key_file is None
+        ):
+            raise ValueError(
+                "dkim.algorithms has ed25519-sha256: set dkim.ed25519_selector and "
+                "dkim.ed25519_private_key_file (make them with `mailer dkim keygen "
+                "--algorithm ed25519`)"
+            )
+        if has_ed25519 and not wants_ed25519:
+            raise ValueError(
+                "dkim.ed25519_selector/ed25519_private_key_file are set but dkim.algorithms "
+                "does not include ed25519-sha256"
+            )
+        if wants_ed25519 and self.ed25519_selector == self.selector:
+            raise ValueError(
+                "dkim.ed25519_selector must differ from dkim.selector: each key is "
+                "published under its own selector"
+            )
+        return self
 
 
 class Settings(Section):

@@ -57,6 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer import tokens
 from mailer.config import Settings
+from mailer.dkim import DkimSigner, PieceMemo, load_signer
 from mailer.models import Release, SubscriberTopic, Topic
 from mailer.templating import template_environment
 from mailer.tokens import MailTokenKind, MailTokenSigner, Purpose, address_extension, link
@@ -372,6 +373,8 @@ class _Content:
     # The (part, slot) pairs the pieces use, text first: only these are encoded.
     slots: tuple[tuple[str, str], ...]
     item_count: int
+    # What the DKIM signer learnt about the pieces above (they recur in every message).
+    signing_memo: PieceMemo = field(default_factory=PieceMemo, compare=False, repr=False)
 
 
 def _merge(pieces: Iterable[bytes | tuple[str, str]]) -> tuple[bytes | tuple[str, str], ...]:
@@ -481,12 +484,10 @@ class MessageComposer:
     releases_by_id: Mapping[int, Release | DigestItem]
     topic_choices: Mapping[int, Sequence[int]] = field(default_factory=dict)
     topic_names: Mapping[int, str] = field(default_factory=dict)
-    signer: Any = None
+    signer: DkimSigner | None = None
     cache_size: int = CONTENT_CACHE_SIZE
 
     def __post_init__(self) -> None:
-        from mailer.dkim import load_signer
-
         self._items: dict[int, DigestItem] = {
             release_id: item if isinstance(item, DigestItem) else DigestItem.from_release(item)
             for release_id, item in self.releases_by_id.items()
@@ -739,23 +740,21 @@ class MessageComposer:
             if subscriber_id is None
             else self._list_unsubscribe(subscriber_id, values["unsubscribe_url"])
         )
-        data = b"".join(
-            (
-                content.head_from,
-                _to_header(values["name"], address),
-                content.head_subject,
-                f"Date: {formatdate(usegmt=True)}\r\nMessage-ID: {message_id}\r\n".encode(),
-                content.head_list,
-                unsubscribe,
-                content.head_tail,
-                *(
-                    piece if isinstance(piece, bytes) else encoded[piece]
-                    for piece in content.pieces
-                ),
-            )
+        parts = (
+            content.head_from,
+            _to_header(values["name"], address),
+            content.head_subject,
+            f"Date: {formatdate(usegmt=True)}\r\nMessage-ID: {message_id}\r\n".encode(),
+            content.head_list,
+            unsubscribe,
+            content.head_tail,
+            *(piece if isinstance(piece, bytes) else encoded[piece] for piece in content.pieces),
         )
-        if self.signer is not None:
-            data = self.signer.sign(data)
+        if self.signer is None:
+            data = b"".join(parts)
+        else:
+            # Signed from the same parts: the shared ones are canonicalised once.
+            data = b"".join((self.signer.signature_headers(parts, content.signing_memo), *parts))
         return ComposedMessage(
             envelope_from=self._return_path.format(
                 self._address_tokens.token(MailTokenKind.DELIVERY, delivery_id)
@@ -831,8 +830,6 @@ def _transactional(
     list_unsubscribe_url: str | None = None,
 ) -> ComposedMessage:
     """Render and encode a one-off message (no cache: each is sent once)."""
-    from mailer.dkim import load_signer
-
     address = checked_address(email)
     display = _display_name(name)
     greeting = _Greeting(environment).for_name(display)
