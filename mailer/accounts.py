@@ -4,9 +4,13 @@
   9106's recommended profile). Hashing runs in a worker thread: it is deliberately
   slow and must not stall the event loop that serves everyone else.
 * ``lockout_threshold`` wrong passwords in a row lock an account for
-  ``lockout_duration``. While locked, even the right password is refused, so a
-  guesser learns nothing from the answer. An unknown user name costs the same
-  hash as a known one, so response times do not reveal which names exist.
+  ``lockout_duration``. While locked, even the right password is refused. Every
+  attempt costs one password hash (an unknown name, a switched-off or a locked
+  account included) and every wrong answer reads the same, so neither the words
+  nor the timing tell which names exist; only the right password learns of a lock.
+* Sessions live in ``admin_sessions``: the browser holds a random id, the table
+  its hash. Signing out, "sign out everywhere", switching an account off, a role
+  change and a new password delete rows, so a copied cookie stops working at once.
 * API tokens are random strings shown once; only their SHA-256 is stored (they
   carry 256 bits of entropy, so a slow hash would add nothing but latency).
 """
@@ -23,11 +27,11 @@ from enum import StrEnum
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 
 from mailer.config import Settings
 from mailer.db import Database
-from mailer.models import AdminUser, ApiToken, utcnow
+from mailer.models import AdminSession, AdminUser, ApiToken, utcnow
 
 
 class Role(StrEnum):
@@ -46,6 +50,10 @@ _USERNAME = re.compile(r"^\w[\w.@-]{0,99}\Z")
 _TOKEN_NAME = re.compile(r"^\w[\w .@-]{0,99}\Z")
 # Writing last_used_at on every API call would make every read a write.
 TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
+# The same for a session's last_seen_at (the idle limit is counted from it).
+SESSION_TOUCH_INTERVAL = timedelta(minutes=1)
+# A session "created in the future" beyond this is refused (a clock set back).
+SESSION_CLOCK_SKEW = timedelta(minutes=5)
 
 _hasher = PasswordHasher()
 # Verified against when the user name is unknown, so that costs the same time.
@@ -179,12 +187,6 @@ async def _verify(password_hash: str, password: str) -> bool:
     return await asyncio.to_thread(verify)
 
 
-def password_fingerprint(password_hash: str) -> str:
-    """A short value that changes whenever the password does; sessions carry it so
-    that a new password signs out every earlier session."""
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
-
-
 # --- users -------------------------------------------------------------------------
 
 
@@ -235,7 +237,8 @@ async def update_user(
     password: str | None = None,
 ) -> UserView:
     """Change a user's role, switch the account on or off, lift a lockout, or set a
-    new password (which signs out the user's other sessions)."""
+    new password. A new role, a new password or switching off ends every session
+    of the user (they sign in again, under the new terms)."""
     new_hash = await hash_password(check_password(password)) if password is not None else None
     async with database.transaction() as session:
         user = await session.get(AdminUser, user_id, with_for_update=True)
@@ -250,6 +253,8 @@ async def update_user(
             user.locked_until = None
         if new_hash is not None:
             user.password_hash = new_hash
+        if role is not None or active is False or new_hash is not None:
+            await session.execute(delete(AdminSession).where(AdminSession.user_id == user_id))
         return _user_view(user)
 
 
@@ -272,11 +277,15 @@ async def authenticate(
     async with database.session() as session:
         user = await session.scalar(select(AdminUser).where(AdminUser.username == username[:100]))
     if user is None or not user.active:
-        await _verify(_DUMMY_HASH, password)
+        await _verify(_DUMMY_HASH, password[:MAX_PASSWORD_LENGTH])
         return LoginResult(None, LoginFailure.BAD_CREDENTIALS)
-    if user.locked_until is not None and user.locked_until > now:
-        return LoginResult(None, LoginFailure.LOCKED, user.locked_until)
+    # Checked even while locked: the same work (and time) as for any other name.
     good = await _verify(user.password_hash, password[:MAX_PASSWORD_LENGTH])
+    if user.locked_until is not None and user.locked_until > now:
+        # Only someone who knows the password learns that the account is locked.
+        if good:
+            return LoginResult(None, LoginFailure.LOCKED, user.locked_until)
+        return LoginResult(None, LoginFailure.BAD_CREDENTIALS)
     rehash = (
         await hash_password(password)
         if good and _hasher.check_needs_rehash(user.password_hash)
@@ -288,13 +297,18 @@ async def authenticate(
             return LoginResult(None, LoginFailure.BAD_CREDENTIALS)
         if row.locked_until is not None and row.locked_until > now:
             # Another request locked it while this password was being checked.
-            return LoginResult(None, LoginFailure.LOCKED, row.locked_until)
+            if good:
+                return LoginResult(None, LoginFailure.LOCKED, row.locked_until)
+            return LoginResult(None, LoginFailure.BAD_CREDENTIALS)
         if not good:
             row.failed_logins += 1
             if row.failed_logins >= config.lockout_threshold:
                 row.failed_logins = 0
                 row.locked_until = now + config.lockout_duration
-                return LoginResult(None, LoginFailure.LOCKED, row.locked_until, just_locked=True)
+                # Worded like any wrong password (see the module doc); audited.
+                return LoginResult(
+                    None, LoginFailure.BAD_CREDENTIALS, row.locked_until, just_locked=True
+                )
             return LoginResult(None, LoginFailure.BAD_CREDENTIALS)
         row.failed_logins = 0
         row.locked_until = None
@@ -304,19 +318,86 @@ async def authenticate(
         return LoginResult(_user_view(row))
 
 
+# --- sessions ------------------------------------------------------------------------
+
+
+def _session_hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+async def start_session(
+    database: Database,
+    user_id: int,
+    *,
+    ip: str | None = None,
+    user_agent: str | None = None,
+    now: datetime | None = None,
+) -> str:
+    """A new session for the user; returns the id for the cookie (stored hashed)."""
+    now = now or utcnow()
+    session_id = secrets.token_urlsafe(32)
+    async with database.transaction() as session:
+        session.add(
+            AdminSession(
+                id_hash=_session_hash(session_id),
+                user_id=user_id,
+                created_at=now,
+                last_seen_at=now,
+                ip=(ip or "")[:64] or None,
+                user_agent=(user_agent or "")[:300] or None,
+            )
+        )
+    return session_id
+
+
 async def session_identity(
-    database: Database, user_id: int, fingerprint: str
-) -> tuple[Identity, str] | None:
-    """The identity behind a session cookie, or None when the account was switched
-    off, deleted or given a new password since. Returns the current fingerprint too."""
+    database: Database, settings: Settings, session_id: str, *, now: datetime | None = None
+) -> Identity | None:
+    """The user signed in with this session id, or None: unknown or ended session,
+    idle longer than ``admin.session_idle``, older than ``admin.session_lifetime``,
+    or an account switched off since."""
+    now = now or utcnow()
+    config = settings.admin
+    id_hash = _session_hash(session_id)
     async with database.session() as session:
-        user = await session.get(AdminUser, user_id)
-    if user is None or not user.active:
+        row = (
+            await session.execute(
+                select(AdminSession, AdminUser)
+                .join(AdminUser, AdminUser.id == AdminSession.user_id)
+                .where(AdminSession.id_hash == id_hash)
+            )
+        ).one_or_none()
+    if row is None:
         return None
-    current = password_fingerprint(user.password_hash)
-    if not secrets.compare_digest(current, fingerprint):
+    stored, user = row
+    expired = (
+        now - stored.created_at > config.session_lifetime
+        or now - stored.last_seen_at > config.session_idle
+        or stored.created_at > now + SESSION_CLOCK_SKEW
+    )
+    if expired or not user.active:
+        await end_session(database, session_id)
         return None
-    return Identity("user", user.id, user.username, Role(user.role)), current
+    if now - stored.last_seen_at > SESSION_TOUCH_INTERVAL:
+        async with database.transaction() as session:
+            await session.execute(
+                update(AdminSession).where(AdminSession.id_hash == id_hash).values(last_seen_at=now)
+            )
+    return Identity("user", user.id, user.username, Role(user.role))
+
+
+async def end_session(database: Database, session_id: str) -> None:
+    async with database.transaction() as session:
+        await session.execute(
+            delete(AdminSession).where(AdminSession.id_hash == _session_hash(session_id))
+        )
+
+
+async def end_all_sessions(database: Database, user_id: int) -> int:
+    """Sign a user out everywhere; returns how many sessions ended."""
+    async with database.transaction() as session:
+        result = await session.execute(delete(AdminSession).where(AdminSession.user_id == user_id))
+        return int(result.rowcount or 0)
 
 
 # --- API tokens --------------------------------------------------------------------

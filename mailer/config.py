@@ -439,6 +439,8 @@ class BounceConfig(Section):
 class AdminConfig(Section):
     # A signed-in session ends this long after the login, whatever happens in between.
     session_lifetime: Duration = timedelta(hours=12)
+    # ... and after this long without a request.
+    session_idle: Duration = timedelta(hours=2)
     # This many wrong passwords in a row lock the account for lockout_duration.
     lockout_threshold: int = Field(5, ge=1, le=100)
     lockout_duration: Duration = timedelta(minutes=15)
@@ -447,6 +449,31 @@ class AdminConfig(Section):
     login_rate_window: Duration = timedelta(minutes=15)
     # Bearer token for GET /metrics; null leaves the metrics open (bind to a private network).
     metrics_token: str | None = Field(None, min_length=16)
+
+
+class CollectorConfig(Section):
+    # Hosts (names, addresses or networks such as 10.0.0.0/8) the collector may fetch
+    # from although they are loopback, private, link-local or otherwise internal.
+    allow_private_hosts: list[str] = Field(default_factory=list)
+    # Folder and feed-file sources must lie under one of these folders; null means
+    # the configuration file's folder and data_dir.
+    folder_roots: list[Path] | None = None
+
+    @field_validator("allow_private_hosts")
+    @classmethod
+    def _hosts(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            text = value.strip()
+            if "/" in text:
+                try:
+                    ipaddress.ip_network(text, strict=False)
+                except ValueError:
+                    raise ValueError(f"{value!r} is not a network such as 10.0.0.0/8") from None
+            elif not re.match(r"^[A-Za-z0-9.:\[\]_-]+$", text):
+                raise ValueError(f"{value!r} is not a host name or address")
+        return values
 
 
 class DkimConfig(Section):
@@ -505,6 +532,7 @@ class Settings(Section):
     bounces: BounceConfig = BounceConfig()
     signup: SignupConfig = SignupConfig()
     admin: AdminConfig = AdminConfig()
+    collector: CollectorConfig = CollectorConfig()
     # Holds the SQLite database, the generated secret key and the caught mail.
     data_dir: Path = Path("data")
     # Prefer MAILER_SECRET_KEY; if neither is set one is generated into data_dir.
@@ -535,6 +563,13 @@ class Settings(Section):
     @property
     def data_path(self) -> Path:
         return self.resolve(self.data_dir)
+
+    @property
+    def folder_roots(self) -> list[Path]:
+        """The folders folder and feed-file sources may read from."""
+        if self.collector.folder_roots is not None:
+            return [self.resolve(root) for root in self.collector.folder_roots]
+        return [self.base_dir.resolve(), self.data_path]
 
     @property
     def mail_dir(self) -> Path:

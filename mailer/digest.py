@@ -723,6 +723,7 @@ async def _preview(
         delivery.email,
         subscriber.name if subscriber else None,
         delivery.release_ids,
+        subscriber.link_key if subscriber else None,
     )
     parsed = email.message_from_bytes(message.data, policy=email.policy.default)
     html_part = parsed.get_body(("html",))

@@ -438,11 +438,11 @@ class _LinkMaker:
     serializer is built once instead of per link (a third of a link's cost)."""
 
     def __init__(self, settings: Settings, purpose: Purpose) -> None:
-        self._prefix = link(settings, purpose, 0).rsplit("/", 1)[0] + "/"
+        self._prefix = link(settings, purpose, 0, "").rsplit("/", 1)[0] + "/"
         self._serializer = tokens._serializer(settings, purpose)
 
-    def url(self, subscriber_id: int) -> str:
-        return self._prefix + str(self._serializer.dumps([subscriber_id]))
+    def url(self, subscriber_id: int, link_key: str) -> str:
+        return self._prefix + str(self._serializer.dumps([subscriber_id, link_key]))
 
 
 class _Greeting:
@@ -688,17 +688,24 @@ class MessageComposer:
     # -- per recipient
 
     def recipient_values(
-        self, subscriber_id: int | None, address: str, name: str | None
+        self,
+        subscriber_id: int | None,
+        address: str,
+        name: str | None,
+        link_key: str | None = None,
     ) -> dict[str, str]:
-        """The plain-text values of the per-recipient slots."""
+        """The plain-text values of the per-recipient slots. A subscriber's links
+        carry their ``link_key`` (see mailer.tokens), so it must be given."""
         display = _display_name(name)
         greeting = self._greeting.for_name(display)
         if subscriber_id is None:
             # Test sends and previews without a subscriber: links to the site itself.
             unsubscribe = preferences = self.settings.site.base_url + "/"
+        elif not link_key:
+            raise MessageError(f"subscriber {subscriber_id} has no link key; cannot link them")
         else:
-            unsubscribe = self._links[Purpose.UNSUBSCRIBE].url(subscriber_id)
-            preferences = self._links[Purpose.MANAGE].url(subscriber_id)
+            unsubscribe = self._links[Purpose.UNSUBSCRIBE].url(subscriber_id, link_key)
+            preferences = self._links[Purpose.MANAGE].url(subscriber_id, link_key)
         return {
             "greeting": greeting,
             "name": display,
@@ -714,6 +721,7 @@ class MessageComposer:
         email: str,
         name: str | None,
         release_ids: Sequence[int],
+        link_key: str | None = None,
     ) -> ComposedMessage:
         """One recipient's message. Raises MessageError for an unusable address or
         when none of the releases exist any more."""
@@ -722,7 +730,7 @@ class MessageComposer:
         content = self.content(
             release_ids, self.grouping_for(subscriber_id), test=subscriber_id is None
         )
-        values = self.recipient_values(subscriber_id, address, name)
+        values = self.recipient_values(subscriber_id, address, name, link_key)
         encoded: dict[tuple[str, str], bytes] = {}
         for part, slot in content.slots:
             value = values[slot]

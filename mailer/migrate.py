@@ -58,8 +58,33 @@ async def upgrade(database: Database, revision: str = "head") -> tuple[str | Non
         return before, _current(connection) or ""
 
     # The write engine: on SQLite two processes upgrading at once serialise here.
-    async with database.write_engine.begin() as connection:
-        return await connection.run_sync(_upgrade)
+    async with database.write_engine.connect() as connection:
+        if not database.is_sqlite:
+            async with connection.begin():
+                return await connection.run_sync(_upgrade)
+        # SQLite changes some tables by rebuilding them, and dropping the old copy
+        # with foreign keys on would cascade into child rows. The pragma only
+        # takes effect outside a transaction, hence the raw connection.
+        await connection.run_sync(_sqlite_foreign_keys, False)
+        try:
+            async with connection.begin():
+                result = await connection.run_sync(_upgrade)
+                broken = await connection.run_sync(_sqlite_foreign_key_violations)
+                if broken:
+                    raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
+            return result
+        finally:
+            await connection.run_sync(_sqlite_foreign_keys, True)
+
+
+def _sqlite_foreign_keys(connection: Connection, on: bool) -> None:
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor.execute(f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}")
+    cursor.close()
+
+
+def _sqlite_foreign_key_violations(connection: Connection) -> list[tuple[object, ...]]:
+    return [tuple(row) for row in connection.exec_driver_sql("PRAGMA foreign_key_check")]
 
 
 async def ensure_schema(database: Database) -> None:

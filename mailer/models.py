@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import enum
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,8 +89,21 @@ class Frequency(enum.StrEnum):
     WEEKLY = "weekly"
 
 
+# Tables whose ids travel outside the database (in links, tokens, VERP addresses,
+# Message-IDs or admin URLs) never reuse an id on SQLite: AUTOINCREMENT stops a
+# deleted row's id from being handed to the next insert.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
+def new_link_key() -> str:
+    """The random value every preferences and unsubscribe link of one subscription
+    is signed with; a new subscription row gets a new one, so old links die."""
+    return secrets.token_urlsafe(16)
+
+
 class Subscriber(Base):
     __tablename__ = "subscribers"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320))
@@ -112,6 +126,8 @@ class Subscriber(Base):
     digest_since: Mapped[datetime | None]
     last_digest_at: Mapped[datetime | None]
     soft_bounces: Mapped[int] = mapped_column(default=0)
+    # Bound into every preferences and unsubscribe link (see mailer.tokens).
+    link_key: Mapped[str] = mapped_column(String(32), default=new_link_key)
 
     topics: Mapped[list[Topic]] = relationship(secondary="subscriber_topics", lazy="selectin")
     consents: Mapped[list[ConsentEvent]] = relationship(
@@ -349,6 +365,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("digest_id", "subscriber_id"),
         Index("ix_deliveries_due", "status", "next_attempt_at"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -415,6 +432,7 @@ class Bounce(Base):
 
 class AdminUser(Base):
     __tablename__ = "admin_users"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(100), unique=True)
@@ -426,6 +444,22 @@ class AdminUser(Base):
     failed_logins: Mapped[int] = mapped_column(default=0)
     locked_until: Mapped[datetime | None]
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class AdminSession(Base):
+    """A signed-in admin browser. The cookie holds a random id whose hash is the key;
+    deleting the row ends the session however the cookie was copied."""
+
+    __tablename__ = "admin_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("admin_users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
 
 
 class ApiToken(Base):

@@ -458,6 +458,7 @@ class Claimed:
     content_key: str
     attempts: int
     created_at: datetime
+    link_key: str | None = None
 
 
 @dataclass
@@ -680,7 +681,13 @@ class Worker:
                 return []
             rows = (
                 await session.execute(
-                    select(Delivery, Subscriber.name, Subscriber.status, Digest.kind)
+                    select(
+                        Delivery,
+                        Subscriber.name,
+                        Subscriber.status,
+                        Digest.kind,
+                        Subscriber.link_key,
+                    )
                     .join(Digest, Digest.id == Delivery.digest_id)
                     .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
                     .where(Delivery.id.in_(ids))
@@ -697,7 +704,7 @@ class Worker:
                 ).all()
             )
             claimed, withdrawn = [], []
-            for delivery, name, status, kind in rows:
+            for delivery, name, status, kind, link_key in rows:
                 # A test send has no subscriber; any other row without one was erased.
                 gone = kind != "test" and status != SubscriberStatus.CONFIRMED
                 if gone or hashes[delivery.id] in suppressed:
@@ -714,6 +721,7 @@ class Worker:
                         delivery.content_key,
                         delivery.attempts,
                         delivery.created_at,
+                        link_key,
                     )
                 )
             if withdrawn:
@@ -883,6 +891,7 @@ class Worker:
             email=item.email,
             name=item.name,
             release_ids=item.release_ids,
+            link_key=item.link_key,
         )
         await self.rate.wait()
         result = await connection.send(message.envelope_from, message.recipients, message.data)

@@ -61,7 +61,15 @@ from mailer.suppression import (
     suppressed_hashes,
     unsuppress,
 )
-from mailer.tokens import ExpiredToken, InvalidToken, Purpose, TokenPayload, link, read_token
+from mailer.tokens import (
+    ExpiredToken,
+    InvalidToken,
+    Purpose,
+    TokenPayload,
+    link,
+    make_token,
+    read_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +118,10 @@ class ExpiredLink(InvalidLink):
     pass
 
 
+class StaleLink(NotFound):
+    """A genuine link whose subscription no longer exists (erased, removed)."""
+
+
 class InvalidFile(SubscriberError):
     pass
 
@@ -151,6 +163,8 @@ class SubscriberView:
     # None when it is not, or when the view was loaded without the settings.
     suppression: str | None = None
     suppression_details: str | None = None
+    # Signs this subscription's links; never shown or exported.
+    link_key: str = field(default="", repr=False)
 
     @property
     def shown_status(self) -> str:
@@ -471,6 +485,7 @@ _VIEW_COLUMNS = (
     Subscriber.created_at,
     Subscriber.confirmed_at,
     Subscriber.unsubscribed_at,
+    Subscriber.link_key,
 )
 
 
@@ -485,7 +500,13 @@ def _view(row: Any, slugs: Sequence[str]) -> SubscriberView:
         created_at=row.created_at,
         confirmed_at=row.confirmed_at,
         unsubscribed_at=row.unsubscribed_at,
+        link_key=row.link_key,
     )
+
+
+def link_for(settings: Settings, purpose: Purpose, subscriber: SubscriberView) -> str:
+    """The signed token of a preferences or unsubscribe link for this subscription."""
+    return make_token(settings, purpose, subscriber.id, subscriber.link_key)
 
 
 async def _load_view(session: AsyncSession, subscriber_id: int) -> SubscriberView | None:
@@ -734,6 +755,7 @@ async def send_confirmation(
                     Subscriber.status,
                     Subscriber.confirm_nonce,
                     Subscriber.confirmation_sent_at,
+                    Subscriber.link_key,
                 ).where(Subscriber.id == subscriber_id)
             )
         ).one_or_none()
@@ -755,7 +777,7 @@ async def send_confirmation(
         )
         if claimed.rowcount != 1:
             return False
-    manage_url = link(settings, Purpose.MANAGE, subscriber_id)
+    manage_url = link(settings, Purpose.MANAGE, subscriber_id, row.link_key)
     try:
         if pending:
             message = build_confirmation_message(
@@ -772,7 +794,7 @@ async def send_confirmation(
                 row.name,
                 "already-subscribed",
                 manage_url=manage_url,
-                unsubscribe_url=link(settings, Purpose.UNSUBSCRIBE, subscriber_id),
+                unsubscribe_url=link(settings, Purpose.UNSUBSCRIBE, subscriber_id, row.link_key),
             )
         await send_now(settings, message)
     except BaseException:
@@ -853,7 +875,7 @@ async def pending_confirmation(database: Database, settings: Settings, token: st
     payload = _read_link(settings, Purpose.CONFIRM, token, settings.signup.confirm_ttl)
     async with database.session() as session:
         subscriber = await session.get(Subscriber, payload.subscriber_id)
-        return await _confirm_state(session, subscriber, payload.nonce)
+        return await _confirm_state(session, subscriber, payload.key)
 
 
 async def _confirm_state(
@@ -892,7 +914,7 @@ async def confirm(
         subscriber = await session.scalar(
             select(Subscriber).where(Subscriber.id == payload.subscriber_id).with_for_update()
         )
-        state = await _confirm_state(session, subscriber, payload.nonce)
+        state = await _confirm_state(session, subscriber, payload.key)
         if state.already_confirmed:
             return state
         assert subscriber is not None
@@ -927,12 +949,20 @@ async def subscriber_for_link(
 ) -> SubscriberView:
     """The subscriber a preferences or unsubscribe link belongs to.
 
-    Raises InvalidLink for a forged or mangled link and NotFound when the
-    subscriber has since been erased."""
+    Raises InvalidLink for a forged or mangled link and StaleLink when the
+    subscription it was mailed for has ended (erased or removed: a later signup
+    with the same address, or a row that got the same id, has another link key)."""
     payload = _read_link(settings, purpose, token)
     view = await get_subscriber(database, payload.subscriber_id)
-    if view is None:
-        raise NotFound("We hold no data for this link any more: the address was erased.")
+    if (
+        view is None
+        or payload.key is None
+        or not secrets.compare_digest(view.link_key.encode(), payload.key.encode())
+    ):
+        raise StaleLink(
+            "This link no longer works: the subscription it was sent for has ended "
+            "(the address was erased or removed). We hold no data for it any more."
+        )
     return view
 
 

@@ -4,7 +4,10 @@ itsdangerous signs the payload with the site's secret key and a salt per purpose
 so a token for one purpose never works for another. Confirmation tokens carry the
 subscriber's current ``confirm_nonce`` and expire; the nonce is cleared on use,
 which makes them single-use. Preference and unsubscribe links must keep working
-for as long as old emails sit in inboxes, so they do not expire.
+for as long as old emails sit in inboxes, so they do not expire; instead they carry
+the subscriber's random ``link_key``, which dies with the row. A link mailed to a
+reader who was later erased or removed therefore never reaches whoever holds that
+id (or that address) next.
 """
 
 from __future__ import annotations
@@ -38,18 +41,18 @@ class ExpiredToken(InvalidToken):
 @dataclass(frozen=True)
 class TokenPayload:
     subscriber_id: int
-    nonce: str | None = None
+    # The confirm nonce (CONFIRM) or the subscriber's link key (MANAGE, UNSUBSCRIBE);
+    # None only in links made before keys existed, which no longer work.
+    key: str | None = None
 
 
 def _serializer(settings: Settings, purpose: Purpose) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(settings.get_secret_key(), salt=f"mailer.{purpose.value}")
 
 
-def make_token(
-    settings: Settings, purpose: Purpose, subscriber_id: int, nonce: str | None = None
-) -> str:
-    payload: list[int | str] = [subscriber_id] if nonce is None else [subscriber_id, nonce]
-    return str(_serializer(settings, purpose).dumps(payload))
+def make_token(settings: Settings, purpose: Purpose, subscriber_id: int, key: str) -> str:
+    """``key`` is the confirm nonce for CONFIRM, the subscriber's link key otherwise."""
+    return str(_serializer(settings, purpose).dumps([subscriber_id, key]))
 
 
 def read_token(
@@ -73,14 +76,14 @@ def read_token(
     return TokenPayload(payload[0], payload[1] if len(payload) == 2 else None)
 
 
-def link(settings: Settings, purpose: Purpose, subscriber_id: int, nonce: str | None = None) -> str:
+def link(settings: Settings, purpose: Purpose, subscriber_id: int, key: str) -> str:
     """The absolute URL a subscriber follows for ``purpose``."""
     path = {
         Purpose.CONFIRM: "confirm",
         Purpose.MANAGE: "preferences",
         Purpose.UNSUBSCRIBE: "unsubscribe",
     }[purpose]
-    return f"{settings.site.base_url}/{path}/{make_token(settings, purpose, subscriber_id, nonce)}"
+    return f"{settings.site.base_url}/{path}/{make_token(settings, purpose, subscriber_id, key)}"
 
 
 # --- tokens in mail addresses -----------------------------------------------------------

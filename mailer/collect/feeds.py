@@ -75,8 +75,11 @@ def parse_feed(
         if served_html or _HTML_START.match(content[:2048]):
             raise SourceError(_html_instead_of_feed(content, url, content_type))
         if not content.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
-            start = content.strip()[:40].decode("utf-8", "replace")
-            raise SourceError(f"not a feed: neither XML nor JSON (it starts {start!r})")
+            # Never the body itself: it may be an internal page an editor pointed at.
+            raise SourceError(
+                f"not a feed: neither XML nor JSON ({len(content):,} bytes, "
+                f"Content-Type {content_type or 'unknown'})"
+            )
         if parsed.get("bozo"):
             raise SourceError(f"malformed feed: {_describe(parsed.get('bozo_exception'))}")
         raise SourceError("not a feed: no RSS, Atom or JSON Feed content found")

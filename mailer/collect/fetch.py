@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from mailer.collect.guard import AddressPolicy, BlockedAddress, GuardedTransport
+
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {500, 502, 503, 504, 429}
@@ -124,14 +126,18 @@ class Fetcher:
         *,
         agent: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        addresses: AddressPolicy | None = None,
     ) -> None:
+        """``addresses``: which internal hosts may be reached (default: none; see
+        mailer.collect.guard). A ``transport`` given by a test replaces the guard."""
         self.policy = policy or FetchPolicy()
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
         self._client = httpx.AsyncClient(
             follow_redirects=True,
             max_redirects=self.policy.max_redirects,
             headers={"User-Agent": agent or user_agent()},
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-            transport=transport,
+            limits=limits,
+            transport=transport or GuardedTransport(addresses or AddressPolicy(), limits=limits),
         )
 
     async def __aenter__(self) -> Fetcher:
@@ -199,6 +205,8 @@ class Fetcher:
             raise _Retryable(
                 f"gave up after {policy.total_timeout:g}s: the server sends too slowly"
             ) from None
+        except BlockedAddress as exc:
+            raise FetchError(str(exc)) from None
         except httpx.TooManyRedirects:
             raise FetchError(
                 f"too many redirects (more than {policy.max_redirects}); is there a redirect loop?"

@@ -34,6 +34,7 @@ from mailer.collect.extract import Candidate, EntryError
 from mailer.collect.feeds import ParsedEntries, SourceError, parse_feed
 from mailer.collect.fetch import Fetcher, FetchError, FetchPolicy, user_agent
 from mailer.collect.files import is_supported, read_release_file
+from mailer.collect.guard import AddressPolicy, OutsideFolderRoots, inside_roots
 from mailer.collect.pages import extract_page, listing_links
 from mailer.collect.store import Outcome, store_candidates
 from mailer.config import Settings
@@ -209,7 +210,9 @@ async def collect_all(
             query = query.where(Source.name == only)
         names = list((await session.scalars(query.order_by(Source.name))).all())
     slots = asyncio.Semaphore(max(1, concurrency))
-    async with Fetcher(agent=user_agent(settings.site.base_url)) as fetcher:
+    async with Fetcher(
+        agent=user_agent(settings.site.base_url), addresses=address_policy(settings)
+    ) as fetcher:
 
         async def one(name: str) -> SourceRunResult:
             async with slots:
@@ -284,8 +287,12 @@ async def _run(
     own_fetcher = None
     try:
         if fetcher is None and source.kind in ("feed", "page") and source.url:
-            own_fetcher = fetcher = Fetcher(policy, agent=user_agent(settings.site.base_url))
-        gathered = await _gather(database, source, options, policy, fetcher)
+            own_fetcher = fetcher = Fetcher(
+                policy,
+                agent=user_agent(settings.site.base_url),
+                addresses=address_policy(settings),
+            )
+        gathered = await _gather(database, settings, source, options, policy, fetcher)
     except FetchError as exc:
         result.error = str(exc)
         result.disabled = exc.gone
@@ -308,8 +315,20 @@ async def _run(
     await _store_and_record(database, source, gathered, result)
 
 
+def address_policy(settings: Settings) -> AddressPolicy:
+    return AddressPolicy.from_entries(settings.collector.allow_private_hosts)
+
+
+def _allowed_path(settings: Settings, raw: str | None) -> Path:
+    try:
+        return inside_roots(Path(raw or ""), settings.folder_roots)
+    except OutsideFolderRoots as exc:
+        raise SourceError(str(exc)) from None
+
+
 async def _gather(
     database: Database,
+    settings: Settings,
     source: Source,
     options: dict[str, Any],
     policy: FetchPolicy,
@@ -318,9 +337,9 @@ async def _gather(
     zone = _zone(options)
     encoding = options.get("encoding") or None
     if source.kind == "folder":
-        return _gather_folder(source, zone)
+        return _gather_folder(source, _allowed_path(settings, source.path), settings, zone)
     if source.kind == "feed" and not source.url:
-        return _gather_feed_file(source, zone, encoding)
+        return _gather_feed_file(source, _allowed_path(settings, source.path), zone, encoding)
     assert fetcher is not None and source.url
     if source.kind == "feed":
         return await _gather_feed(source, policy, fetcher, zone, encoding)
@@ -380,8 +399,7 @@ def _unchanged_file(path: Path, seen: dict[str, Any] | None) -> tuple[bool, dict
     return False, fingerprint
 
 
-def _gather_feed_file(source: Source, zone: tzinfo, encoding: str | None) -> _Gathered:
-    path = Path(source.path or "")
+def _gather_feed_file(source: Source, path: Path, zone: tzinfo, encoding: str | None) -> _Gathered:
     if not path.is_file():
         raise SourceError(f"feed file {path} does not exist")
     seen = dict(source.seen_files or {})
@@ -397,8 +415,7 @@ def _gather_feed_file(source: Source, zone: tzinfo, encoding: str | None) -> _Ga
     return _apply(gathered, parsed)
 
 
-def _gather_folder(source: Source, zone: tzinfo) -> _Gathered:
-    folder = Path(source.path or "")
+def _gather_folder(source: Source, folder: Path, settings: Settings, zone: tzinfo) -> _Gathered:
     if not folder.is_dir():
         raise SourceError(f"folder {folder} does not exist or is not a folder")
     previous = dict(source.seen_files or {})
@@ -410,6 +427,12 @@ def _gather_folder(source: Source, zone: tzinfo) -> _Gathered:
     )
     for path in files:
         relative = path.relative_to(folder).as_posix()
+        try:
+            # A symlink inside the folder must not lead out of the allowed folders.
+            inside_roots(path, settings.folder_roots)
+        except OutsideFolderRoots:
+            gathered.errors.append(f"{relative}: skipped, a link to a file outside the folder")
+            continue
         try:
             unchanged, fingerprint = _unchanged_file(path, previous.get(relative))
         except OSError as exc:

@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Route
 from mailer import subscribers as store
 from mailer.models import Frequency, SubscriberStatus
 from mailer.suppression import email_key
-from mailer.tokens import Purpose, make_token
+from mailer.tokens import Purpose
 from mailer.web import csrf
 from mailer.web.app import WebState, render, web_state
 from mailer.web.ratelimit import client_key
@@ -120,7 +120,7 @@ def _token(token: str) -> str:
 
 
 def _link_error(exc: store.SubscriberError) -> HTTPException:
-    if isinstance(exc, store.ExpiredLink):
+    if isinstance(exc, store.ExpiredLink | store.StaleLink):
         return HTTPException(410, str(exc))
     if isinstance(exc, store.NotFound):
         return HTTPException(404, str(exc))
@@ -300,7 +300,7 @@ async def confirm_submit(request: Request) -> Response:
 def _confirmed_page(
     request: Request, state: WebState, subscriber: store.SubscriberView, *, already: bool
 ) -> Response:
-    manage = make_token(state.settings, Purpose.MANAGE, subscriber.id)
+    manage = store.link_for(state.settings, Purpose.MANAGE, subscriber)
     return render(
         request,
         "confirmed.html",
@@ -341,7 +341,7 @@ def _preferences_page(
         topics=subscriber.topics,
         frequency=subscriber.frequency.value,
     )
-    unsubscribe = make_token(state.settings, Purpose.UNSUBSCRIBE, subscriber.id)
+    unsubscribe = store.link_for(state.settings, Purpose.UNSUBSCRIBE, subscriber)
     return render(
         request,
         "preferences.html",
@@ -457,8 +457,9 @@ async def _unsubscribe_target(request: Request) -> tuple[str, store.SubscriberVi
     try:
         return await _subscriber_for(request, Purpose.UNSUBSCRIBE)
     except HTTPException as exc:
-        if exc.status_code == 404:
-            # Erased: nothing left to unsubscribe, and the address is suppressed.
+        if exc.status_code in (404, 410):
+            # Erased or removed: nothing left to unsubscribe (the address is
+            # suppressed), and never someone else's subscription.
             return request.path_params["token"], None
         raise
 
@@ -489,7 +490,7 @@ async def unsubscribe_submit(request: Request) -> Response:
         )
     except store.NotFound:
         return render(request, "unsubscribed.html", {"erased": True})
-    manage = make_token(state.settings, Purpose.MANAGE, subscriber.id)
+    manage = store.link_for(state.settings, Purpose.MANAGE, subscriber)
     return render(
         request,
         "unsubscribed.html",

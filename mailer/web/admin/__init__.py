@@ -23,6 +23,7 @@ def routes() -> list[BaseRoute]:
         Route("/login", auth.login_form, methods=["GET"]),
         Route("/login", auth.login_submit, methods=["POST"]),
         Route("/logout", auth.logout, methods=["POST"]),
+        Route("/logout-everywhere", auth.logout_everywhere, methods=["POST"]),
         *dashboard.routes(),
         *digests.routes(),
         *releases.routes(),

@@ -1,10 +1,11 @@
 """Signing in and out, the session cookie, and the access check on every admin route.
 
-The session is a cookie signed with the site's secret key holding the user's id,
-the time of sign-in and a fingerprint of the password hash. Every request checks
-it against the database, so switching an account off, changing its role or
-setting a new password takes effect on the next click; the session ends
-``admin.session_lifetime`` after sign-in. Signing out deletes the cookie.
+The session cookie holds a random session id, signed with the site's secret key;
+the server keeps the id's hash in ``admin_sessions`` (see mailer.accounts). Every
+request looks it up, so signing out, "sign out everywhere", switching an account
+off, a role change and a new password end the session even for a copied cookie.
+A session ends ``admin.session_lifetime`` after sign-in or ``admin.session_idle``
+after the last request, whichever comes first.
 
 :func:`requires` guards every admin endpoint: anonymous visitors are sent to the
 sign-in page, a role that may not use the page gets 403, and every POST must carry
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -31,7 +31,7 @@ from mailer.web.admin.common import PREFIX, page, read_form, redirect, text
 from mailer.web.app import WebState, web_state
 from mailer.web.ratelimit import RateLimiter, client_key
 
-SESSION_COOKIE = "mailer_admin_session"
+SESSION_COOKIE = csrf.SESSION_COOKIE
 Endpoint = Callable[[Request], Awaitable[Response]]
 SAFE_METHODS = ("GET", "HEAD")
 
@@ -40,32 +40,24 @@ def _serializer(state: WebState) -> URLSafeSerializer:
     return URLSafeSerializer(state.settings.get_secret_key(), salt="mailer.admin.session")
 
 
-def session_value(state: WebState, user_id: int, fingerprint: str, issued: datetime) -> str:
-    return str(_serializer(state).dumps({"u": user_id, "f": fingerprint, "t": issued.timestamp()}))
-
-
-async def current_identity(request: Request) -> Identity | None:
-    """The signed-in user of this request, or None (no, bad or expired cookie)."""
-    state = web_state(request)
+def _session_id(request: Request) -> str | None:
     raw = request.cookies.get(SESSION_COOKIE)
     if not raw or len(raw) > 500:
         return None
     try:
-        value = _serializer(state).loads(raw)
+        value = _serializer(web_state(request)).loads(raw)
     except BadSignature:
         return None
-    if not isinstance(value, dict):
+    return value if isinstance(value, str) and 20 <= len(value) <= 100 else None
+
+
+async def current_identity(request: Request) -> Identity | None:
+    """The signed-in user of this request, or None (no, bad, ended or expired session)."""
+    session_id = _session_id(request)
+    if session_id is None:
         return None
-    user_id, fingerprint, issued = value.get("u"), value.get("f"), value.get("t")
-    if not isinstance(user_id, int) or not isinstance(fingerprint, str):
-        return None
-    if not isinstance(issued, int | float):
-        return None
-    age = state.now().timestamp() - issued
-    if age < 0 or age > state.settings.admin.session_lifetime.total_seconds():
-        return None
-    found = await accounts.session_identity(state.db, user_id, fingerprint)
-    return found[0] if found else None
+    state = web_state(request)
+    return await accounts.session_identity(state.db, state.settings, session_id, now=state.now())
 
 
 def _login_location(request: Request) -> str:
@@ -173,17 +165,18 @@ async def login_submit(request: Request) -> Response:
     result = await accounts.authenticate(state.db, state.settings, username, password, now=now)
     if result.user is None:
         details: dict[str, Any] = {"ip": address}
+        if result.just_locked:
+            await audit.record(
+                state.db,
+                f"user:{username[:100]}",
+                "login.lockout",
+                "user",
+                username[:60],
+                details,
+                at=now,
+            )
         if result.failure is LoginFailure.LOCKED:
-            if result.just_locked:
-                await audit.record(
-                    state.db,
-                    f"user:{username[:100]}",
-                    "login.lockout",
-                    "user",
-                    username[:60],
-                    details,
-                    at=now,
-                )
+            # Only for the right password (see mailer.accounts): no enumeration.
             until = result.locked_until
             minutes = max(1, round((until - now).total_seconds() / 60)) if until else 15
             message = (
@@ -200,7 +193,15 @@ async def login_submit(request: Request) -> Response:
                 details,
                 at=now,
             )
-            message = "The user name or password is wrong."
+            config = state.settings.admin
+            minutes = max(1, round(config.lockout_duration.total_seconds() / 60))
+            # The same words for an unknown name, a wrong password and a locked
+            # account, so the answer tells nobody which names exist.
+            message = (
+                "The user name or password is wrong. After "
+                f"{config.lockout_threshold} wrong passwords an account is locked for "
+                f"{minutes} minutes."
+            )
         return _login_page(request, error=message, username=username, status_code=401)
     user = result.user
     await audit.record(
@@ -208,10 +209,12 @@ async def login_submit(request: Request) -> Response:
     )
     target = _safe_next(text(data, "next", limit=2000))
     response = RedirectResponse(target, status_code=303)
-    fingerprint = await _fingerprint(state, user.id)
+    session_id = await accounts.start_session(
+        state.db, user.id, ip=address, user_agent=request.headers.get("user-agent"), now=now
+    )
     response.set_cookie(
         SESSION_COOKIE,
-        session_value(state, user.id, fingerprint, now),
+        str(_serializer(state).dumps(session_id)),
         max_age=int(state.settings.admin.session_lifetime.total_seconds()),
         httponly=True,
         samesite="lax",
@@ -221,20 +224,32 @@ async def login_submit(request: Request) -> Response:
     return response
 
 
-async def _fingerprint(state: WebState, user_id: int) -> str:
-    from mailer.models import AdminUser
-
-    async with state.db.session() as session:
-        user = await session.get(AdminUser, user_id)
-    assert user is not None
-    return accounts.password_fingerprint(user.password_hash)
-
-
 @requires(Role.EDITOR)
 async def logout(request: Request) -> Response:
     state = web_state(request)
     who: Identity = request.state.identity
+    session_id = _session_id(request)
+    if session_id is not None:
+        await accounts.end_session(state.db, session_id)
     await audit.record(state.db, who.actor, "logout", "user", who.name)
     response = redirect(request, f"{PREFIX}/login", "You are signed out.")
+    response.delete_cookie(SESSION_COOKIE, path=PREFIX)
+    return response
+
+
+@requires(Role.EDITOR)
+async def logout_everywhere(request: Request) -> Response:
+    """End every session of the signed-in user: other browsers, a lost laptop."""
+    state = web_state(request)
+    who: Identity = request.state.identity
+    ended = await accounts.end_all_sessions(state.db, who.id)
+    await audit.record(
+        state.db, who.actor, "logout.everywhere", "user", who.name, {"sessions": ended}
+    )
+    response = redirect(
+        request,
+        f"{PREFIX}/login",
+        f"You are signed out everywhere ({ended} session{'s' if ended != 1 else ''} ended).",
+    )
     response.delete_cookie(SESSION_COOKIE, path=PREFIX)
     return response

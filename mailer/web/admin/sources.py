@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from mailer import audit
 from mailer.accounts import Role
+from mailer.collect.guard import OutsideFolderRoots, inside_roots
 from mailer.collect.store import source_release_counts
 from mailer.config import Settings, SourceConfig, parse_duration
 from mailer.db import Database
@@ -60,9 +61,15 @@ def source_config(values: dict[str, str]) -> SourceConfig:
 
 
 def _apply(source: Source, config: SourceConfig, settings: Settings) -> None:
+    path = None
+    if config.path:
+        try:
+            path = inside_roots(settings.resolve(config.path), settings.folder_roots)
+        except OutsideFolderRoots as exc:
+            raise SourceInputError(f"path: {exc}") from None
     source.kind = config.kind
     source.url = config.url
-    source.path = str(settings.resolve(config.path)) if config.path else None
+    source.path = str(path) if path else None
     source.interval_seconds = int(config.interval.total_seconds())
     source.options = config.collector_options()
 
