@@ -63,14 +63,14 @@ def main() -> None:
     }
     composer = MessageComposer(settings, items)
     ids = list(items)
-    first = composer.compose(1, 1, "reader1@example.org", "Reader One", ids)
+    first = composer.compose(1, 1, "reader1@example.org", "Reader One", ids, link_key="test-key")
     html_size = composer.content(ids).html_bytes
     print(f"message {len(first.data):,} bytes; encoded HTML part {html_size:,} bytes")
 
     started, cpu_started = time.perf_counter(), time.process_time()
     for n in range(args.messages):
         name = "Ingrida Šimonytė" if n % 4 == 0 else f"Reader {n}"
-        composer.compose(n, n + 1, f"reader{n}@example.org", name, ids)
+        composer.compose(n, n + 1, f"reader{n}@example.org", name, ids, link_key="test-key")
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     print(

@@ -114,6 +114,20 @@ class SiteConfig(Section):
     postal_address: str = ""
     # A folder whose templates take precedence over the shipped ones (same names).
     templates_dir: Path | None = None
+    # Reverse proxies whose X-Forwarded-For names the client (addresses or networks).
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            try:
+                ipaddress.ip_network(value.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or network") from None
+        return values
 
     @field_validator("base_url")
     @classmethod
@@ -648,7 +662,27 @@ def settings_from_mapping(
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, shown, environ)) from None
-    return settings.model_copy(update={"config_path": config_path})
+    settings = settings.model_copy(update={"config_path": config_path})
+    _check_folders(settings, shown)
+    return settings
+
+
+def _check_folders(settings: Settings, shown: str) -> None:
+    """Folders the settings name must be usable folders: found out now, in one line,
+    rather than as a 500 on every page or templates silently not overridden."""
+    data = settings.data_path
+    if data.exists() and not data.is_dir():
+        raise ConfigError(f"{shown}: data_dir: {data} is a file, not a folder")
+    templates = settings.site.templates_dir
+    if templates is not None:
+        folder = settings.resolve(templates)
+        if not folder.is_dir():
+            problem = "is not a folder" if folder.exists() else "does not exist"
+            raise ConfigError(f"{shown}: site.templates_dir: {folder} {problem}")
+    for root in settings.collector.folder_roots or []:
+        folder = settings.resolve(root)
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{shown}: collector.folder_roots: {folder} is not a folder")
 
 
 def _apply_environment(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:

@@ -80,6 +80,13 @@ MAX_URL_LENGTH = 500  # ConsentEvent.form_url
 # Control characters, DEL, C1 controls and the Unicode line/paragraph separators: none
 # of them belongs in a name or an address, and any of them could split a mail header.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# What mail programs turn into a link: a scheme, "www.", an address, a domain name.
+# A name is printed in mail ("Hello, …"), so it must not be able to carry one.
+_LINK_LIKE = re.compile(
+    r"[a-z][a-z0-9+.-]*:/|\b(?:mailto|tel|sms|javascript|data):|www\.|@|<|>"
+    r"|\b[^\W_][\w-]*\.(?:[^\W\d_]{2,}|xn--[\w-]+)\b",
+    re.IGNORECASE,
+)
 _TOPIC_SEPARATORS = re.compile(r"[;,|]")
 # Rows per statement in bulk imports: below SQLite's and asyncpg's parameter limits.
 _CHUNK = 2000
@@ -280,6 +287,14 @@ def _with_test_domain(address: str) -> str:
     return address
 
 
+def mailbox_key(address: str) -> str:
+    """One key for every sub-addressed spelling of a mailbox: ``ona+news@x.org``
+    and ``Ona+1@X.org`` both give ``ona@x.org``. The per-address signup limit
+    counts by it, so ``victim+0…+99@`` cannot mail one person a hundred times."""
+    local, _, domain = address.strip().lower().rpartition("@")
+    return f"{local.split('+', 1)[0] or local}@{domain}"
+
+
 def clean_name(raw: str | None) -> str | None:
     """A display name safe to put in a mail header, or None when empty."""
     if raw is None:
@@ -293,6 +308,8 @@ def clean_name(raw: str | None) -> str | None:
         return None
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidField("name", f"The name can be at most {MAX_NAME_LENGTH} characters long.")
+    if _LINK_LIKE.search(name):
+        raise InvalidField("name", "The name must not contain a web or email address.")
     return name
 
 
@@ -700,7 +717,9 @@ async def _signup_once(
                 subscriber.confirm_nonce = subscriber.confirm_nonce or secrets.token_urlsafe(16)
                 state = "pending"
             subscriber.email = address
-            subscriber.name = name
+            # Anyone can type anyone's address: a repeated request fills in a missing
+            # name but never replaces one.
+            subscriber.name = subscriber.name or name
             subscriber.frequency = frequency
             await _set_topics(session, subscriber.id, topic_ids)
         await session.execute(
@@ -780,10 +799,12 @@ async def send_confirmation(
     manage_url = link(settings, Purpose.MANAGE, subscriber_id, row.link_key)
     try:
         if pending:
+            # No name: whoever filled in the form typed it, not necessarily the
+            # owner of the address, and it must not put words (or links) in our mail.
             message = build_confirmation_message(
                 settings,
                 row.email,
-                row.name,
+                None,
                 link(settings, Purpose.CONFIRM, subscriber_id, row.confirm_nonce),
                 manage_url,
             )

@@ -14,11 +14,11 @@ import textwrap
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from mailer.config import Settings
+from mailer.datewindow import in_zone
 
 SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -95,7 +95,7 @@ def long_date(value: datetime | date | None, timezone: str = "UTC") -> str:
     release published on a day, without a time) is that day wherever one is."""
     if value is None:
         return ""
-    local = value.astimezone(ZoneInfo(timezone)) if isinstance(value, datetime) else value
+    local = in_zone(value, timezone) if isinstance(value, datetime) else value
     return f"{local.day} {local:%B %Y}"
 
 
@@ -104,7 +104,7 @@ def local_time(value: datetime | None, timezone: str = "UTC") -> str:
     the zone so that nobody has to guess (the CLI and the admin both use this)."""
     if value is None:
         return "—"
-    local = value.astimezone(ZoneInfo(timezone))
+    local = in_zone(value, timezone)
     return f"{local:%Y-%m-%d %H:%M} {local.tzname() or timezone}"
 
 
@@ -124,4 +124,4 @@ def iso_date(value: datetime | None, timezone: str = "UTC") -> str:
     """``2023-07-12`` in the given timezone; empty for no date."""
     if value is None:
         return ""
-    return value.astimezone(ZoneInfo(timezone)).date().isoformat()
+    return in_zone(value, timezone).date().isoformat()

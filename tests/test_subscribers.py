@@ -175,7 +175,7 @@ async def test_confirm_rejects_forged_expired_and_replaced_links(
     # A manage link is signed for another purpose and confirms nothing.
     with pytest.raises(store.InvalidLink):
         await store.confirm(
-            database, settings, make_token(settings, Purpose.MANAGE, result.subscriber_id)
+            database, settings, make_token(settings, Purpose.MANAGE, result.subscriber_id, "x")
         )
     issued_at = int(time.time() - settings.signup.confirm_ttl.total_seconds() - 60)
     monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: issued_at)
@@ -497,4 +497,6 @@ async def test_list_and_export_round_trip(database: Database, settings: Settings
 
 
 def test_links_point_at_the_site(settings: Settings) -> None:
-    assert link(settings, Purpose.UNSUBSCRIBE, 5).startswith("http://testserver/unsubscribe/")
+    assert link(settings, Purpose.UNSUBSCRIBE, 5, "key").startswith(
+        "http://testserver/unsubscribe/"
+    )

@@ -82,9 +82,9 @@ def serve(ctx: click.Context, host: str, port: int, no_background: bool, log_lev
         port=port,
         lifespan="on",
         log_level=log_level,
-        # Behind a reverse proxy on this machine, X-Forwarded-For names the client.
-        proxy_headers=True,
-        forwarded_allow_ips="127.0.0.1,::1",
+        # The app reads X-Forwarded-For itself, from site.trusted_proxies only
+        # (mailer.web.proxies); uvicorn must not apply its own list on top.
+        proxy_headers=False,
         server_header=False,
         # Long enough for a confirmation mail in a background task to finish.
         timeout_graceful_shutdown=30,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import email
 import email.policy
 import functools
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +33,7 @@ from mailer import subscribers as store
 from mailer.accounts import Identity, Role
 from mailer.collect.extract import published_text
 from mailer.collect.ingest import API_SOURCE, ReleaseInputError, add_release, editor_date
+from mailer.datewindow import DateOutOfRange, check_date, check_send_time
 from mailer.digest import PreviewError, explain_digest, preview_digest
 from mailer.message import MessageError
 from mailer.models import Digest, Release, ReleaseTopic, Subscriber, SubscriberStatus, Topic
@@ -45,6 +45,7 @@ from mailer.send import (
     start_queued_digest,
 )
 from mailer.web.app import web_state
+from mailer.web.jsonbody import BadJSON, parse_json
 
 MAX_BODY_BYTES = 1024 * 1024
 # Ids are 32-bit INTEGER columns on PostgreSQL; anything larger cannot exist.
@@ -317,9 +318,9 @@ async def _body(request: Request, model: type[BaseModel]) -> BaseModel:
     if len(raw) > MAX_BODY_BYTES:
         raise HTTPException(413, f"The body is larger than {MAX_BODY_BYTES} bytes.")
     try:
-        data = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPException(400, "The body is not valid JSON.") from None
+        data = parse_json(raw or b"{}")
+    except BadJSON as exc:
+        raise HTTPException(400, f"{str(exc).capitalize()}.") from None
     return model.model_validate(data)
 
 
@@ -495,6 +496,10 @@ async def list_releases(request: Request, who: Identity, query: ReleaseQuery) ->
             )
         )
     if query.since is not None:
+        try:
+            check_date(query.since, state.now(), field="since")
+        except DateOutOfRange as exc:
+            return error(422, str(exc))
         conditions.append(Release.published_at >= query.since)
     async with state.db.session() as session:
         total = await session.scalar(select(func.count(Release.id)).where(*conditions))
@@ -604,8 +609,11 @@ async def _status(request: Request, digest_id: int) -> DigestStatusOut | None:
 
 async def create_digest(request: Request, who: Identity, body: DigestCreate) -> Response:
     state = web_state(request)
-    if body.scheduled_for is not None and body.scheduled_for <= state.now():
-        return error(422, "scheduled_for: must be in the future")
+    if body.scheduled_for is not None:
+        try:
+            check_send_time(body.scheduled_for, state.now())
+        except DateOutOfRange as exc:
+            return error(422, str(exc))
     digest = await schedule_digest(
         state.db,
         scheduled_for=body.scheduled_for,

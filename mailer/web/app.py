@@ -37,6 +37,7 @@ from mailer.db import Database
 from mailer.models import utcnow
 from mailer.templating import template_environment
 from mailer.web import csrf
+from mailer.web.proxies import TrustedProxyMiddleware
 from mailer.web.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -274,4 +275,6 @@ def create_app(
     )
     app.state.web = state
     app.add_middleware(SecurityHeadersMiddleware)
+    # Outermost: the client address is settled before anything reads it.
+    app.add_middleware(TrustedProxyMiddleware, trusted=app_context.settings.site.trusted_proxies)
     return app

@@ -28,7 +28,6 @@ from starlette.routing import BaseRoute, Route
 
 from mailer import subscribers as store
 from mailer.models import Frequency, SubscriberStatus
-from mailer.suppression import email_key
 from mailer.tokens import Purpose
 from mailer.web import csrf
 from mailer.web.app import WebState, render, web_state
@@ -221,7 +220,7 @@ async def subscribe_submit(request: Request) -> Response:
     if errors:
         return _subscribe_page(request, values, errors, status_code=422)
 
-    retry_after = state.address_limiter.hit(email_key(address))
+    retry_after = state.address_limiter.hit(store.mailbox_key(address))
     if retry_after is not None:
         return _too_many(request, values, retry_after)
     try:

@@ -17,7 +17,6 @@ is listed as ignored in the answer.
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -28,6 +27,7 @@ from mailer.bounces import BounceReport, parse_dsn, record_bounce
 from mailer.smtpstatus import Verdict, enhanced_code, permanent_verdict
 from mailer.tokens import address_extension
 from mailer.web.app import web_state
+from mailer.web.jsonbody import TooDeep, parse_json
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 
@@ -51,7 +51,9 @@ async def bounce_webhook(request: Request) -> Response:
             return _error(413, "the body is larger than 10 MB")
     if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
         try:
-            reports = _reports_from_json(json.loads(body))
+            reports = _reports_from_json(parse_json(body))
+        except TooDeep as exc:
+            return _error(400, str(exc))
         except (ValueError, TypeError) as exc:
             return _error(422, f"invalid bounce JSON: {exc}")
     else:

@@ -95,7 +95,9 @@ def realistic_digest(settings: Settings) -> bytes:
             sources=tuple(sources),
         )
     composer = MessageComposer(settings, items)
-    return composer.compose(7, 3, "ona.petraitiene@example.lt", "Ona Petraitienė", list(items)).data
+    return composer.compose(
+        7, 3, "ona.petraitiene@example.lt", "Ona Petraitienė", list(items), link_key="test-key"
+    ).data
 
 
 def test_spamassassin_scores_a_realistic_digest_below_one(

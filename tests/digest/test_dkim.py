@@ -129,7 +129,7 @@ def digest_message(settings: Settings) -> bytes:
         sources=(SourceLink("Government", "https://gov.example.lt/r/1"),),
     )
     composer = MessageComposer(settings, {1: release})
-    return composer.compose(9, 3, "reader@example.lt", "Žygimantas", [1]).data
+    return composer.compose(9, 3, "reader@example.lt", "Žygimantas", [1], link_key="test-key").data
 
 
 def test_digest_is_signed_and_verifies(tmp_path: Path, sqlite_url: str, keygen) -> None:

@@ -113,7 +113,9 @@ def test_digest_headers_and_mime_structure(
     plain_settings: Settings, releases: dict[int, DigestItem]
 ) -> None:
     composer = MessageComposer(plain_settings, releases)
-    message = composer.compose(41, 7, "reader@example.lt", "Ingrida Šimonytė", [1, 2, 3])
+    message = composer.compose(
+        41, 7, "reader@example.lt", "Ingrida Šimonytė", [1, 2, 3], link_key="test-key"
+    )
     parsed = parse(message)
 
     assert parsed["From"] == "Press Office <press@example.org>"
@@ -154,7 +156,10 @@ def test_digest_headers_and_mime_structure(
 
 def test_message_ids_are_unique(plain_settings: Settings, releases: dict[int, DigestItem]) -> None:
     composer = MessageComposer(plain_settings, releases)
-    ids = {composer.compose(n, n, f"r{n}@example.org", None, [1]).message_id for n in range(200)}
+    ids = {
+        composer.compose(n, n, f"r{n}@example.org", None, [1], link_key="test-key").message_id
+        for n in range(200)
+    }
     assert len(ids) == 200
 
 
@@ -162,7 +167,9 @@ def test_non_ascii_intact_everywhere(
     plain_settings: Settings, releases: dict[int, DigestItem]
 ) -> None:
     composer = MessageComposer(plain_settings, {1: releases[1]})
-    parsed = parse(composer.compose(1, 1, "reader@example.lt", "Žygimantas Šimonytė", [1]))
+    parsed = parse(
+        composer.compose(1, 1, "reader@example.lt", "Žygimantas Šimonytė", [1], link_key="test-key")
+    )
     assert parsed["Subject"] == "Test Press Office: Žygimantas presents the 2026 budget"
     assert parsed["To"].addresses[0].display_name == "Žygimantas Šimonytė"
     text, html = parts(parsed)
@@ -175,7 +182,9 @@ def test_text_part_is_a_faithful_rendering(
     plain_settings: Settings, releases: dict[int, DigestItem]
 ) -> None:
     composer = MessageComposer(plain_settings, releases)
-    text, _ = parts(parse(composer.compose(1, 5, "reader@example.lt", None, [1, 2, 3])))
+    text, _ = parts(
+        parse(composer.compose(1, 5, "reader@example.lt", None, [1, 2, 3], link_key="test-key"))
+    )
     assert text.startswith("Hello,\n")
     # Newest first; every title, date, publisher, summary, link and source.
     positions = [text.index(releases[n].title) for n in (3, 2, 1)]
@@ -200,7 +209,9 @@ def test_html_part_layout_and_footer(
     plain_settings: Settings, releases: dict[int, DigestItem]
 ) -> None:
     composer = MessageComposer(plain_settings, releases)
-    _, html = parts(parse(composer.compose(1, 5, "reader@example.lt", None, [1, 2, 3])))
+    _, html = parts(
+        parse(composer.compose(1, 5, "reader@example.lt", None, [1, 2, 3], link_key="test-key"))
+    )
     assert 'class="preheader"' in html
     assert "Embassy opens in Canberra · Šimonytė meets hospital directors" in html
     assert re.search(r'<table[^>]*class="container"[^>]*style="[^"]*max-width: ?600px', html)
@@ -230,7 +241,7 @@ def test_subscriber_values_cannot_inject_headers_or_markup(
 ) -> None:
     composer = MessageComposer(plain_settings, releases)
     name = 'Eve\r\nBcc: victim@example.com\r\n\r\n<script>alert("x")</script>'
-    parsed = parse(composer.compose(1, 5, "eve@example.org", name, [1]))
+    parsed = parse(composer.compose(1, 5, "eve@example.org", name, [1], link_key="test-key"))
     assert parsed["Bcc"] is None
     assert parsed["To"].addresses[0].addr_spec == "eve@example.org"
     assert len(parsed["To"].addresses) == 1
@@ -246,13 +257,15 @@ def test_subscriber_values_cannot_inject_headers_or_markup(
         "not-an-address",
     ):
         with pytest.raises(MessageError):
-            composer.compose(1, 5, address, None, [1])
+            composer.compose(1, 5, address, None, [1], link_key="test-key")
 
 
 def test_release_text_cannot_inject_headers(plain_settings: Settings) -> None:
     hostile = item(9, "Budget\r\nBcc: victim@example.com")
     parsed = parse(
-        MessageComposer(plain_settings, {9: hostile}).compose(1, 1, "a@example.org", None, [9])
+        MessageComposer(plain_settings, {9: hostile}).compose(
+            1, 1, "a@example.org", None, [9], link_key="test-key"
+        )
     )
     assert parsed["Bcc"] is None
     assert parsed["Subject"] == "Test Press Office: Budget Bcc: victim@example.com"
@@ -273,10 +286,10 @@ def test_one_body_per_content_personalised_per_recipient(
     plain_settings: Settings, releases: dict[int, DigestItem]
 ) -> None:
     composer = MessageComposer(plain_settings, releases)
-    first = composer.compose(1, 101, "ona@example.org", "Ona", [1, 2])
-    second = composer.compose(2, 102, "jonas@example.org", "Jonas", [2, 1])
+    first = composer.compose(1, 101, "ona@example.org", "Ona", [1, 2], link_key="test-key")
+    second = composer.compose(2, 102, "jonas@example.org", "Jonas", [2, 1], link_key="test-key")
     assert composer.renders == 1
-    composer.compose(3, 103, "ada@example.org", None, [1, 2, 3])
+    composer.compose(3, 103, "ada@example.org", None, [1, 2, 3], link_key="test-key")
     assert composer.renders == 2
 
     text_one, html_one = parts(parse(first))
@@ -304,13 +317,17 @@ def test_several_topics_group_the_digest(
     composer = MessageComposer(
         plain_settings, releases, topic_choices={7: [1, 2]}, topic_names=names
     )
-    grouped_text, grouped_html = parts(parse(composer.compose(1, 7, "a@example.org", None, [1, 2])))
+    grouped_text, grouped_html = parts(
+        parse(composer.compose(1, 7, "a@example.org", None, [1, 2], link_key="test-key"))
+    )
     assert "ECONOMY\n=======" in grouped_text and "HEALTH\n======" in grouped_text
     assert grouped_text.index("ECONOMY") < grouped_text.index("Žygimantas presents")
     assert grouped_text.index("HEALTH") < grouped_text.index("Šimonytė meets")
     assert "<h2" in grouped_html and "Economy</h2>" in grouped_html
 
-    flat_text, _ = parts(parse(composer.compose(2, 8, "b@example.org", None, [1, 2])))
+    flat_text, _ = parts(
+        parse(composer.compose(2, 8, "b@example.org", None, [1, 2], link_key="test-key"))
+    )
     assert "ECONOMY" not in flat_text
 
 
@@ -327,7 +344,7 @@ def test_large_digest_stays_under_gmail_clipping_limit(plain_settings: Settings)
         for n in range(1, 301)
     }
     composer = MessageComposer(plain_settings, many)
-    parsed = parse(composer.compose(1, 1, "a@example.org", None, list(many)))
+    parsed = parse(composer.compose(1, 1, "a@example.org", None, list(many), link_key="test-key"))
     text, html = parts(parsed)
     assert len(html.encode()) < 102 * 1024
     raw_html_part = parsed.get_body(("html",)).as_bytes()
@@ -350,7 +367,9 @@ def test_default_sized_digest_keeps_full_layout(plain_settings: Settings) -> Non
     }
     _, html = parts(
         parse(
-            MessageComposer(plain_settings, fifty).compose(1, 1, "a@example.org", None, list(fifty))
+            MessageComposer(plain_settings, fifty).compose(
+                1, 1, "a@example.org", None, list(fifty), link_key="test-key"
+            )
         )
     )
     assert len(html.encode()) < 102 * 1024
@@ -366,7 +385,9 @@ def test_site_templates_override_shipped_ones(tmp_path: Path, sqlite_url: str) -
     )
     settings = make_settings(tmp_path, sqlite_url, site={"templates_dir": "my-templates"})
     composer = MessageComposer(settings, {1: item(1, "Budget")})
-    text, html = parts(parse(composer.compose(1, 1, "a@example.org", "Rūta", [1])))
+    text, html = parts(
+        parse(composer.compose(1, 1, "a@example.org", "Rūta", [1], link_key="test-key"))
+    )
     assert text.startswith("Labas, Rūta!")
     assert "Labas, Rūta!" in html
     assert "Read the full release" in text  # the rest still comes from the shipped templates
@@ -375,9 +396,11 @@ def test_site_templates_override_shipped_ones(tmp_path: Path, sqlite_url: str) -
 def test_missing_releases(plain_settings: Settings) -> None:
     composer = MessageComposer(plain_settings, {1: item(1, "Budget")})
     with pytest.raises(MessageError, match="none of the digest's releases"):
-        composer.compose(1, 1, "a@example.org", None, [99])
+        composer.compose(1, 1, "a@example.org", None, [99], link_key="test-key")
     # Some gone (deleted after planning): the rest is still sent.
-    text, _ = parts(parse(composer.compose(1, 1, "a@example.org", None, [1, 99])))
+    text, _ = parts(
+        parse(composer.compose(1, 1, "a@example.org", None, [1, 99], link_key="test-key"))
+    )
     assert "Budget" in text
 
 

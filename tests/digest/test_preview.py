@@ -139,12 +139,15 @@ def test_preview_for_a_subscriber_is_what_a_send_delivers(
                 await plan_digest(session, settings, digest)
                 delivery = (await session.scalars(select(Delivery))).one()
                 composer = await MessageComposer.load(session, settings, delivery.release_ids)
+                reader = await session.get(Subscriber, delivery.subscriber_id)
+                assert reader is not None
                 return composer.compose(
                     delivery.id,
                     delivery.subscriber_id,
                     delivery.email,
                     "Rūta Šimonytė",
                     delivery.release_ids,
+                    link_key=reader.link_key,
                 ).data
 
     sent = asyncio.run(send())
@@ -205,7 +208,9 @@ async def test_composer_loads_releases_sources_and_topic_choices(
         assert composer.has_releases([merged.id, health.id, 999_999])
 
     text = text_part(
-        composer.compose(1, both.id, "both@example.org", None, [merged.id, health.id]).data
+        composer.compose(
+            1, both.id, "both@example.org", None, [merged.id, health.id], link_key="test-key"
+        ).data
     )
     # One release, however many sources carried it; their names stay internal.
     assert "Aggregator" not in text and "agg.example.com" not in text

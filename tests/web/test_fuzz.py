@@ -68,7 +68,7 @@ class Harness:
             store.add(self.app.state.web.db, settings, "member@example.org", confirmed=True)
         )
         self.valid = {
-            purpose: make_token(settings, purpose, added.subscriber.id)
+            purpose: make_token(settings, purpose, added.subscriber.id, added.subscriber.link_key)
             for purpose in (Purpose.MANAGE, Purpose.UNSUBSCRIBE)
         }
 

@@ -412,7 +412,7 @@ async def test_preferences_change_topics_frequency_and_name(site: Site) -> None:
     )
     assert refused.status_code == 422
     assert (await site.client.post(preferences, data={"name": "X"})).status_code == 403
-    forged = make_token(site.settings, Purpose.MANAGE, member.id)[:-4] + "AAAA"
+    forged = make_token(site.settings, Purpose.MANAGE, member.id, member.link_key)[:-4] + "AAAA"
     assert (await site.client.get(f"/preferences/{forged}")).status_code == 400
 
 

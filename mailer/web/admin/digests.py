@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from mailer import audit
 from mailer.accounts import Role
+from mailer.datewindow import DateOutOfRange, check_send_time
 from mailer.digest import (
     DigestPreview,
     PreviewError,
@@ -403,9 +404,7 @@ def parse_local_time(raw: str, timezone: str) -> datetime:
         naive = datetime.fromisoformat(raw)
     except ValueError:
         raise HTTPException(422, "Give the date and time as YYYY-MM-DD HH:MM.") from None
-    if naive.tzinfo is not None:
-        return naive
-    return naive.replace(tzinfo=ZoneInfo(timezone))
+    return naive if naive.tzinfo is not None else naive.replace(tzinfo=ZoneInfo(timezone))
 
 
 @requires(Role.EDITOR)
@@ -414,8 +413,10 @@ async def schedule(request: Request) -> Response:
     data = await form(request)
     frequency = _frequency(text(data, "frequency"))
     at = parse_local_time(text(data, "at", limit=40), state.settings.digest.timezone)
-    if at <= state.now():
-        return redirect(request, "/admin/digests", "Choose a time in the future.", kind="error")
+    try:
+        check_send_time(at, state.now(), field="Send time")
+    except DateOutOfRange as exc:
+        return redirect(request, "/admin/digests", str(exc), kind="error")
     who = identity(request)
     digest = await schedule_digest(
         state.db, scheduled_for=at, frequency=frequency, created_by=who.actor, now=state.now()
