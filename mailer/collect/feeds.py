@@ -301,6 +301,8 @@ def _parse_json_feed(content: bytes, *, url: str | None, default_tz: tzinfo) -> 
         raise SourceError(f"JSON Feed is not UTF-8: {exc}") from None
     except json.JSONDecodeError as exc:
         raise SourceError(f"malformed JSON Feed: {exc}") from None
+    except RecursionError:
+        raise SourceError("malformed JSON Feed: nested too deeply") from None
     if not isinstance(document, dict) or "jsonfeed.org" not in str(document.get("version", "")):
         raise SourceError("not a JSON Feed: no jsonfeed.org version field")
     items = document.get("items")

@@ -26,6 +26,13 @@ TOPICS = [
 ]
 
 
+REPOSITORY = Path(__file__).parents[2]
+TEST_COLLECTOR: dict[str, Any] = {
+    "allow_private_hosts": ["127.0.0.1"],
+    "folder_roots": [str(FIXTURES), str(REPOSITORY / "examples")],
+}
+
+
 @pytest.fixture
 def server() -> Iterator[LocalServer]:
     running = LocalServer().start()
@@ -57,6 +64,12 @@ def open_database(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     async def opener(
         url: str, sources: list[dict[str, Any]], **sections: Any
     ) -> AsyncIterator[tuple[Settings, Database]]:
+        # The test server is on loopback and fixtures live in the repository: allowed
+        # here on purpose (tests/security checks that nothing else is).
+        sections.setdefault(
+            "collector",
+            {**TEST_COLLECTOR, "folder_roots": [*TEST_COLLECTOR["folder_roots"], str(tmp_path)]},
+        )
         settings = make_settings(tmp_path, url, sources=sources, topics=TOPICS, **sections)
         async with AppContext(settings=settings).database() as database:
             yield settings, database

@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from mailer.cli import main
-from tests.collect.conftest import TOPICS
+from tests.collect.conftest import TEST_COLLECTOR, TOPICS
 from tests.collect.server import FIXTURES, LocalServer
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "releases"
@@ -28,6 +28,10 @@ def config(tmp_path: Path, sqlite_url: str) -> Path:
                 "secret_key": "test-secret-key-0123456789abcdef",
                 "topics": TOPICS,
                 "sources": [],
+                "collector": {
+                    **TEST_COLLECTOR,
+                    "folder_roots": [*TEST_COLLECTOR["folder_roots"], str(tmp_path)],
+                },
             }
         )
     )

@@ -10,10 +10,12 @@ import pytest
 
 from mailer.collect import collect_all, collect_source
 from mailer.collect.fetch import Fetcher, FetchError, FetchPolicy
+from mailer.collect.guard import AddressPolicy
 from tests.collect.conftest import source, source_row, stored_releases
 from tests.collect.server import FIXTURES, LocalServer, Reply
 
 RSS = "application/rss+xml"
+LOOPBACK = AddressPolicy.from_entries(["127.0.0.1"])
 
 
 async def test_unchanged_feed_costs_one_304(
@@ -226,7 +228,7 @@ async def test_per_host_limit_caps_concurrent_requests() -> None:
     for n in range(6):
         server.routes[f"/p{n}"] = route
     try:
-        async with Fetcher(FetchPolicy(per_host=2, retries=0)) as fetcher:
+        async with Fetcher(FetchPolicy(per_host=2, retries=0), addresses=LOOPBACK) as fetcher:
             await asyncio.gather(*(fetcher.get(server.url(f"/p{n}")) for n in range(6)))
     finally:
         server.stop()
@@ -234,6 +236,6 @@ async def test_per_host_limit_caps_concurrent_requests() -> None:
 
 
 async def test_unsupported_url_scheme_is_a_clear_error() -> None:
-    async with Fetcher(FetchPolicy(retries=0)) as fetcher:
+    async with Fetcher(FetchPolicy(retries=0), addresses=LOOPBACK) as fetcher:
         with pytest.raises(FetchError, match="unsupported URL"):
             await fetcher.get("ftp://127.0.0.1/feed")
