@@ -371,8 +371,8 @@ async def session_identity(
         return None
     stored, user = row
     expired = (
-        now - stored.created_at > config.session_lifetime
-        or now - stored.last_seen_at > config.session_idle
+        now - stored.created_at >= config.session_lifetime
+        or now - stored.last_seen_at >= config.session_idle
         or stored.created_at > now + SESSION_CLOCK_SKEW
     )
     if expired or not user.active:

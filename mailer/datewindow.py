@@ -22,18 +22,18 @@ class DateOutOfRange(ValueError):
     """A typed date outside the window; the message says which window."""
 
 
-def _utc(value: datetime) -> datetime:
+def _utc(value: datetime, field: str) -> datetime:
     if value.tzinfo is None:
-        raise DateOutOfRange("the time needs a timezone (for example +00:00)")
+        raise DateOutOfRange(f"{field}: the time needs a timezone (for example +00:00)")
     try:
         return value.astimezone(UTC)
     except OverflowError:
-        raise DateOutOfRange("the date is too far in the future") from None
+        raise DateOutOfRange(f"{field}: the date is too far in the future") from None
 
 
 def check_date(value: datetime, now: datetime, *, field: str = "date") -> datetime:
     """A date between 1990 and a year from now (search filters, release dates)."""
-    at = _utc(value)
+    at = _utc(value, field)
     if not EARLIEST <= at <= now + MAX_AHEAD:
         raise DateOutOfRange(
             f"{field}: must lie between {EARLIEST:%Y-%m-%d} and a year from now "
@@ -44,7 +44,7 @@ def check_date(value: datetime, now: datetime, *, field: str = "date") -> dateti
 
 def check_send_time(value: datetime, now: datetime, *, field: str = "scheduled_for") -> datetime:
     """A time to start a send: in the future, at most a year ahead."""
-    at = _utc(value)
+    at = _utc(value, field)
     if at <= now:
         raise DateOutOfRange(f"{field}: must be in the future")
     if at > now + MAX_AHEAD:

@@ -26,6 +26,8 @@ from tests.admin.conftest import (  # noqa: F401 - fixtures used by the tests he
 from tests.support.clock import Clock
 from tests.web.conftest import Site, SiteFactory, make_site  # noqa: F401
 
+WEBHOOK_SECRET = "webhook-secret-0123456789"
+
 
 @pytest.fixture
 async def public(make_site: SiteFactory, database_url: str) -> Site:  # noqa: F811
@@ -37,7 +39,7 @@ async def public(make_site: SiteFactory, database_url: str) -> Site:  # noqa: F8
 async def admin(tmp_path: Path, database_url: str) -> AsyncIterator[AdminSite]:
     """The admin and the API with an admin (alice) and an editor (eddie)."""
     clock = Clock(wall=datetime(2025, 3, 10, 9, 0, tzinfo=UTC))
-    settings = site_settings(tmp_path, database_url)
+    settings = site_settings(tmp_path, database_url, bounces={"webhook_secret": WEBHOOK_SECRET})
     app = create_app(
         AppContext(settings=settings),
         run_background=False,

@@ -284,7 +284,7 @@ async def test_folder_source_outside_the_allowed_roots_reads_nothing(
     tmp_path: Path, database_url: str, path: str
 ) -> None:
     source = {"name": "Disk", "kind": "folder", "path": path}
-    result, row, releases = await _source_run(tmp_path, database_url, source)
+    _, row, releases = await _source_run(tmp_path, database_url, source)
     assert releases == 0
     assert row.last_error and "outside the folders sources may read" in row.last_error
 
