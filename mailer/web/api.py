@@ -320,7 +320,7 @@ async def _body(request: Request, model: type[BaseModel]) -> BaseModel:
     try:
         data = parse_json(raw or b"{}")
     except BadJSON as exc:
-        raise HTTPException(400, f"{str(exc).capitalize()}.") from None
+        raise HTTPException(400, str(exc)) from None
     return model.model_validate(data)
 
 

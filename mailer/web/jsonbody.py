@@ -38,9 +38,9 @@ def parse_json(raw: bytes | bytearray, *, max_depth: int = MAX_DEPTH) -> Any:
     try:
         data = json.loads(raw)
     except RecursionError:
-        raise TooDeep(f"the JSON is nested too deeply (more than {max_depth} levels)") from None
+        raise TooDeep(f"The JSON is nested too deeply (more than {max_depth} levels).") from None
     except (ValueError, UnicodeDecodeError):
-        raise BadJSON("the body is not valid JSON") from None
+        raise BadJSON("The body is not valid JSON.") from None
     if _depth(data, max_depth) > max_depth:
-        raise TooDeep(f"the JSON is nested too deeply (more than {max_depth} levels)")
+        raise TooDeep(f"The JSON is nested too deeply (more than {max_depth} levels).")
     return data

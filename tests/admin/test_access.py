@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from mailer import accounts
 from mailer.accounts import Role
-from tests.admin.conftest import AdminSite, csrf_token
+from tests.admin.conftest import EDITOR_PASSWORD, AdminSite, csrf_token, login
 
 # Reachable without signing in, on purpose.
 PUBLIC = {
@@ -160,12 +160,14 @@ async def test_disabled_account_loses_its_session(
     assert response.headers["location"].startswith("/admin/login")
 
 
-async def test_role_change_applies_on_the_next_request(
+async def test_role_change_ends_the_session_and_applies_at_the_next_sign_in(
     site: AdminSite, editor_client: httpx.AsyncClient
 ) -> None:
     assert (await editor_client.get("/admin/subscribers")).status_code == 403
     users = {u.username: u for u in await accounts.list_users(site.db)}
     await accounts.update_user(site.db, users["eddie"].id, role="admin")
+    assert (await editor_client.get("/admin/subscribers")).status_code == 303
+    assert (await login(editor_client, "eddie", EDITOR_PASSWORD)).status_code == 303
     assert (await editor_client.get("/admin/subscribers")).status_code == 200
 
 

@@ -442,7 +442,7 @@ async def test_erase_removes_personal_data_and_suppresses(site: Site) -> None:
         events = (await session.scalars(select(ConsentEvent))).all()
     assert all(e.ip is None and e.user_agent is None and e.subscriber_id is None for e in events)
     gone = await site.client.get(preferences)
-    assert gone.status_code == 404
+    assert gone.status_code == 410 and "no longer works" in gone.text
 
 
 # --- unsubscribe ------------------------------------------------------------------------
