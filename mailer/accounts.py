@@ -327,16 +327,25 @@ def _session_hash(session_id: str) -> str:
 
 async def start_session(
     database: Database,
+    settings: Settings,
     user_id: int,
     *,
     ip: str | None = None,
     user_agent: str | None = None,
     now: datetime | None = None,
 ) -> str:
-    """A new session for the user; returns the id for the cookie (stored hashed)."""
+    """A new session for the user; returns the id for the cookie (stored hashed).
+    Sessions of anyone that expired unused are swept here, so the table stays small."""
     now = now or utcnow()
+    config = settings.admin
     session_id = secrets.token_urlsafe(32)
     async with database.transaction() as session:
+        await session.execute(
+            delete(AdminSession).where(
+                (AdminSession.created_at <= now - config.session_lifetime)
+                | (AdminSession.last_seen_at <= now - config.session_idle)
+            )
+        )
         session.add(
             AdminSession(
                 id_hash=_session_hash(session_id),

@@ -210,7 +210,12 @@ async def login_submit(request: Request) -> Response:
     target = _safe_next(text(data, "next", limit=2000))
     response = RedirectResponse(target, status_code=303)
     session_id = await accounts.start_session(
-        state.db, user.id, ip=address, user_agent=request.headers.get("user-agent"), now=now
+        state.db,
+        state.settings,
+        user.id,
+        ip=address,
+        user_agent=request.headers.get("user-agent"),
+        now=now,
     )
     response.set_cookie(
         SESSION_COOKIE,
