@@ -683,6 +683,16 @@ def _check_folders(settings: Settings, shown: str) -> None:
         folder = settings.resolve(root)
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{shown}: collector.folder_roots: {folder} is not a folder")
+    located = [(n, s) for n, s in enumerate(settings.sources) if s.path is not None]
+    if located:
+        from mailer.collect.guard import OutsideFolderRoots, inside_roots
+
+        for number, source in located:
+            assert source.path is not None
+            try:
+                inside_roots(settings.resolve(source.path), settings.folder_roots)
+            except OutsideFolderRoots as exc:
+                raise ConfigError(f"{shown}: sources[{number}].path: {exc}") from None
 
 
 def _apply_environment(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:

@@ -279,13 +279,39 @@ async def test_page_source_does_not_follow_links_into_the_intranet(
         outside.stop()
 
 
-@pytest.mark.parametrize("path", ["/etc", "../../../../../../etc", "/proc/self"])
-async def test_folder_source_outside_the_allowed_roots_reads_nothing(
+OUTSIDE = ["/etc", "../../../../../../etc", "/proc/self"]
+
+
+@pytest.mark.parametrize("path", OUTSIDE)
+def test_folder_source_outside_the_roots_in_the_config_stops_the_start(
+    tmp_path: Path, path: str
+) -> None:
+    from mailer.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.path: .* is outside the folders"):
+        make_settings(
+            tmp_path, "sqlite:///x.db", sources=[{"name": "D", "kind": "folder", "path": path}]
+        )
+
+
+@pytest.mark.parametrize("path", OUTSIDE)
+async def test_folder_source_outside_the_roots_from_the_admin_reads_nothing(
     tmp_path: Path, database_url: str, path: str
 ) -> None:
-    source = {"name": "Disk", "kind": "folder", "path": path}
-    _, row, releases = await _source_run(tmp_path, database_url, source)
-    assert releases == 0
+    """An editor's form is refused; a row that got there anyway (edited in the
+    database, or stored before this check existed) is refused when it runs."""
+    from mailer.web.admin.sources import SourceInputError, add_source, source_config
+
+    settings: Settings = make_settings(tmp_path, database_url)
+    async with AppContext(settings=settings).database() as database:
+        config = source_config({"name": "Disk", "kind": "folder", "path": path})
+        with pytest.raises(SourceInputError, match="outside the folders sources may read"):
+            await add_source(database, settings, config)
+        async with database.transaction() as session:
+            session.add(Source(name="Disk", kind="folder", path=path, origin="admin"))
+        result = await collect_source(database, settings, "Disk")
+        row, releases = await _state(database, "Disk")
+    assert releases == 0 and result.new == 0
     assert row.last_error and "outside the folders sources may read" in row.last_error
 
 
