@@ -9,7 +9,7 @@ uvicorn's ProxyHeadersMiddleware does the reading (rightmost untrusted hop).
 A proxy that does not set the header (a bare TLS terminator) would silently put
 every reader into one rate-limit bucket: the first few signups of the hour would
 lock everyone else out. That case is logged as a warning (once per process, with
-what to change) and counted in ``proxy_requests_without_client``.
+what to change).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ class TrustedProxyMiddleware:
     def __init__(self, app: ASGIApp, trusted: list[str]) -> None:
         self._inner = ProxyHeadersMiddleware(app, trusted_hosts=list(trusted) or ["0.0.0.0/32"])
         self._trusted = _networks(trusted)
-        self.requests_without_client = 0
         self._warned = False
 
     def _from_trusted_proxy(self, scope: Scope) -> bool:
@@ -52,7 +51,6 @@ class TrustedProxyMiddleware:
         await self._inner(scope, receive, send)  # type: ignore[arg-type]
 
     def _note_missing_header(self, proxy: str) -> None:
-        self.requests_without_client += 1
         if self._warned:
             return
         self._warned = True
