@@ -62,8 +62,10 @@ async def replay(site: Site, path: str, victim: str) -> None:
     else:
         page = await client.get(path)
         assert page.status_code == 200 and victim not in page.text
+        assert "This link no longer works" in page.text
         one_click = await client.post(path, data={"List-Unsubscribe": "One-Click"})
         assert one_click.status_code == 200 and victim not in one_click.text
+        assert "Nothing was changed" in one_click.text
 
 
 async def links_seen_by_the_reader(site: Site, address: str) -> dict[str, str]:
