@@ -459,7 +459,9 @@ def test_mailto_unsubscribe_goes_to_the_polled_bounce_address(
         sqlite_url,
         bounces={"address": "bounces@news.example.org", "maildir": str(tmp_path / "box")},
     )
-    message = MessageComposer(settings, releases).compose(41, 7, "a@example.lt", None, [1])
+    message = MessageComposer(settings, releases).compose(
+        41, 7, "a@example.lt", None, [1], link_key="k"
+    )
     https_link, mailto = re.findall(r"<([^<>]+)>", str(parse(message)["List-Unsubscribe"]))
     assert "/unsubscribe/" in https_link
     found = re.fullmatch(
