@@ -1,7 +1,7 @@
 """security: ids never reused, a link key per subscriber, server-side admin sessions
 
 Revision ID: 0002
-Revises: 0001
+Revises: 0005 (chained after main's head; written against 0001)
 Create Date: 2026-12-01 21:10:00
 
 * SQLite reused the id of the highest deleted row, so a link mailed to an erased
@@ -26,7 +26,7 @@ from alembic import op
 import mailer.models
 
 revision: str = "0002"
-down_revision: str | None = "0001"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
