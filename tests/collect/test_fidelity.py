@@ -5,6 +5,7 @@ text, photo credits stay as written, and any HTML a browser shows can be stored.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -168,7 +169,7 @@ def test_feed_titles_and_bodies_lose_scripts_and_hidden_text_and_bare_items_are_
 
 @pytest.mark.parametrize("atom_first", [True, False])
 async def test_a_merge_keeps_the_most_precise_date(
-    open_database, database_url: str, atom_first: bool
+    open_database, database_url: str, atom_first: bool, tmp_path: Path
 ) -> None:
     """The Atom entry's 15:10+03:00 beats the text file's bare 2025-10-23, whichever
     arrived first; between two bare dates the earliest wins."""
@@ -189,7 +190,7 @@ async def test_a_merge_keeps_the_most_precise_date(
     )
     assert text.published_date_only and not atom.published_date_only
     first, second = (atom, text) if atom_first else (text, atom)
-    sources = [*SOURCES, source("Drop folder", "folder", path="/nonexistent")]
+    sources = [*SOURCES, source("Drop folder", "folder", path=str(tmp_path / "drop"))]
     async with open_database(database_url, sources) as (_settings, database):
         await store_all(database, "Ministry", [first])
         await store_all(database, "Drop folder", [second])

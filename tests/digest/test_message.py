@@ -500,7 +500,11 @@ def test_readers_see_the_publisher_and_credit_as_written_never_a_host_or_source_
         update={"digest": plain_settings.digest.model_copy(update={"timezone": "America/New_York"})}
     )
     text, html = parts(
-        parse(MessageComposer(new_york, {9: item}).compose(1, 5, "r@example.lt", None, [9]))
+        parse(
+            MessageComposer(new_york, {9: item}).compose(
+                1, 5, "r@example.lt", None, [9], link_key="k"
+            )
+        )
     )
     for part in (text, html):
         assert "23 October 2025" in part and "22 October" not in part
