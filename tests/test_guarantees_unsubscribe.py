@@ -35,7 +35,7 @@ from mailer.context import AppContext
 from mailer.db import Database
 from mailer.models import Delivery, DeliveryStatus, Digest, DigestStatus, Subscriber
 from mailer.send import digest_progress, start_digest
-from mailer.tokens import Purpose, make_token
+from mailer.tokens import Purpose
 from mailer.web.app import create_app
 from tests.admin.conftest import login, post_form, quick_password_hashing  # noqa: F401 - autouse here too
 from tests.conftest import make_settings
@@ -126,20 +126,34 @@ async def _submit_form_on(client: httpx.AsyncClient, page_path: str, action_part
     assert response.status_code in (200, 303), (action, response.status_code, response.text)
 
 
+async def make_token(settings: Settings, purpose: Purpose, subscriber_id: int) -> str:
+    """The subscriber's link as mailed: signed with their link key."""
+    from mailer.db import Database as _Database
+    from mailer.subscribers import get_subscriber, link_for
+
+    database = _Database(settings.database.url)
+    try:
+        view = await get_subscriber(database, subscriber_id)
+    finally:
+        await database.dispose()
+    assert view is not None
+    return link_for(settings, purpose, view)
+
+
 async def via_preferences_page(office: Office, subscriber_id: int) -> None:
-    manage = make_token(office.settings, Purpose.MANAGE, subscriber_id)
+    manage = await make_token(office.settings, Purpose.MANAGE, subscriber_id)
     async with office.client() as client:
         await _submit_form_on(client, f"/preferences/{manage}", "/unsubscribe/")
 
 
 async def via_unsubscribe_page(office: Office, subscriber_id: int) -> None:
-    token = make_token(office.settings, Purpose.UNSUBSCRIBE, subscriber_id)
+    token = await make_token(office.settings, Purpose.UNSUBSCRIBE, subscriber_id)
     async with office.client() as client:
         await _submit_form_on(client, f"/unsubscribe/{token}", f"/unsubscribe/{token}")
 
 
 async def via_one_click(office: Office, subscriber_id: int) -> None:
-    token = make_token(office.settings, Purpose.UNSUBSCRIBE, subscriber_id)
+    token = await make_token(office.settings, Purpose.UNSUBSCRIBE, subscriber_id)
     async with office.client(cookies=False) as client:
         response = await client.post(
             f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}
@@ -194,7 +208,7 @@ async def via_cli_remove(office: Office, subscriber_id: int) -> None:
 
 
 async def via_erase_page(office: Office, subscriber_id: int) -> None:
-    manage = make_token(office.settings, Purpose.MANAGE, subscriber_id)
+    manage = await make_token(office.settings, Purpose.MANAGE, subscriber_id)
     async with office.client() as client:
         page = await client.get(f"/preferences/{manage}/erase")
         token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
