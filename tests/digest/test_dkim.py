@@ -361,7 +361,7 @@ def test_many_readers_of_real_digests_verify(tmp_path: Path, sqlite_url: str, ke
         for index, (name, address) in enumerate(READERS):
             subscriber = None if index == 4 and round_number == 1 else index + 10
             ids = contents[index % 2]
-            data = composer.compose(index, subscriber, address, name, ids).data
+            data = composer.compose(index, subscriber, address, name, ids, link_key="k").data
             assert dkim.verify(data, dnsfunc=dns_stub(txt)), (name, round_number)
             header, message = data.split(b"\r\n", 1)[0], data
             while message.startswith(b"DKIM-Signature:"):
@@ -409,7 +409,7 @@ def test_ed25519_signature_beside_rsa_verifies(tmp_path: Path, sqlite_url: str, 
     resolver = dns_stub(rsa_txt, news2025e=ed_txt)
     composer = MessageComposer(settings, {1: item(1, "Šimonytė: the 2026 budget")})
     for n, (name, address) in enumerate(READERS[:4]):
-        data = composer.compose(n, n + 1, address, name, [1]).data
+        data = composer.compose(n, n + 1, address, name, [1], link_key="k").data
         checker = dkim.DKIM(data)
         assert checker.verify(idx=0, dnsfunc=resolver), name
         assert checker.signature_fields[b"a"] == b"rsa-sha256"
