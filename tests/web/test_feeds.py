@@ -4,7 +4,8 @@ The JSON Feed is checked against a JSON Schema written from the 1.1 specificatio
 (tests/support/jsonfeed-1.1.schema.json). Every Atom document is checked twice,
 independently: feedparser must read it without complaint (bozo == 0), and it must
 validate against the RFC 4287 RELAX NG schema (tests/support/atom-rfc4287.rnc,
-converted with rnc2rng, validated by lxml/libxml2), plus the RFC's rules the schema leaves to Schematron.
+converted with rnc2rng, validated by lxml/libxml2), plus the RFC's rules the
+schema leaves to Schematron.
 """
 
 from __future__ import annotations
