@@ -654,6 +654,13 @@ async def sitemap_entries(
 # --- editors: withdraw and embargo ------------------------------------------------------
 
 
+async def _editable_release(session: AsyncSession, release_id: int) -> Release:
+    release = await session.get(Release, release_id, with_for_update=True)
+    if release is None or release.merged_into_id is not None:
+        raise NotPublic("There is no such release.")
+    return release
+
+
 async def withdraw_release(
     session: AsyncSession, release_id: int, *, note: str | None, now: datetime
 ) -> PulledFromDigests:
@@ -662,9 +669,7 @@ async def withdraw_release(
     Runs in the caller's write transaction. The release stays in the database (its
     page answers 410 with the notice); ``restore_release`` undoes it.
     """
-    release = await session.get(Release, release_id, with_for_update=True)
-    if release is None or release.merged_into_id is not None:
-        raise NotPublic("There is no such release.")
+    release = await _editable_release(session, release_id)
     if note is not None:
         note = " ".join(note.split())[:500] or None
     release.withdrawn_at = now
@@ -675,9 +680,7 @@ async def withdraw_release(
 
 async def restore_release(session: AsyncSession, release_id: int, *, now: datetime) -> bool:
     """Undo a withdrawal; returns False when the release was not withdrawn."""
-    release = await session.get(Release, release_id, with_for_update=True)
-    if release is None or release.merged_into_id is not None:
-        raise NotPublic("There is no such release.")
+    release = await _editable_release(session, release_id)
     if release.withdrawn_at is None:
         return False
     release.withdrawn_at = None
@@ -690,9 +693,7 @@ async def set_embargo(
     session: AsyncSession, release_id: int, embargo_until: datetime | None, *, now: datetime
 ) -> PulledFromDigests:
     """Set or clear a release's embargo; a future one also takes it out of unsent digests."""
-    release = await session.get(Release, release_id, with_for_update=True)
-    if release is None or release.merged_into_id is not None:
-        raise NotPublic("There is no such release.")
+    release = await _editable_release(session, release_id)
     release.embargo_until = embargo_until
     release.updated_at = now
     if embargo_until is not None and embargo_until > now:

@@ -131,24 +131,25 @@ async def _archive_page(request: Request, query: ArchiveQuery, path: str) -> Res
     )
 
 
-@public_only
-async def releases_index(request: Request) -> Response:
+def _reader_query(request: Request, topic: str | None = None) -> ArchiveQuery:
     try:
         query = _query(request)
     except ArchiveInputError as exc:
         raise HTTPException(400, str(exc)) from None
-    return await _archive_page(request, query, "/releases")
+    if topic is None:
+        return query
+    return ArchiveQuery(query.text, topic, query.month, query.before, query.after)
+
+
+@public_only
+async def releases_index(request: Request) -> Response:
+    return await _archive_page(request, _reader_query(request), "/releases")
 
 
 @public_only
 async def topic_index(request: Request) -> Response:
-    try:
-        query = _query(request)
-    except ArchiveInputError as exc:
-        raise HTTPException(400, str(exc)) from None
     slug = request.path_params["slug"]
-    query = ArchiveQuery(query.text, slug, query.month, query.before, query.after)
-    return await _archive_page(request, query, f"/topics/{slug}")
+    return await _archive_page(request, _reader_query(request, slug), f"/topics/{slug}")
 
 
 @public_only

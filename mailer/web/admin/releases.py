@@ -4,7 +4,9 @@ hand-added copy of a collected release is merged, not duplicated)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, or_, select
@@ -40,8 +42,10 @@ from mailer.web.admin.common import (
     text,
     texts,
 )
+from mailer.web.admin.digests import parse_local_time
 from mailer.web.app import web_state
 
+T = TypeVar("T")
 TITLE_LIMIT = 1000
 SUMMARY_LIMIT = 5000
 TEXT_LIMIT = 200_000
@@ -295,17 +299,26 @@ async def release_exclude(request: Request) -> Response:
     return redirect(request, target, notice)
 
 
+async def _archive_change(request: Request, change: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run one of mailer.archive's editor actions in a write transaction; 404 for
+    a release that does not exist (or was merged into another)."""
+    try:
+        async with web_state(request).db.transaction() as session:
+            return await change(session)
+    except archive.NotPublic:
+        raise HTTPException(404, "There is no such release.") from None
+
+
 @requires(Role.EDITOR)
 async def release_withdraw(request: Request) -> Response:
     state = web_state(request)
     release_id = path_id(request)
     data = await form(request)
     note = text(data, "note", limit=1000) or None
-    try:
-        async with state.db.transaction() as session:
-            pulled = await archive.withdraw_release(session, release_id, note=note, now=state.now())
-    except archive.NotPublic:
-        raise HTTPException(404, "There is no such release.") from None
+    pulled = await _archive_change(
+        request,
+        lambda session: archive.withdraw_release(session, release_id, note=note, now=state.now()),
+    )
     await audit.record(
         state.db,
         identity(request).actor,
@@ -331,11 +344,9 @@ async def release_restore(request: Request) -> Response:
     state = web_state(request)
     release_id = path_id(request)
     await form(request)
-    try:
-        async with state.db.transaction() as session:
-            restored = await archive.restore_release(session, release_id, now=state.now())
-    except archive.NotPublic:
-        raise HTTPException(404, "There is no such release.") from None
+    restored = await _archive_change(
+        request, lambda session: archive.restore_release(session, release_id, now=state.now())
+    )
     if not restored:
         return redirect(request, f"/admin/releases/{release_id}", "It was not withdrawn.")
     await audit.record(state.db, identity(request).actor, "release.restore", "release", release_id)
@@ -353,11 +364,9 @@ async def release_embargo(request: Request) -> Response:
     data = await form(request)
     raw = text(data, "embargo_until", limit=40)
     until = parse_local_time(raw, state.settings.digest.timezone) if raw else None
-    try:
-        async with state.db.transaction() as session:
-            pulled = await archive.set_embargo(session, release_id, until, now=state.now())
-    except archive.NotPublic:
-        raise HTTPException(404, "There is no such release.") from None
+    pulled = await _archive_change(
+        request, lambda session: archive.set_embargo(session, release_id, until, now=state.now())
+    )
     await audit.record(
         state.db,
         identity(request).actor,
