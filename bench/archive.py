@@ -172,7 +172,8 @@ async def run(args: argparse.Namespace) -> None:
     async with context.database(prepare=False) as database:
         if url.startswith("postgresql"):
             async with database.engine.begin() as connection:
-                await connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+                await connection.execute(text("DROP SCHEMA public CASCADE"))
+                await connection.execute(text("CREATE SCHEMA public"))
                 await connection.execute(
                     text("DROP TEXT SEARCH CONFIGURATION IF EXISTS mailer_search")
                 )
