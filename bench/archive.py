@@ -1,7 +1,7 @@
 """How fast the public archive answers with a large archive (run by hand).
 
     python bench/archive.py [--releases 100000] [--database postgresql://127.0.0.1/bench]
-                            [--requests 30]
+                            [--requests 30] [--reuse]
 
 Fills a fresh database (SQLite in a temporary folder unless --database is given; a
 PostgreSQL database given here is emptied first) with releases of realistic size
@@ -170,18 +170,28 @@ async def run(args: argparse.Namespace) -> None:
     context = AppContext(settings=settings)
     now = datetime.now(UTC)
     async with context.database(prepare=False) as database:
-        if url.startswith("postgresql"):
+        if args.reuse:
+            pass
+        elif url.startswith("postgresql"):
             async with database.engine.begin() as connection:
                 await connection.execute(text("DROP SCHEMA public CASCADE"))
                 await connection.execute(text("CREATE SCHEMA public"))
                 await connection.execute(
                     text("DROP TEXT SEARCH CONFIGURATION IF EXISTS mailer_search")
                 )
-        await upgrade(database)
+        if not args.reuse:
+            await upgrade(database)
     async with context.database() as database:
-        started = time.perf_counter()
-        _, public_id = await seed(database, args.releases, now)
-        print(f"seeded {args.releases:,} releases in {time.perf_counter() - started:.1f}s ({url})")
+        if args.reuse:
+            async with database.session() as session:
+                public_id = await session.scalar(select(Digest.public_id).order_by(Digest.id))
+                args.releases = await session.scalar(select(func.count(Release.id)))
+            print(f"reusing {args.releases:,} releases ({url})")
+        else:
+            started = time.perf_counter()
+            _, public_id = await seed(database, args.releases, now)
+            elapsed = time.perf_counter() - started
+            print(f"seeded {args.releases:,} releases in {elapsed:.1f}s ({url})")
         async with database.session() as session:
             middle = await session.scalar(
                 select(Release.id).order_by(Release.id).offset(args.releases // 2).limit(1)
@@ -240,6 +250,9 @@ def main() -> None:
     parser.add_argument("--releases", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--database", help="a PostgreSQL URL (emptied first); default SQLite")
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure a --database this script filled before"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -480,11 +480,15 @@ class Lock(Base):
 # --- full-text search ---------------------------------------------------------------
 
 # SQLite: an FTS5 table over releases (plus the shadow tables FTS5 keeps beside it),
-# kept current by triggers; PostgreSQL: an expression GIN index on releases. Both are
-# made by migration 0006 and are not mapped, so schema comparisons leave them out.
+# kept current by triggers; PostgreSQL: a generated tsvector column with a GIN index.
+# Both are made by migration 0006 and are not mapped, so schema comparisons leave
+# them out.
 SEARCH_TABLE = "releases_search"
 SEARCH_INDEX = "ix_releases_search"
+SEARCH_COLUMN = "search_vector"
 
 
 def is_search_object(name: str | None) -> bool:
-    return bool(name) and (name == SEARCH_INDEX or str(name).startswith(SEARCH_TABLE))
+    return bool(name) and (
+        name in (SEARCH_INDEX, SEARCH_COLUMN) or str(name).startswith(SEARCH_TABLE)
+    )
