@@ -35,7 +35,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 from text_unidecode import unidecode
 
-from mailer.message import content_key
+from mailer.message import SourceLink, content_key
 from mailer.models import (
     SEARCH_COLUMN,
     SEARCH_TABLE,
@@ -95,12 +95,6 @@ class ReleaseMoved(Exception):
 class TopicRef:
     slug: str
     name: str
-
-
-@dataclass(frozen=True)
-class SourceLink:
-    name: str
-    url: str | None
 
 
 @dataclass(frozen=True)
