@@ -1,7 +1,7 @@
 """public archive: withdrawn and embargoed releases, digest public ids, full-text search
 
 Revision ID: 0006
-Revises: 0001
+Revises: 0005
 Create Date: 2026-12-01 21:10:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import mailer.models
 
 revision: str = "0006"
-down_revision: str | None = "0001"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
