@@ -490,6 +490,17 @@ class CollectorConfig(Section):
         return values
 
 
+class ArchiveConfig(Section):
+    # The public archive: /releases, release pages, /digests/<id> (the "View in browser"
+    # link of every digest), feeds, sitemap and robots.txt. False answers 404 on all of
+    # them and leaves the link out of the digests, for a private list.
+    public: bool = True
+    # Releases on one page of /releases.
+    page_size: int = Field(20, ge=5, le=100)
+    # Newest releases in each Atom and JSON feed.
+    feed_items: int = Field(50, ge=1, le=500)
+
+
 class DkimConfig(Section):
     domain: str
     selector: str
@@ -547,6 +558,7 @@ class Settings(Section):
     signup: SignupConfig = SignupConfig()
     admin: AdminConfig = AdminConfig()
     collector: CollectorConfig = CollectorConfig()
+    archive: ArchiveConfig = ArchiveConfig()
     # Holds the SQLite database, the generated secret key and the caught mail.
     data_dir: Path = Path("data")
     # Prefer MAILER_SECRET_KEY; if neither is set one is generated into data_dir.

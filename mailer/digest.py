@@ -41,6 +41,7 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailer.archive import mailable_conditions
 from mailer.config import Settings
 from mailer.db import Database
 from mailer.message import ComposedMessage, MessageComposer, content_key
@@ -232,15 +233,20 @@ async def _serialise_planning(session: AsyncSession) -> None:
         )
 
 
-def _sendable() -> tuple[Any, ...]:
-    return (Release.excluded.is_(False), Release.merged_into_id.is_(None))
+def _sendable(now: datetime) -> tuple[Any, ...]:
+    # Withdrawn releases are never mailed; embargoed ones not before the embargo ends.
+    return (
+        Release.excluded.is_(False),
+        Release.merged_into_id.is_(None),
+        *mailable_conditions(now),
+    )
 
 
 async def recent_release_ids(session: AsyncSession, limit: int, now: datetime) -> list[int]:
     """The newest sendable releases regardless of subscribers (test sends, samples)."""
     rows = await session.scalars(
         select(Release.id)
-        .where(*_sendable(), Release.first_seen_at <= now)
+        .where(*_sendable(now), Release.first_seen_at <= now)
         .order_by(Release.published_at.desc(), Release.id.desc())
         .limit(limit)
     )
@@ -377,7 +383,9 @@ async def _count_held_back(
         await session.scalar(select(func.count()).where(live, Release.excluded.is_(True))) or 0
     )
     report.not_collected_yet = (
-        await session.scalar(select(func.count()).where(*_sendable(), Release.first_seen_at > now))
+        await session.scalar(
+            select(func.count()).where(*_sendable(now), Release.first_seen_at > now)
+        )
         or 0
     )
     report.only_subscriber = only_subscriber_id is not None
@@ -406,7 +414,7 @@ async def _candidates(
 ) -> list[_Candidate]:
     """Sendable releases young enough to go out, newest first, with their topics."""
     candidate_filter = (
-        *_sendable(),
+        *_sendable(now),
         or_(Release.published_at >= oldest_allowed, Release.exempt_from_max_age.is_(True)),
         Release.first_seen_at <= now,
     )
@@ -716,6 +724,7 @@ async def _preview(
         settings,
         delivery.release_ids,
         subscriber_ids=[subscriber.id] if subscriber else [],
+        digest_id=digest.id,
     )
     message = composer.compose(
         delivery.id,

@@ -58,7 +58,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailer import tokens
 from mailer.config import Settings
 from mailer.dkim import DkimSigner, PieceMemo, load_signer
-from mailer.models import Release, SubscriberTopic, Topic
+from mailer.models import Digest, Release, SubscriberTopic, Topic
 from mailer.templating import template_environment
 from mailer.tokens import MailTokenKind, MailTokenSigner, Purpose, address_extension, link
 
@@ -486,6 +486,8 @@ class MessageComposer:
     topic_names: Mapping[int, str] = field(default_factory=dict)
     signer: DkimSigner | None = None
     cache_size: int = CONTENT_CACHE_SIZE
+    # The digest's web version ("View in browser"); None when the archive is private.
+    web_url: str | None = None
 
     def __post_init__(self) -> None:
         self._items: dict[int, DigestItem] = {
@@ -519,9 +521,11 @@ class MessageComposer:
         settings: Settings,
         release_ids: Iterable[int],
         subscriber_ids: Iterable[int] | None = None,
+        digest_id: int | None = None,
     ) -> MessageComposer:
         """A composer with the given releases loaded, and the topic choices of the
-        given subscribers (or, when None, of every subscriber who chose several)."""
+        given subscribers (or, when None, of every subscriber who chose several).
+        ``digest_id`` gives the messages their "View in browser" link."""
         ids = sorted(set(release_ids))
         releases: dict[int, Release] = {}
         for start in range(0, len(ids), 500):
@@ -533,7 +537,14 @@ class MessageComposer:
             for topic in await session.scalars(select(Topic).where(Topic.active.is_(True)))
         }
         choices = await load_topic_choices(session, subscriber_ids)
-        return cls(settings, releases, topic_choices=choices, topic_names=topic_names)
+        web_url = None
+        if digest_id is not None and settings.archive.public:
+            public_id = await session.scalar(select(Digest.public_id).where(Digest.id == digest_id))
+            if public_id is not None:
+                web_url = f"{settings.site.base_url}/digests/{public_id}"
+        return cls(
+            settings, releases, topic_choices=choices, topic_names=topic_names, web_url=web_url
+        )
 
     def has_releases(self, release_ids: Iterable[int]) -> bool:
         """True when every id is loaded or known to be gone (deleted since planning)."""
@@ -623,6 +634,7 @@ class MessageComposer:
             "preheader": _preheader(ordered),
             "recipient": self._markers.by_slot,
             "test": test,
+            "web_url": self.web_url,
         }
         text = self._environment.get_template("email/digest.txt.j2").render(context)
         html, html_pieces, html_bytes = self._render_html(context, groups, ordered)

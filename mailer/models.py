@@ -266,6 +266,11 @@ class Release(Base):
     # Added by an editor (ingest, admin, API): eligible whatever its publication
     # date, so digest.max_age does not hold it back.
     exempt_from_max_age: Mapped[bool] = mapped_column(default=False)
+    # Withdrawn: hidden from the archive (its page answers 410) and never mailed again.
+    withdrawn_at: Mapped[datetime | None] = mapped_column(index=True)
+    withdrawn_note: Mapped[str | None] = mapped_column(String(500))
+    # Neither mailed nor shown in the archive before this time.
+    embargo_until: Mapped[datetime | None] = mapped_column(index=True)
 
     links: Mapped[list[ReleaseLink]] = relationship(
         back_populates="release",
@@ -317,6 +322,11 @@ class ReleaseTopic(Base):
 # --- digests and delivery ---------------------------------------------------------
 
 
+def new_public_id() -> str:
+    """The unguessable id of a digest's web version (no sequence to walk through)."""
+    return secrets.token_urlsafe(12)
+
+
 class DigestStatus(enum.StrEnum):
     QUEUED = "queued"  # created, recipients not yet written
     SENDING = "sending"
@@ -331,6 +341,8 @@ class Digest(Base):
     __tablename__ = "digests"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    # The web version's address: /digests/<public_id>.
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
     # scheduled, manual, test
     kind: Mapped[str] = mapped_column(String(20), default="manual")
     # Which subscribers: immediately, daily, weekly, or all (manual sends).
@@ -496,3 +508,20 @@ class Lock(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     holder: Mapped[str] = mapped_column(String(100))
     expires_at: Mapped[datetime]
+
+
+# --- full-text search ---------------------------------------------------------------
+
+# SQLite: an FTS5 table over releases (plus the shadow tables FTS5 keeps beside it),
+# kept current by triggers; PostgreSQL: a generated tsvector column with a GIN index.
+# Both are made by migration 0006 and are not mapped, so schema comparisons leave
+# them out.
+SEARCH_TABLE = "releases_search"
+SEARCH_INDEX = "ix_releases_search"
+SEARCH_COLUMN = "search_vector"
+
+
+def is_search_object(name: str | None) -> bool:
+    return bool(name) and (
+        name in (SEARCH_INDEX, SEARCH_COLUMN) or str(name).startswith(SEARCH_TABLE)
+    )

@@ -767,7 +767,9 @@ class Worker:
                         select(Delivery.release_ids).where(Delivery.id.in_(first_of_each))
                     )
                     ids = {int(i) for row in rows.all() for i in row} | set(claimed.release_ids)
-                    composer = await MessageComposer.load(session, self.settings, sorted(ids))
+                    composer = await MessageComposer.load(
+                        session, self.settings, sorted(ids), digest_id=claimed.digest_id
+                    )
                     self._composers[claimed.digest_id] = composer
                 elif not composer.has_releases(claimed.release_ids):
                     await composer.add_releases(session, claimed.release_ids)

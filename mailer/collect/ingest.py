@@ -269,9 +269,12 @@ async def add_release(
     source_name: str = ADMIN_SOURCE,
     origin: str = "admin",
     now: datetime | None = None,
+    embargo_until: datetime | None = None,
 ) -> tuple[int, str]:
     """Store a release typed in by an editor (admin or API); returns (release id,
-    outcome).
+    outcome). ``embargo_until`` holds a new release back (neither mailed nor shown
+    in the archive) until then; a copy of a release already stored keeps that
+    release's visibility.
 
     The text goes through the same cleaning and matching as a collected release;
     ``topics`` (slugs) replaces the keyword tagging when given. Like every release
@@ -313,6 +316,10 @@ async def add_release(
         (stored,) = hand.results
         if isinstance(stored, Exception):
             raise stored
+        if embargo_until is not None and str(stored.outcome) == "new":
+            release = await session.get(Release, stored.release_id)
+            if release is not None:
+                release.embargo_until = embargo_until
         if topics is not None:
             try:
                 await retag_release(session, settings, stored.release_id, topics)

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 ROUTE_MODULES = (
     "mailer.web.public",
+    "mailer.web.archive",
     "mailer.web.admin",
     "mailer.web.api",
     "mailer.web.webhooks",

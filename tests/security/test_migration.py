@@ -1,4 +1,4 @@
-"""Finding 1, the schema half: migration 0002 on a database that holds readers.
+"""Finding 1, the schema half: migration 0007 on a database that holds readers.
 
 Before it, SQLite gave a new subscriber the id of the highest erased one. The
 upgrade must stop that, give every existing reader a fresh link key (so links
@@ -25,8 +25,8 @@ INSERT INTO topics (id, slug, name, keywords, active) VALUES (1, 'health', 'Heal
 INSERT INTO subscriber_topics (subscriber_id, topic_id) VALUES (1, 1), (2, 1), (3, 1);
 INSERT INTO consent_events (subscriber_id, action, at, details)
 VALUES (1, 'signup', '2025-01-01 00:00:00', '{}'), (2, 'signup', '2025-01-01 00:00:00', '{}');
-INSERT INTO digests (id, kind, frequency, status, created_at, recipient_count)
-VALUES (1, 'manual', 'all', 'done', '2025-01-01 00:00:00', 2);
+INSERT INTO digests (id, public_id, kind, frequency, status, created_at, recipient_count)
+VALUES (1, 'pub1', 'manual', 'all', 'done', '2025-01-01 00:00:00', 2);
 INSERT INTO deliveries (id, digest_id, subscriber_id, email, release_ids, content_key, status,
                         attempts, created_at, bounced)
 VALUES (1, 1, 1, 'a@x.org', '[]', 'k', 'sent', 1, '2025-01-01 00:00:00', false),
@@ -37,12 +37,12 @@ VALUES (1, 'alice', 'x', 'admin', '2025-01-01 00:00:00', 0, true);
 
 
 def _revision_before_security() -> str:
-    """Whatever 0002 is chained after (the lead re-chains migrations on merge)."""
+    """The revision before the security migration."""
     from alembic.script import ScriptDirectory
 
     from mailer.migrate import alembic_config
 
-    previous = ScriptDirectory.from_config(alembic_config()).get_revision("0002").down_revision
+    previous = ScriptDirectory.from_config(alembic_config()).get_revision("0007").down_revision
     assert isinstance(previous, str)
     return previous
 

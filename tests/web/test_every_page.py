@@ -53,6 +53,14 @@ NOT_PAGES = {
     "/admin/digests/preview/html": "the digest email itself, checked as an email below",
     "/admin/subscribers/export.csv": "a CSV download",
     "/preferences/{token}/data.json": "a JSON download",
+    "/releases.atom": "an Atom feed (validated in test_feeds.py)",
+    "/releases.json": "a JSON Feed (validated in test_feeds.py)",
+    "/topics/{slug}.atom": "an Atom feed (validated in test_feeds.py)",
+    "/topics/{slug}.json": "a JSON Feed (validated in test_feeds.py)",
+    "/robots.txt": "for crawlers",
+    "/sitemap.xml": "for crawlers",
+    "/sitemap-pages.xml": "for crawlers",
+    "/sitemap-releases-{number:int}.xml": "for crawlers",
 }
 # html-validate's recommended rules, less three matters of taste, and with the
 # checkbox groups (several inputs named "topics") allowed.
@@ -220,6 +228,19 @@ def _pattern_of(path: str, patterns: set[str]) -> str | None:
     return None
 
 
+def _visit_archive_pages(audit: Any, page: Any, site: Any, digest_html: str) -> None:
+    """The public archive, from the digest's "View in browser" link on."""
+    web_version = re.search(r'href="([^"]+/digests/[^"]+)"', digest_html)
+    assert web_version, "the digest has no View in browser link"
+    audit.visit(page, web_version.group(1), "a digest's web version")
+    audit.visit(page, site.url + "/releases")
+    audit.visit(page, site.url + "/releases?q=budget", "an archive search")
+    audit.visit(page, site.url + "/topics/economy")
+    page.goto(site.url + "/releases")
+    page.get_by_role("link", name=LONG_TITLE).first.click()
+    audit.check(page, "a release page")
+
+
 def _visit_public_pages(audit: Audit, page: Any, site: Site, smtp_server: SmtpServer) -> str:
     """Sign up (with a mistake first), confirm, change preferences, unsubscribe,
     erase; returns the confirmation email's HTML."""
@@ -377,6 +398,7 @@ def test_every_page_and_email_fits_and_passes_axe(
             page = context.new_page()
             confirmation_html = _visit_public_pages(audit, page, site, smtp_server)
             digest_html = _visit_admin_pages(audit, page, site, smtp_server)
+            _visit_archive_pages(audit, page, site, digest_html)
             _check_email(audit, page, confirmation_html, "the confirmation email")
             _check_email(audit, page, digest_html, "the digest email")
         finally:

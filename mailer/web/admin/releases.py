@@ -4,7 +4,10 @@ hand-added copy of a collected release is merged, not duplicated)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mailer import audit
+from mailer import archive, audit
 from mailer.accounts import Role
 from mailer.collect.ingest import ReleaseInputError, add_release, editor_date
 from mailer.config import Settings
@@ -39,8 +42,10 @@ from mailer.web.admin.common import (
     text,
     texts,
 )
+from mailer.web.admin.digests import parse_local_time
 from mailer.web.app import web_state
 
+T = TypeVar("T")
 TITLE_LIMIT = 1000
 SUMMARY_LIMIT = 5000
 TEXT_LIMIT = 200_000
@@ -219,9 +224,20 @@ async def _release_page(
             "chosen": {t.slug for t in release.topics},
             "deliveries": deliveries,
             "errors": errors or {},
+            "public_path": archive.release_path(release.id, release.title),
+            "archive_public": state.settings.archive.public,
+            "embargo_value": _local_input(release.embargo_until, state.settings.digest.timezone),
+            "embargoed": release.embargo_until is not None and release.embargo_until > state.now(),
         },
         status_code=status,
     )
+
+
+def _local_input(value: datetime | None, timezone: str) -> str:
+    """A time as a datetime-local form value in the site's timezone."""
+    if value is None:
+        return ""
+    return value.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%dT%H:%M")
 
 
 @requires(Role.EDITOR)
@@ -283,6 +299,93 @@ async def release_exclude(request: Request) -> Response:
     return redirect(request, target, notice)
 
 
+async def _archive_change(request: Request, change: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run one of mailer.archive's editor actions in a write transaction; 404 for
+    a release that does not exist (or was merged into another)."""
+    try:
+        async with web_state(request).db.transaction() as session:
+            return await change(session)
+    except archive.NotPublic:
+        raise HTTPException(404, "There is no such release.") from None
+
+
+@requires(Role.EDITOR)
+async def release_withdraw(request: Request) -> Response:
+    state = web_state(request)
+    release_id = path_id(request)
+    data = await form(request)
+    note = text(data, "note", limit=1000) or None
+    pulled = await _archive_change(
+        request,
+        lambda session: archive.withdraw_release(session, release_id, note=note, now=state.now()),
+    )
+    await audit.record(
+        state.db,
+        identity(request).actor,
+        "release.withdraw",
+        "release",
+        release_id,
+        {
+            "note": note,
+            "deliveries_changed": pulled.deliveries_changed,
+            "deliveries_cancelled": pulled.deliveries_cancelled,
+        },
+    )
+    notice = (
+        "Withdrawn: hidden from the archive and never mailed again. Taken out of "
+        f"{pulled.deliveries_changed + pulled.deliveries_cancelled} unsent message(s)"
+        f" ({pulled.deliveries_cancelled} left empty and cancelled)."
+    )
+    return redirect(request, f"/admin/releases/{release_id}", notice)
+
+
+@requires(Role.EDITOR)
+async def release_restore(request: Request) -> Response:
+    state = web_state(request)
+    release_id = path_id(request)
+    await form(request)
+    restored = await _archive_change(
+        request, lambda session: archive.restore_release(session, release_id, now=state.now())
+    )
+    if not restored:
+        return redirect(request, f"/admin/releases/{release_id}", "It was not withdrawn.")
+    await audit.record(state.db, identity(request).actor, "release.restore", "release", release_id)
+    return redirect(
+        request,
+        f"/admin/releases/{release_id}",
+        "Restored: back in the archive; digests planned from now on can carry it.",
+    )
+
+
+@requires(Role.EDITOR)
+async def release_embargo(request: Request) -> Response:
+    state = web_state(request)
+    release_id = path_id(request)
+    data = await form(request)
+    raw = text(data, "embargo_until", limit=40)
+    until = parse_local_time(raw, state.settings.digest.timezone) if raw else None
+    pulled = await _archive_change(
+        request, lambda session: archive.set_embargo(session, release_id, until, now=state.now())
+    )
+    await audit.record(
+        state.db,
+        identity(request).actor,
+        "release.embargo",
+        "release",
+        release_id,
+        {"until": until.isoformat() if until else None},
+    )
+    if until is None or until <= state.now():
+        notice = "No embargo: the release is public."
+    else:
+        notice = (
+            f"Embargoed until {until:%Y-%m-%d %H:%M %Z}: neither shown nor mailed before then"
+            f" (taken out of {pulled.deliveries_changed + pulled.deliveries_cancelled}"
+            " unsent message(s))."
+        )
+    return redirect(request, f"/admin/releases/{release_id}", notice)
+
+
 @requires(Role.EDITOR)
 async def release_new_form(request: Request) -> Response:
     state = web_state(request)
@@ -302,9 +405,14 @@ async def release_new_submit(request: Request) -> Response:
         "body": text(data, "body", limit=TEXT_LIMIT),
         "topics": texts(data, "topics"),
         "no_send": bool(text(data, "no_send")),
+        "embargo_until": text(data, "embargo_until", limit=40),
     }
+    timezone = state.settings.digest.timezone
     try:
         published = editor_date(values["published"], state.settings.digest.timezone)
+        embargo_until = (
+            parse_local_time(values["embargo_until"], timezone) if values["embargo_until"] else None
+        )
         release_id, outcome = await add_release(
             state.db,
             state.settings,
@@ -317,6 +425,7 @@ async def release_new_submit(request: Request) -> Response:
             added_by=identity(request).actor,
             send=not values["no_send"],
             now=state.now(),
+            embargo_until=embargo_until,
         )
     except (ReleaseInputError, HTTPException) as exc:
         message = exc.detail if isinstance(exc, HTTPException) else str(exc)
@@ -334,7 +443,7 @@ async def release_new_submit(request: Request) -> Response:
         "release.add",
         "release",
         release_id,
-        {"title": values["title"], "outcome": outcome},
+        {"title": values["title"], "outcome": outcome, "embargo_until": values["embargo_until"]},
     )
     notice = {
         "new": "Release added.",
@@ -351,4 +460,7 @@ def routes() -> list[Route]:
         Route("/releases/{id:int}", release_view, methods=["GET"]),
         Route("/releases/{id:int}", release_save, methods=["POST"]),
         Route("/releases/{id:int}/exclude", release_exclude, methods=["POST"]),
+        Route("/releases/{id:int}/withdraw", release_withdraw, methods=["POST"]),
+        Route("/releases/{id:int}/restore", release_restore, methods=["POST"]),
+        Route("/releases/{id:int}/embargo", release_embargo, methods=["POST"]),
     ]

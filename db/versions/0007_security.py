@@ -1,7 +1,7 @@
 """security: ids never reused, a link key per subscriber, server-side admin sessions
 
-Revision ID: 0002
-Revises: 0005 (chained after main's head; written against 0001)
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-01 21:10:00
 
 * SQLite reused the id of the highest deleted row, so a link mailed to an erased
@@ -25,8 +25,8 @@ from alembic import op
 
 import mailer.models
 
-revision: str = "0002"
-down_revision: str | None = "0005"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
