@@ -278,7 +278,7 @@ async def _unsubscribe_by_mail(
     database: Database, settings: Settings, msg: Message
 ) -> Handled | None:
     """The List-Unsubscribe mailto: a message to ``…+u<id>.<signature>@…``."""
-    from mailer.subscribers import NotFound, Origin, unsubscribe
+    from mailer.subscribers import NotFound, Origin, link_key_of, unsubscribe
 
     signer = MailTokenSigner(settings)
     for extension in recipient_tokens(msg):
@@ -286,6 +286,12 @@ async def _unsubscribe_by_mail(
         if token is None or token.kind is not MailTokenKind.UNSUBSCRIBE:
             continue
         assert token.number is not None
+        link_key = await link_key_of(database, token.number)
+        if link_key is None or not signer.link_key_matches(token, link_key):
+            # Forged, or kept from a reader since erased: never act on whoever holds
+            # that id now.
+            log.info("unsubscribe request by mail to a stale or forged address: kept, not acted on")
+            return Handled(False, "an unsubscribe request to a stale or forged address")
         try:
             changed = await unsubscribe(
                 database, settings, token.number, origin=Origin(actor="mail"), method="mailto"

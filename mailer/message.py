@@ -758,7 +758,7 @@ class MessageComposer:
         unsubscribe = (
             b""
             if subscriber_id is None
-            else self._list_unsubscribe(subscriber_id, values["unsubscribe_url"])
+            else self._list_unsubscribe(subscriber_id, link_key, values["unsubscribe_url"])
         )
         parts = (
             content.head_from,
@@ -784,12 +784,14 @@ class MessageComposer:
             message_id=message_id,
         )
 
-    def _list_unsubscribe(self, subscriber_id: int, unsubscribe_url: str) -> bytes:
+    def _list_unsubscribe(
+        self, subscriber_id: int, link_key: str | None, unsubscribe_url: str
+    ) -> bytes:
         """RFC 2369 (an https link and, where mailer reads the mailbox, a mailto) plus
         RFC 8058 one-click unsubscribe."""
         links = f"<{unsubscribe_url}>"
         if self._mailto_unsubscribe:
-            token = self._address_tokens.token(MailTokenKind.UNSUBSCRIBE, subscriber_id)
+            token = self._address_tokens.token(MailTokenKind.UNSUBSCRIBE, subscriber_id, link_key)
             mailbox = self._return_path.format(token)
             links += f",\r\n <mailto:{mailbox}?subject=unsubscribe>"
         return (

@@ -521,6 +521,14 @@ def _view(row: Any, slugs: Sequence[str]) -> SubscriberView:
     )
 
 
+async def link_key_of(database: Database, subscriber_id: int) -> str | None:
+    """The key a subscriber's mailed links are signed with; None when they are gone."""
+    async with database.session() as session:
+        return await session.scalar(
+            select(Subscriber.link_key).where(Subscriber.id == subscriber_id)
+        )
+
+
 def link_for(settings: Settings, purpose: Purpose, subscriber: SubscriberView) -> str:
     """The signed token of a preferences or unsubscribe link for this subscription."""
     return make_token(settings, purpose, subscriber.id, subscriber.link_key)

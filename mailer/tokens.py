@@ -95,6 +95,8 @@ def link(settings: Settings, purpose: Purpose, subscriber_id: int, key: str) -> 
 # one-shot call: two tokens per message must not slow the sender down) and tokens
 # are compared after lowercasing. 64 bits of MAC make it unguessable, so a bounce or
 # an unsubscribe request by mail can only come back to an address mailer itself used.
+# An unsubscribe token also signs the subscriber's link key (like the https links), so
+# a mailto kept from an erased reader never unsubscribes whoever holds that id next.
 
 
 class MailTokenKind(enum.StrEnum):
@@ -123,9 +125,18 @@ class MailTokenSigner:
     def _signature(self, payload: str) -> str:
         return hashlib.blake2b(payload.encode(), key=self._key, digest_size=8).hexdigest()
 
-    def token(self, kind: MailTokenKind, number: int) -> str:
+    def token(self, kind: MailTokenKind, number: int, link_key: str | None = None) -> str:
+        """``link_key`` is required for UNSUBSCRIBE tokens and ignored otherwise."""
         payload = f"{kind.value}{number}"
-        return f"{payload}.{self._signature(payload)}"
+        return f"{payload}.{self._signature(self._signed(kind, payload, link_key))}"
+
+    @staticmethod
+    def _signed(kind: MailTokenKind, payload: str, link_key: str | None) -> str:
+        if kind is not MailTokenKind.UNSUBSCRIBE:
+            return payload
+        if not link_key:
+            raise ValueError("an unsubscribe token needs the subscriber's link key")
+        return f"{payload}:{link_key}"
 
     def recipient_token(self, address: str) -> str:
         return f"t.{self._signature('t:' + address.strip().lower())}"
@@ -139,11 +150,21 @@ class MailTokenSigner:
         if kind is MailTokenKind.RECIPIENT:
             # Checked against the reported recipient by recipient_matches().
             return None if digits else MailToken(kind, None, signature)
+        if kind is MailTokenKind.UNSUBSCRIBE:
+            # Checked against the subscriber's link key by link_key_matches().
+            return MailToken(kind, int(digits), signature) if digits else None
         if not digits or not hmac.compare_digest(
             signature, self._signature(f"{kind.value}{digits}")
         ):
             return None
         return MailToken(kind, int(digits), signature)
+
+    def link_key_matches(self, token: MailToken, link_key: str) -> bool:
+        """Whether an UNSUBSCRIBE token was made for the subscriber holding ``link_key``."""
+        if token.kind is not MailTokenKind.UNSUBSCRIBE or token.number is None or not link_key:
+            return False
+        expected = self._signature(f"{token.kind.value}{token.number}:{link_key}")
+        return hmac.compare_digest(token.signature, expected)
 
     def recipient_matches(self, token: MailToken, address: str) -> bool:
         expected = self.recipient_token(address).split(".", 1)[1]

@@ -468,8 +468,12 @@ def test_mailto_unsubscribe_goes_to_the_polled_bounce_address(
         r"mailto:bounces\+(u7\.[0-9a-f]{16})@news\.example\.org\?subject=unsubscribe", mailto
     )
     assert found, mailto
-    token = MailTokenSigner(settings).read(found.group(1).upper())
+    signer = MailTokenSigner(settings)
+    token = signer.read(found.group(1).upper())
     assert token is not None and (token.kind, token.number) == (MailTokenKind.UNSUBSCRIBE, 7)
+    # Bound to the reader's link key: a new holder of id 7 has another key.
+    assert signer.link_key_matches(token, "k")
+    assert not signer.link_key_matches(token, "another-key")
     assert parse_verp(settings, message.envelope_from) == 41
     assert message.envelope_from.startswith("bounces+d41.")
 

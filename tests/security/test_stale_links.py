@@ -154,3 +154,37 @@ async def test_every_long_lived_link_dies_with_the_subscription(public: Site, en
             raise AssertionError(f"{label}: {exc}") from None
     current = await store.find_subscriber(public.database, address)
     assert current is not None and current.status is SubscriberStatus.CONFIRMED
+
+
+async def test_mailto_unsubscribe_kept_from_an_erased_reader_does_not_reach_the_next(
+    public: Site,
+) -> None:
+    """The List-Unsubscribe mailto carries a token like the https link does; mailed
+    to after the id went to someone else, it is kept for people and changes nobody."""
+    from mailer.bounces import handle_message
+    from mailer.tokens import MailTokenKind, MailTokenSigner
+
+    first = await confirmed(public, "first@example.org")
+    signer = MailTokenSigner(public.settings)
+    old_token = signer.token(MailTokenKind.UNSUBSCRIBE, first.id, first.link_key)
+    await store.erase(public.database, public.settings, first.id)
+    await store.add(public.database, public.settings, "next@x.org", confirmed=True)
+    await _reuse_the_id(public, first)
+    request = (
+        f"From: first@example.org\r\nTo: press+{old_token.upper()}@example.org\r\n"
+        "Subject: unsubscribe\r\n\r\nunsubscribe\r\n"
+    ).encode()
+    handled = await handle_message(public.database, public.settings, request)
+    assert not handled.consumed
+    survivor = await store.find_subscriber(public.database, "next@x.org")
+    assert survivor is not None and survivor.status is SubscriberStatus.PENDING
+    # The same request with the token the current holder was mailed does unsubscribe.
+    current = signer.token(MailTokenKind.UNSUBSCRIBE, first.id, survivor.link_key)
+    handled = await handle_message(
+        public.database,
+        public.settings,
+        request.replace(old_token.upper().encode(), current.encode()),
+    )
+    assert handled.consumed
+    survivor = await store.find_subscriber(public.database, "next@x.org")
+    assert survivor is not None and survivor.status is SubscriberStatus.UNSUBSCRIBED
