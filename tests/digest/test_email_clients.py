@@ -136,7 +136,7 @@ def _digest(settings: Settings) -> str:
 
     releases = {1: item(1, 1, image=True), 2: item(2, 2), 3: item(3, 3)}
     composer = MessageComposer(settings, releases)
-    return _html(composer.compose(1, 1, "reader@example.org", "Rūta", [1, 2, 3]))
+    return _html(composer.compose(1, 1, "reader@example.org", "Rūta", [1, 2, 3], link_key="k"))
 
 
 def _emails(settings: Settings) -> dict[str, str]:
