@@ -24,7 +24,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -35,7 +35,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 from text_unidecode import unidecode
 
-from mailer.message import SourceLink, content_key
+from mailer.message import SourceLink, content_key, credit_line, shown_publication
 from mailer.models import (
     SEARCH_COLUMN,
     SEARCH_TABLE,
@@ -106,6 +106,11 @@ class ReleaseSummary:
     publisher: str | None
     summary: str
     topics: tuple[TopicRef, ...] = ()
+    published_date_only: bool = False
+
+    @property
+    def published(self) -> datetime | date:
+        return shown_publication(self.published_at, self.published_date_only)
 
     @property
     def slug(self) -> str:
@@ -128,6 +133,10 @@ class ReleaseDetail(ReleaseSummary):
     sources: tuple[SourceLink, ...] = ()
     # When readers last saw it change: edits, or the end of its embargo.
     updated_at: datetime = _LONG_AGO
+
+    @property
+    def credit(self) -> str | None:
+        return credit_line(self.photo_credit)
 
 
 @dataclass(frozen=True)
@@ -359,6 +368,7 @@ _SUMMARY_COLUMNS = (
     Release.title,
     Release.published_at,
     Release.published_estimated,
+    Release.published_date_only,
     Release.publisher,
     Release.summary,
 )
@@ -372,6 +382,7 @@ async def _summaries(session: AsyncSession, rows: Sequence[Any]) -> list[Release
             title=row.title,
             published_at=row.published_at,
             published_estimated=row.published_estimated,
+            published_date_only=bool(row.published_date_only),
             publisher=row.publisher,
             summary=row.summary,
             topics=topics.get(row.id, ()),
@@ -474,6 +485,7 @@ def _detail(
         title=release.title,
         published_at=release.published_at,
         published_estimated=release.published_estimated,
+        published_date_only=bool(release.published_date_only),
         publisher=release.publisher,
         summary=release.summary,
         topics=topics,

@@ -101,6 +101,22 @@ class SourceLink:
     url: str | None
 
 
+def credit_line(photo_credit: str | None) -> str | None:
+    """The photo credit as the publisher wrote it ("Photo by X / ELTA.", "X
+    nuotr."); a bare name (a feed's media:credit) gets a label."""
+    if not photo_credit:
+        return None
+    if _CREDIT_LABEL.search(photo_credit):
+        return photo_credit
+    return f"Photo: {photo_credit}"
+
+
+def shown_publication(published_at: datetime, date_only: bool) -> datetime | date:
+    """What readers are shown: the day itself for a date without a time (stored as
+    that day at 00:00 UTC), so no timezone moves it to another day."""
+    return published_at.astimezone(UTC).date() if date_only else published_at
+
+
 @dataclass(frozen=True)
 class DigestItem:
     """What a digest shows of one release (plain data, so rendering needs no session)."""
@@ -121,22 +137,11 @@ class DigestItem:
 
     @property
     def credit(self) -> str | None:
-        """The photo credit as the publisher wrote it ("Photo by X / ELTA.", "X
-        nuotr."); a bare name (a feed's media:credit) gets a label."""
-        if not self.photo_credit:
-            return None
-        if _CREDIT_LABEL.search(self.photo_credit):
-            return self.photo_credit
-        return f"Photo: {self.photo_credit}"
+        return credit_line(self.photo_credit)
 
     @property
     def published(self) -> datetime | date:
-        """What the templates show: the day itself for a date without a time."""
-        return (
-            self.published_at.astimezone(UTC).date()
-            if self.published_date_only
-            else (self.published_at)
-        )
+        return shown_publication(self.published_at, self.published_date_only)
 
     @classmethod
     def from_release(cls, release: Release) -> DigestItem:

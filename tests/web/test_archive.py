@@ -382,3 +382,27 @@ async def test_a_private_archive_answers_404_everywhere(make_site: SiteFactory) 
     assert "/digests/" not in mail.get_body(("html",)).get_content()
     # The signup page is untouched.
     assert (await site.client.get("/")).status_code == 200
+
+
+async def test_a_date_stays_that_date_and_a_credit_stays_as_written(
+    make_site: SiteFactory,
+) -> None:
+    """As in the digest: a release published on a day (no time) is that day in a site
+    west of UTC too, and "Photo by …" is not labelled twice."""
+    site = await make_site(digest={"timezone": "America/New_York"})
+    async with site.database.transaction() as session:
+        release = await add_release(
+            session,
+            "Embassy reopens",
+            published_at=datetime(2025, 10, 23, tzinfo=UTC),
+            image_url="https://urm.example.lt/photo.jpg",
+            photo_credit="Photo by Žygimantas Gedvila / ELTA.",
+        )
+        release.published_date_only = True
+    page = (await site.client.get(archive.release_path(release.id, release.title))).text
+    assert '<time datetime="2025-10-23">23 October 2025</time>' in page
+    assert "22 October" not in page
+    assert "Photo by Žygimantas Gedvila / ELTA." in page
+    assert "Photo: Photo by" not in page
+    listing = (await site.client.get("/releases")).text
+    assert '<time datetime="2025-10-23">23 October 2025</time>' in listing
