@@ -267,9 +267,9 @@ async def test_sigterm_stops_every_process_of_a_send_and_a_worker_finishes_it(
 async def test_claims_of_a_domain_whose_slots_are_taken_go_back_to_the_queue(
     tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer, monkeypatch
 ) -> None:
-    import mailer.send
+    import mailer.send.worker
 
-    monkeypatch.setattr(mailer.send, "DOMAIN_HANDBACK", 0.3)
+    monkeypatch.setattr(mailer.send.worker, "DOMAIN_HANDBACK", 0.3)
     settings = write_config(
         tmp_path, database_url, faulty_smtp.port, connections=2, per_domain_connections=1
     )

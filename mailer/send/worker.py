@@ -1,21 +1,4 @@
-"""The outbox: start a send, then workers deliver it. A visible pipeline:
-
-    start_digest ─ plan: one Delivery row per recipient, in one transaction
-    Worker
-      claim     ─ a batch of due rows → "sending" (FOR UPDATE SKIP LOCKED on
-                  PostgreSQL; an IMMEDIATE transaction on SQLite)
-      compose   ─ MessageComposer renders each distinct content once
-      send      ─ one task per SMTP connection, each carrying one recipient domain's
-                  messages at a time under a per-domain slot (destinations.py);
-                  rate limit per process
-      journal   ─ each accepted message is appended to the worker's journal at once
-      record    ─ states are written back in batches (sent, deferred, failed)
-
-Nothing is marked sent before the server accepted it. Rows left "sending" by a
-dead worker are recovered on start: journal entries become "sent", the rest go
-back to "pending" (see journal.py). Workers on other machines are covered by a
-claim lease.
-"""
+"""The delivery worker, and recovery of what a dead worker left "sending"."""
 
 from __future__ import annotations
 
@@ -27,11 +10,11 @@ import socket
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import Settings
@@ -49,11 +32,13 @@ from mailer.models import (
     Suppression,
     utcnow,
 )
+from mailer.send.progress import finish_completed, outbox_backlog
 from mailer.smtpstatus import policy_reason
 from mailer.suppression import email_hash, suppress
 from mailer.transport import Connection, Outcome, RateLimiter, SendResult, smtp_target
 
 log = logging.getLogger(__name__)
+
 
 # A claim older than this is presumed abandoned by a worker on another machine.
 CLAIM_LEASE = timedelta(minutes=15)
@@ -74,312 +59,6 @@ SESSION_IDLE_HOLD = 1.0
 # for the process holding the slots, and this one skips the domain for as long.
 SLOT_POLL = 0.05
 DOMAIN_HANDBACK = 10.0
-OPEN_STATES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED)
-
-
-if TYPE_CHECKING:
-    from mailer.digest import SelectionReport
-
-
-class SendError(Exception):
-    pass
-
-
-# --- starting and controlling a send ----------------------------------------------
-
-
-async def start_digest(
-    database: Database,
-    settings: Settings,
-    *,
-    frequency: str = "all",
-    kind: str = "manual",
-    created_by: str = "cli",
-    test_address: str | None = None,
-    now: datetime | None = None,
-    report: SelectionReport | None = None,
-) -> Digest:
-    """Create a send and its outbox rows in one transaction. A send with no
-    recipients (nothing new for anyone) is created already done. ``report`` is
-    filled in with who the send reaches and why not more."""
-    from mailer.digest import plan_digest
-
-    now = now or utcnow()
-    async with database.transaction() as session:
-        digest = Digest(
-            kind=kind,
-            frequency=frequency,
-            status=DigestStatus.SENDING,
-            created_by=created_by,
-            created_at=now,
-            started_at=now,
-            test_address=test_address,
-        )
-        session.add(digest)
-        await session.flush()
-        count = await plan_digest(session, settings, digest, now=now, report=report)
-        digest.recipient_count = count
-        if count == 0:
-            digest.status = DigestStatus.DONE
-            digest.finished_at = now
-    return digest
-
-
-async def count_recipients(
-    database: Database, settings: Settings, frequency: str = "all", *, now: datetime | None = None
-) -> int:
-    """What a send would address now, without writing anything (``--dry-run``)."""
-    from mailer.digest import plan_digest
-
-    async with database.transaction() as session:
-        digest = Digest(kind="manual", frequency=frequency, status=DigestStatus.SENDING)
-        session.add(digest)
-        await session.flush()
-        count = await plan_digest(session, settings, digest, now)
-        await session.rollback()
-    return count
-
-
-async def schedule_digest(
-    database: Database,
-    *,
-    scheduled_for: datetime | None,
-    frequency: str = "all",
-    created_by: str = "cli",
-    now: datetime | None = None,
-) -> Digest:
-    """A manual send that :func:`start_due_digests` starts at ``scheduled_for``
-    (None: only :func:`start_queued_digest` starts it). Until then it is "queued"
-    and can be cancelled or started at once."""
-    from mailer.digest import FREQUENCIES
-
-    if frequency not in FREQUENCIES:
-        raise SendError(f"unknown frequency {frequency!r}; choose one of {', '.join(FREQUENCIES)}")
-    if scheduled_for is not None and scheduled_for.tzinfo is None:
-        raise SendError("the scheduled time needs a timezone")
-    async with database.transaction() as session:
-        digest = Digest(
-            kind="manual",
-            frequency=frequency,
-            status=DigestStatus.QUEUED,
-            created_by=created_by,
-            created_at=now or utcnow(),
-            scheduled_for=scheduled_for,
-        )
-        session.add(digest)
-        await session.flush()
-    return digest
-
-
-async def start_queued_digest(
-    database: Database,
-    settings: Settings,
-    digest_id: int,
-    *,
-    now: datetime | None = None,
-    report: SelectionReport | None = None,
-) -> Digest:
-    """Plan a queued send now: its time came, or an operator chose to send it at once."""
-    from mailer.digest import plan_digest
-
-    now = now or utcnow()
-    async with database.transaction() as session:
-        digest = await session.get(Digest, digest_id, with_for_update=True)
-        if digest is None:
-            raise SendError(f"no digest with id {digest_id}")
-        if digest.status is not DigestStatus.QUEUED:
-            raise SendError(f"digest {digest_id} is {digest.status.value}, not queued")
-        digest.status = DigestStatus.SENDING
-        digest.started_at = now
-        count = await plan_digest(session, settings, digest, now=now, report=report)
-        digest.recipient_count = count
-        if count == 0:
-            digest.status = DigestStatus.DONE
-            digest.finished_at = now
-    return digest
-
-
-async def start_due_digests(
-    database: Database, settings: Settings, now: datetime | None = None
-) -> list[int]:
-    """Start every queued send whose scheduled time has come; returns their ids."""
-    now = now or utcnow()
-    async with database.session() as session:
-        due = list(
-            await session.scalars(
-                select(Digest.id)
-                .where(
-                    Digest.status == DigestStatus.QUEUED,
-                    Digest.scheduled_for.is_not(None),
-                    Digest.scheduled_for <= now,
-                )
-                .order_by(Digest.scheduled_for, Digest.id)
-            )
-        )
-    started = []
-    for digest_id in due:
-        try:
-            await start_queued_digest(database, settings, digest_id, now=now)
-        except SendError:
-            continue  # cancelled or started by someone else in the meantime
-        started.append(digest_id)
-    return started
-
-
-async def set_digest_state(database: Database, digest_id: int, action: str) -> Digest:
-    """pause, resume or cancel a send. Cancelling marks every unsent row cancelled."""
-    allowed = {
-        "pause": ({DigestStatus.SENDING}, DigestStatus.PAUSED),
-        "resume": ({DigestStatus.PAUSED}, DigestStatus.SENDING),
-        "cancel": (
-            {DigestStatus.SENDING, DigestStatus.PAUSED, DigestStatus.QUEUED},
-            DigestStatus.CANCELLED,
-        ),
-    }
-    if action not in allowed:
-        raise SendError(f"unknown action {action!r}")
-    sources, target = allowed[action]
-    async with database.transaction() as session:
-        digest = await session.get(Digest, digest_id)
-        if digest is None:
-            raise SendError(f"no digest with id {digest_id}")
-        if digest.status not in sources:
-            raise SendError(f"digest {digest_id} is {digest.status.value}; cannot {action} it")
-        digest.status = target
-        if action == "resume":
-            digest.pause_reason = None
-        if action == "pause":
-            digest.pause_reason = "paused by an operator"
-        if action == "cancel":
-            digest.finished_at = utcnow()
-            # Rows on the wire right now finish; everything else is withdrawn.
-            await session.execute(
-                update(Delivery)
-                .where(
-                    Delivery.digest_id == digest_id,
-                    Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]),
-                )
-                .values(status=DeliveryStatus.CANCELLED, last_error="cancelled")
-            )
-    return digest
-
-
-@dataclass
-class DigestProgress:
-    digest_id: int
-    status: str
-    recipients: int
-    counts: dict[str, int]
-    started_at: datetime | None
-    finished_at: datetime | None
-    pause_reason: str | None
-    bounced: int = 0
-
-    @property
-    def done(self) -> int:
-        return sum(self.counts.get(s, 0) for s in ("sent", "failed", "cancelled"))
-
-
-async def digest_progress(session: AsyncSession, digest_id: int) -> DigestProgress:
-    digest = await session.get(Digest, digest_id, populate_existing=True)
-    if digest is None:
-        raise SendError(f"no digest with id {digest_id}")
-    rows = await session.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.digest_id == digest_id)
-        .group_by(Delivery.status)
-    )
-    counts = {status.value: n for status, n in rows.all()}
-    bounced = await session.scalar(
-        select(func.count()).where(Delivery.digest_id == digest_id, Delivery.bounced)
-    )
-    return DigestProgress(
-        digest.id,
-        digest.status.value,
-        digest.recipient_count,
-        counts,
-        digest.started_at,
-        digest.finished_at,
-        digest.pause_reason,
-        bounced or 0,
-    )
-
-
-@dataclass
-class Backlog:
-    """What is left of running (and paused) sends: the answer to "is it done?"."""
-
-    pending: int = 0
-    sending: int = 0
-    deferred: int = 0
-    # The earliest time a deferred message is due again.
-    next_retry_at: datetime | None = None
-    # Unsent messages of paused sends: they wait for an operator, not a worker.
-    paused: int = 0
-
-    @property
-    def open(self) -> int:
-        return self.pending + self.sending + self.deferred
-
-    def describe(self, now: datetime | None = None) -> str:
-        now = now or utcnow()
-        if not self.open:
-            left = "Nothing left to send"
-        else:
-            parts = [f"{n} {name}" for name, n in self._counts() if n]
-            left = "Left: " + ", ".join(parts)
-            if self.next_retry_at is not None:
-                wait = max(0, round((self.next_retry_at - now).total_seconds()))
-                left += f"; next retry due {self.next_retry_at:%Y-%m-%d %H:%M:%S} UTC (in {wait} s)"
-        if self.paused:
-            left += f"; {self.paused} more in paused sends (`mailer digest resume`)"
-        return left + "."
-
-    def _counts(self) -> list[tuple[str, int]]:
-        return [("pending", self.pending), ("in flight", self.sending), ("deferred", self.deferred)]
-
-
-async def outbox_backlog(session: AsyncSession, digest_id: int | None = None) -> Backlog:
-    query = (
-        select(Digest.status, Delivery.status, func.count(), func.min(Delivery.next_attempt_at))
-        .join(Digest, Digest.id == Delivery.digest_id)
-        .where(
-            Digest.status.in_([DigestStatus.SENDING, DigestStatus.PAUSED]),
-            Delivery.status.in_(list(OPEN_STATES)),
-        )
-        .group_by(Digest.status, Delivery.status)
-    )
-    if digest_id is not None:
-        query = query.where(Delivery.digest_id == digest_id)
-    backlog = Backlog()
-    for digest_status, status, count, next_attempt in (await session.execute(query)).all():
-        if digest_status is DigestStatus.PAUSED:
-            backlog.paused += count
-        elif status is DeliveryStatus.PENDING:
-            backlog.pending += count
-        elif status is DeliveryStatus.SENDING:
-            backlog.sending += count
-        else:
-            backlog.deferred += count
-            if next_attempt is not None and next_attempt.tzinfo is None:
-                next_attempt = next_attempt.replace(tzinfo=UTC)  # SQLite keeps no zone
-            backlog.next_retry_at = next_attempt
-    return backlog
-
-
-async def finish_completed(session: AsyncSession, now: datetime | None = None) -> None:
-    """Mark sends done once no row of theirs can still be sent."""
-    open_rows = exists().where(
-        Delivery.digest_id == Digest.id, Delivery.status.in_(list(OPEN_STATES))
-    )
-    await session.execute(
-        update(Digest)
-        .where(Digest.status == DigestStatus.SENDING, ~open_rows)
-        .values(status=DigestStatus.DONE, finished_at=now or utcnow())
-        .execution_options(synchronize_session=False)
-    )
-
-
 # --- recovery ---------------------------------------------------------------------
 
 

@@ -1,0 +1,210 @@
+"""Starting and controlling a send: start now, schedule, start what is due, pause,
+resume and cancel.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, update
+
+from mailer.config import Settings
+from mailer.db import Database
+from mailer.models import (
+    Delivery,
+    DeliveryStatus,
+    Digest,
+    DigestStatus,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+
+if TYPE_CHECKING:
+    from mailer.digest import SelectionReport
+
+
+class SendError(Exception):
+    pass
+
+
+# --- starting and controlling a send ----------------------------------------------
+
+
+async def start_digest(
+    database: Database,
+    settings: Settings,
+    *,
+    frequency: str = "all",
+    kind: str = "manual",
+    created_by: str = "cli",
+    test_address: str | None = None,
+    now: datetime | None = None,
+    report: SelectionReport | None = None,
+) -> Digest:
+    """Create a send and its outbox rows in one transaction. A send with no
+    recipients (nothing new for anyone) is created already done. ``report`` is
+    filled in with who the send reaches and why not more."""
+    from mailer.digest import plan_digest
+
+    now = now or utcnow()
+    async with database.transaction() as session:
+        digest = Digest(
+            kind=kind,
+            frequency=frequency,
+            status=DigestStatus.SENDING,
+            created_by=created_by,
+            created_at=now,
+            started_at=now,
+            test_address=test_address,
+        )
+        session.add(digest)
+        await session.flush()
+        count = await plan_digest(session, settings, digest, now=now, report=report)
+        digest.recipient_count = count
+        if count == 0:
+            digest.status = DigestStatus.DONE
+            digest.finished_at = now
+    return digest
+
+
+async def count_recipients(
+    database: Database, settings: Settings, frequency: str = "all", *, now: datetime | None = None
+) -> int:
+    """What a send would address now, without writing anything (``--dry-run``)."""
+    from mailer.digest import plan_digest
+
+    async with database.transaction() as session:
+        digest = Digest(kind="manual", frequency=frequency, status=DigestStatus.SENDING)
+        session.add(digest)
+        await session.flush()
+        count = await plan_digest(session, settings, digest, now)
+        await session.rollback()
+    return count
+
+
+async def schedule_digest(
+    database: Database,
+    *,
+    scheduled_for: datetime | None,
+    frequency: str = "all",
+    created_by: str = "cli",
+    now: datetime | None = None,
+) -> Digest:
+    """A manual send that :func:`start_due_digests` starts at ``scheduled_for``
+    (None: only :func:`start_queued_digest` starts it). Until then it is "queued"
+    and can be cancelled or started at once."""
+    from mailer.digest import FREQUENCIES
+
+    if frequency not in FREQUENCIES:
+        raise SendError(f"unknown frequency {frequency!r}; choose one of {', '.join(FREQUENCIES)}")
+    if scheduled_for is not None and scheduled_for.tzinfo is None:
+        raise SendError("the scheduled time needs a timezone")
+    async with database.transaction() as session:
+        digest = Digest(
+            kind="manual",
+            frequency=frequency,
+            status=DigestStatus.QUEUED,
+            created_by=created_by,
+            created_at=now or utcnow(),
+            scheduled_for=scheduled_for,
+        )
+        session.add(digest)
+        await session.flush()
+    return digest
+
+
+async def start_queued_digest(
+    database: Database,
+    settings: Settings,
+    digest_id: int,
+    *,
+    now: datetime | None = None,
+    report: SelectionReport | None = None,
+) -> Digest:
+    """Plan a queued send now: its time came, or an operator chose to send it at once."""
+    from mailer.digest import plan_digest
+
+    now = now or utcnow()
+    async with database.transaction() as session:
+        digest = await session.get(Digest, digest_id, with_for_update=True)
+        if digest is None:
+            raise SendError(f"no digest with id {digest_id}")
+        if digest.status is not DigestStatus.QUEUED:
+            raise SendError(f"digest {digest_id} is {digest.status.value}, not queued")
+        digest.status = DigestStatus.SENDING
+        digest.started_at = now
+        count = await plan_digest(session, settings, digest, now=now, report=report)
+        digest.recipient_count = count
+        if count == 0:
+            digest.status = DigestStatus.DONE
+            digest.finished_at = now
+    return digest
+
+
+async def start_due_digests(
+    database: Database, settings: Settings, now: datetime | None = None
+) -> list[int]:
+    """Start every queued send whose scheduled time has come; returns their ids."""
+    now = now or utcnow()
+    async with database.session() as session:
+        due = list(
+            await session.scalars(
+                select(Digest.id)
+                .where(
+                    Digest.status == DigestStatus.QUEUED,
+                    Digest.scheduled_for.is_not(None),
+                    Digest.scheduled_for <= now,
+                )
+                .order_by(Digest.scheduled_for, Digest.id)
+            )
+        )
+    started = []
+    for digest_id in due:
+        try:
+            await start_queued_digest(database, settings, digest_id, now=now)
+        except SendError:
+            continue  # cancelled or started by someone else in the meantime
+        started.append(digest_id)
+    return started
+
+
+async def set_digest_state(database: Database, digest_id: int, action: str) -> Digest:
+    """pause, resume or cancel a send. Cancelling marks every unsent row cancelled."""
+    allowed = {
+        "pause": ({DigestStatus.SENDING}, DigestStatus.PAUSED),
+        "resume": ({DigestStatus.PAUSED}, DigestStatus.SENDING),
+        "cancel": (
+            {DigestStatus.SENDING, DigestStatus.PAUSED, DigestStatus.QUEUED},
+            DigestStatus.CANCELLED,
+        ),
+    }
+    if action not in allowed:
+        raise SendError(f"unknown action {action!r}")
+    sources, target = allowed[action]
+    async with database.transaction() as session:
+        digest = await session.get(Digest, digest_id)
+        if digest is None:
+            raise SendError(f"no digest with id {digest_id}")
+        if digest.status not in sources:
+            raise SendError(f"digest {digest_id} is {digest.status.value}; cannot {action} it")
+        digest.status = target
+        if action == "resume":
+            digest.pause_reason = None
+        if action == "pause":
+            digest.pause_reason = "paused by an operator"
+        if action == "cancel":
+            digest.finished_at = utcnow()
+            # Rows on the wire right now finish; everything else is withdrawn.
+            await session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.digest_id == digest_id,
+                    Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]),
+                )
+                .values(status=DeliveryStatus.CANCELLED, last_error="cancelled")
+            )
+    return digest

@@ -1,0 +1,131 @@
+"""The subscriber store: signup, double opt-in, preferences, unsubscribe, data export,
+erasure, and the bulk operations the command line and the admin use.
+
+Every entry point is an async function over a :class:`~mailer.db.Database`, so the web
+form, the CLI, the admin and the JSON API share one set of rules:
+
+* An address is validated with email-validator (syntax only, no DNS) and identified
+  by its lower-cased form (``Subscriber.email_key``).
+* A subscriber with no topic rows receives every topic ("none ticked means all").
+* Signing up stores a *pending* subscriber and a consent record, and sends a
+  confirmation mail whose link carries ``confirm_nonce``; confirming clears the
+  nonce, so each link works once. At most one confirmation mail goes to an address
+  per ``signup.confirmation_interval``; a mail that could not be sent leaves
+  ``confirmation_sent_at`` empty and :func:`resend_pending_confirmations` retries it.
+* Unsubscribing and erasing put the address on the suppression list; only a new
+  confirmation (the person proving again that they want mail) lifts it.
+
+The package is split along its seams: ``values`` (errors, result types,
+validation), ``queries`` (reading), ``optin`` (signup, confirmation, the links in
+every email, an operator's add), ``privacy`` (export and erasure) and ``bulk`` (CSV
+import and export). Callers import from ``mailer.subscribers``.
+"""
+
+from __future__ import annotations
+
+from mailer.subscribers.bulk import EXPORT_COLUMNS, export_csv, import_csv, suppression_text
+from mailer.subscribers.optin import (
+    add,
+    confirm,
+    pending_confirmation,
+    resend_pending_confirmations,
+    send_confirmation,
+    signup,
+    subscriber_for_link,
+    unsubscribe,
+    update_preferences,
+)
+from mailer.subscribers.privacy import erase, export_data, remove
+from mailer.subscribers.queries import (
+    active_topics,
+    count_by_status,
+    find_subscriber,
+    get_subscriber,
+    link_for,
+    link_key_of,
+    list_subscribers,
+    subscriber_ids_with_status,
+    suppressions_for,
+)
+from mailer.subscribers.values import (
+    BOUNCE_REASONS,
+    MAX_ADDRESS_LENGTH,
+    MAX_NAME_LENGTH,
+    SHOWN_STATUSES,
+    AddResult,
+    ConfirmResult,
+    ExpiredLink,
+    ImportReport,
+    InvalidAddress,
+    InvalidField,
+    InvalidFile,
+    InvalidLink,
+    NotFound,
+    Origin,
+    SignupResult,
+    StaleLink,
+    SubscriberError,
+    SubscriberView,
+    SuppressedAddress,
+    TopicView,
+    clean_name,
+    mailbox_key,
+    matches_status,
+    normalize_address,
+    parse_frequency,
+    shown_status,
+)
+
+__all__ = [
+    "BOUNCE_REASONS",
+    "EXPORT_COLUMNS",
+    "MAX_ADDRESS_LENGTH",
+    "MAX_NAME_LENGTH",
+    "SHOWN_STATUSES",
+    "AddResult",
+    "ConfirmResult",
+    "ExpiredLink",
+    "ImportReport",
+    "InvalidAddress",
+    "InvalidField",
+    "InvalidFile",
+    "InvalidLink",
+    "NotFound",
+    "Origin",
+    "SignupResult",
+    "StaleLink",
+    "SubscriberError",
+    "SubscriberView",
+    "SuppressedAddress",
+    "TopicView",
+    "active_topics",
+    "add",
+    "clean_name",
+    "confirm",
+    "count_by_status",
+    "erase",
+    "export_csv",
+    "export_data",
+    "find_subscriber",
+    "get_subscriber",
+    "import_csv",
+    "link_for",
+    "link_key_of",
+    "list_subscribers",
+    "mailbox_key",
+    "matches_status",
+    "normalize_address",
+    "parse_frequency",
+    "pending_confirmation",
+    "remove",
+    "resend_pending_confirmations",
+    "send_confirmation",
+    "shown_status",
+    "signup",
+    "subscriber_for_link",
+    "subscriber_ids_with_status",
+    "suppression_text",
+    "suppressions_for",
+    "unsubscribe",
+    "update_preferences",
+]

@@ -1,0 +1,420 @@
+"""Bulk operations: CSV import and export of subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailer.config import Settings
+from mailer.db import Database
+from mailer.models import (
+    ConsentEvent,
+    Frequency,
+    Subscriber,
+    SubscriberStatus,
+    SubscriberTopic,
+    Topic,
+    utcnow,
+)
+from mailer.subscribers.optin import _consent
+from mailer.subscribers.values import (
+    _CHUNK,
+    _TOPIC_SEPARATORS,
+    ImportReport,
+    InvalidField,
+    InvalidFile,
+    Origin,
+    SubscriberError,
+    SubscriberView,
+    _iso,
+    clean_name,
+    normalize_address,
+)
+from mailer.suppression import (
+    email_hash,
+    email_key,
+    suppressed_hashes,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _ImportRow:
+    line: int
+    email: str
+    key: str
+    name: str | None
+    topic_ids: list[int]
+
+
+async def import_csv(
+    database: Database,
+    settings: Settings,
+    source: TextIO | Path | str,
+    *,
+    status: SubscriberStatus = SubscriberStatus.PENDING,
+    origin: Origin | None = None,
+    now: datetime | None = None,
+    dry_run: bool = False,
+) -> ImportReport:
+    """Import subscribers from CSV (columns ``email``, optional ``name`` and ``topics``).
+
+    ``dry_run`` reports exactly what an import would do (the same code runs) and
+    rolls everything back: the admin's preview before anything is written.
+
+    Invalid rows are reported by line number and skipped; valid rows are imported in
+    one transaction with bulk statements (100,000 rows take seconds, not minutes).
+    Rows for one address are merged (topics united, the first name kept); an address
+    already subscribed gets the file's topics added and, with ``status=confirmed``,
+    is confirmed. Suppressed addresses are reported and never imported. Pending
+    imports get their confirmation mail from the scheduler's resend job.
+    ``topics`` lists slugs or names separated by ``;``, ``,`` or ``|``; empty
+    means every topic.
+    """
+    if status not in (SubscriberStatus.PENDING, SubscriberStatus.CONFIRMED):
+        raise InvalidField("status", "Imported subscribers are pending or confirmed.")
+    now = now or utcnow()
+    report = ImportReport()
+    if isinstance(source, str | Path):
+        path = Path(source)
+        label = path.name
+        try:
+            text = await asyncio.to_thread(path.read_text, encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise InvalidFile(f"{path}: no such file") from None
+        except UnicodeDecodeError as exc:
+            raise InvalidFile(
+                f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8 CSV"
+            ) from None
+        except OSError as exc:
+            raise InvalidFile(f"{path}: cannot read: {exc.strerror}") from None
+        stream: TextIO = io.StringIO(text, newline="")
+    else:
+        label = getattr(source, "name", "stdin")
+        stream = source
+
+    async with database.session() as session:
+        topics = (
+            await session.execute(select(Topic.id, Topic.slug, Topic.name, Topic.active))
+        ).all()
+    topic_by_label: dict[str, int] = {}
+    for topic_id, slug, topic_name, active in topics:
+        if active:
+            topic_by_label[slug.lower()] = topic_id
+            topic_by_label.setdefault(topic_name.lower(), topic_id)
+
+    rows = _parse_rows(
+        stream, label, topic_by_label, report, settings.signup.allow_special_use_domains
+    )
+
+    async with database.transaction() as session:
+        suppressed = await suppressed_hashes(session)
+        wanted: dict[str, _ImportRow] = {}
+        for row in rows:
+            # Hashing every row costs seconds on a big file; skip it when nothing is suppressed.
+            if suppressed and email_hash(settings, row.email) in suppressed:
+                report.suppressed.append((row.line, f"{row.email} is on the suppression list"))
+            else:
+                wanted[row.key] = row
+        existing = await _existing_by_key(session, list(wanted))
+        await _import_new(session, settings, wanted, existing, status, origin, now, label, report)
+        await _import_existing(
+            session, settings, wanted, existing, status, origin, now, label, report
+        )
+        if dry_run:
+            await session.rollback()
+    return report
+
+
+def _parse_rows(
+    stream: TextIO,
+    label: str,
+    topic_by_label: dict[str, int],
+    report: ImportReport,
+    allow_special_use: bool = False,
+) -> list[_ImportRow]:
+    try:
+        reader = csv.DictReader(stream)
+        header = reader.fieldnames
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise InvalidFile(f"{label}: not a CSV file: {exc}") from None
+    if not header:
+        raise InvalidFile(f"{label}: the file is empty; the first line must name the columns")
+    columns = {(h or "").strip().lower(): h for h in header}
+    if "email" not in columns:
+        found = ", ".join(repr(h) for h in header)
+        raise InvalidFile(f"{label}: no 'email' column in the first line (found {found})")
+    email_column, name_column, topics_column = (
+        columns["email"],
+        columns.get("name"),
+        columns.get("topics"),
+    )
+    by_key: dict[str, _ImportRow] = {}
+    line = 1
+    try:
+        for record in reader:
+            # line_num is where the record ends; a quoted field may span lines.
+            line = reader.line_num - sum(
+                v.count("\n") for v in record.values() if isinstance(v, str)
+            )
+            raw_email = record.get(email_column) or ""
+            if not any((v or "").strip() for v in record.values() if isinstance(v, str)):
+                continue  # blank line
+            try:
+                address = normalize_address(raw_email, allow_special_use=allow_special_use)
+                row_name = clean_name(record.get(name_column) if name_column else None)
+                topic_ids = _row_topics(
+                    record.get(topics_column) if topics_column else None, topic_by_label
+                )
+            except SubscriberError as exc:
+                report.errors.append((line, str(exc)))
+                continue
+            key = email_key(address)
+            seen = by_key.get(key)
+            if seen is None:
+                by_key[key] = _ImportRow(line, address, key, row_name, topic_ids)
+                continue
+            report.merged_duplicates += 1
+            seen.name = seen.name or row_name
+            # An earlier row with no topics meant "all"; united with anything it stays all.
+            if seen.topic_ids and topic_ids:
+                seen.topic_ids.extend(t for t in topic_ids if t not in seen.topic_ids)
+            else:
+                seen.topic_ids = []
+    except csv.Error as exc:
+        raise InvalidFile(f"{label}, line {reader.line_num}: {exc}") from None
+    return list(by_key.values())
+
+
+def _row_topics(raw: str | None, topic_by_label: dict[str, int]) -> list[int]:
+    if not raw:
+        return []
+    ids: list[int] = []
+    for label in _TOPIC_SEPARATORS.split(raw):
+        label = label.strip()
+        if not label:
+            continue
+        topic_id = topic_by_label.get(label.lower())
+        if topic_id is None:
+            raise InvalidField("topics", f"there is no topic {label!r}")
+        if topic_id not in ids:
+            ids.append(topic_id)
+    return ids
+
+
+@dataclass
+class _Existing:
+    id: int
+    status: SubscriberStatus
+    name: str | None
+    topic_ids: set[int]
+
+
+async def _existing_by_key(session: AsyncSession, keys: list[str]) -> dict[str, _Existing]:
+    found: dict[str, _Existing] = {}
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        rows = await session.execute(
+            select(Subscriber.id, Subscriber.email_key, Subscriber.status, Subscriber.name).where(
+                Subscriber.email_key.in_(chunk)
+            )
+        )
+        for subscriber_id, key, status, name in rows:
+            found[key] = _Existing(subscriber_id, status, name, set())
+    by_id = {e.id: e for e in found.values()}
+    ids = list(by_id)
+    for start in range(0, len(ids), _CHUNK):
+        rows = await session.execute(
+            select(SubscriberTopic.subscriber_id, SubscriberTopic.topic_id).where(
+                SubscriberTopic.subscriber_id.in_(ids[start : start + _CHUNK])
+            )
+        )
+        for subscriber_id, topic_id in rows:
+            by_id[subscriber_id].topic_ids.add(topic_id)
+    return found
+
+
+async def _import_new(
+    session: AsyncSession,
+    settings: Settings,
+    wanted: dict[str, _ImportRow],
+    existing: dict[str, _Existing],
+    status: SubscriberStatus,
+    origin: Origin | None,
+    now: datetime,
+    label: str,
+    report: ImportReport,
+) -> None:
+    confirmed = status is SubscriberStatus.CONFIRMED
+    new_rows = [row for key, row in wanted.items() if key not in existing]
+    for start in range(0, len(new_rows), _CHUNK):
+        chunk = new_rows[start : start + _CHUNK]
+        values = [
+            {
+                "email": row.email,
+                "email_key": row.key,
+                "name": row.name,
+                "status": status,
+                "frequency": Frequency.DAILY,
+                "created_at": now,
+                "confirmed_at": now if confirmed else None,
+                "digest_since": now if confirmed else None,
+                "confirm_nonce": None if confirmed else secrets.token_urlsafe(16),
+                "soft_bounces": 0,
+            }
+            for row in chunk
+        ]
+        await session.execute(insert(Subscriber.__table__), values)
+        ids = dict(
+            (
+                await session.execute(
+                    select(Subscriber.email_key, Subscriber.id).where(
+                        Subscriber.email_key.in_([row.key for row in chunk])
+                    )
+                )
+            ).all()
+        )
+        pairs = [
+            {"subscriber_id": ids[row.key], "topic_id": t} for row in chunk for t in row.topic_ids
+        ]
+        if pairs:
+            await session.execute(insert(SubscriberTopic.__table__), pairs)
+        await session.execute(
+            insert(ConsentEvent.__table__),
+            [
+                _consent(
+                    ids[row.key],
+                    "import",
+                    settings,
+                    origin,
+                    now,
+                    {"file": label, "line": row.line, "status": status.value},
+                )
+                for row in chunk
+            ],
+        )
+    report.imported += len(new_rows)
+
+
+async def _import_existing(
+    session: AsyncSession,
+    settings: Settings,
+    wanted: dict[str, _ImportRow],
+    existing: dict[str, _Existing],
+    status: SubscriberStatus,
+    origin: Origin | None,
+    now: datetime,
+    label: str,
+    report: ImportReport,
+) -> None:
+    confirm_ids: list[int] = []
+    names: list[dict[str, Any]] = []
+    topic_pairs: list[dict[str, int]] = []
+    events: list[dict[str, Any]] = []
+    for key, current in existing.items():
+        row = wanted[key]
+        changed = False
+        if row.name and not current.name:
+            names.append({"sid": current.id, "new_name": row.name})
+            changed = True
+        # No topic rows means "all topics": adding some would narrow the subscription.
+        if row.topic_ids and current.topic_ids:
+            added = [t for t in row.topic_ids if t not in current.topic_ids]
+            topic_pairs += [{"subscriber_id": current.id, "topic_id": t} for t in added]
+            changed = changed or bool(added)
+        if status is SubscriberStatus.CONFIRMED and current.status is SubscriberStatus.PENDING:
+            confirm_ids.append(current.id)
+            changed = True
+        if changed:
+            report.updated += 1
+            events.append(
+                _consent(
+                    current.id,
+                    "import",
+                    settings,
+                    origin,
+                    now,
+                    {"file": label, "line": row.line, "status": status.value, "merged": True},
+                )
+            )
+        else:
+            report.unchanged += 1
+    if names:
+        await session.execute(
+            update(Subscriber.__table__)
+            .where(Subscriber.__table__.c.id == bindparam("sid"))
+            .values(name=bindparam("new_name")),
+            names,
+        )
+    if topic_pairs:
+        await session.execute(insert(SubscriberTopic.__table__), topic_pairs)
+    for start in range(0, len(confirm_ids), _CHUNK):
+        await session.execute(
+            update(Subscriber)
+            .where(Subscriber.id.in_(confirm_ids[start : start + _CHUNK]))
+            .values(
+                status=SubscriberStatus.CONFIRMED,
+                confirmed_at=now,
+                digest_since=now,
+                confirm_nonce=None,
+            )
+        )
+    if events:
+        await session.execute(insert(ConsentEvent.__table__), events)
+
+
+# --- export -----------------------------------------------------------------------------
+
+EXPORT_COLUMNS = (
+    "email",
+    "name",
+    "topics",
+    "status",
+    "frequency",
+    "created_at",
+    "confirmed_at",
+    "unsubscribed_at",
+    "suppression",
+)
+
+
+def suppression_text(view: SubscriberView) -> str:
+    if not view.suppression:
+        return ""
+    details = " ".join((view.suppression_details or "").split())
+    return f"{view.suppression}: {details}" if details else view.suppression
+
+
+def export_csv(subscribers: Iterable[SubscriberView], out: TextIO) -> int:
+    """Write subscribers as CSV that :func:`import_csv` reads back; returns the row count."""
+    writer = csv.writer(out)
+    writer.writerow(EXPORT_COLUMNS)
+    count = 0
+    for s in subscribers:
+        writer.writerow(
+            [
+                s.email,
+                s.name or "",
+                ";".join(s.topics),
+                s.shown_status,
+                s.frequency.value,
+                _iso(s.created_at),
+                _iso(s.confirmed_at) or "",
+                _iso(s.unsubscribed_at) or "",
+                suppression_text(s),
+            ]
+        )
+        count += 1
+    return count

@@ -1,0 +1,638 @@
+"""Double opt-in: signup, the confirmation mail, confirming, the links in every email
+(preferences and unsubscribe), and an operator adding a subscriber.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailer.config import Settings
+from mailer.db import Database
+from mailer.models import (
+    ConsentEvent,
+    Delivery,
+    DeliveryStatus,
+    Frequency,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
+from mailer.send import finish_completed
+from mailer.subscribers.queries import _load_view, _resolve_topics, _set_topics, get_subscriber
+from mailer.subscribers.values import (
+    MAX_URL_LENGTH,
+    MAX_USER_AGENT_LENGTH,
+    AddResult,
+    ConfirmResult,
+    ExpiredLink,
+    InvalidLink,
+    NotFound,
+    Origin,
+    SignupResult,
+    StaleLink,
+    SubscriberView,
+    SuppressedAddress,
+    _clip,
+    clean_name,
+    normalize_address,
+    parse_frequency,
+)
+from mailer.suppression import (
+    email_key,
+    is_suppressed,
+    suppress,
+    unsuppress,
+)
+from mailer.tokens import (
+    ExpiredToken,
+    InvalidToken,
+    Purpose,
+    TokenPayload,
+    link,
+    read_token,
+)
+
+log = logging.getLogger(__name__)
+
+
+# --- signup and confirmation ----------------------------------------------------------
+
+
+def _consent(
+    subscriber_id: int | None,
+    action: str,
+    settings: Settings,
+    origin: Origin | None,
+    now: datetime,
+    details: dict[str, Any] | None = None,
+    *,
+    with_wording: bool = False,
+) -> dict[str, Any]:
+    origin = origin or Origin()
+    extra = dict(details or {})
+    if origin.actor:
+        extra["actor"] = origin.actor
+    return {
+        "subscriber_id": subscriber_id,
+        "action": action,
+        "at": now,
+        "ip": _clip(origin.ip, 64),
+        "user_agent": _clip(origin.user_agent, MAX_USER_AGENT_LENGTH),
+        "form_url": _clip(origin.form_url, MAX_URL_LENGTH),
+        "wording_version": settings.signup.consent_version if with_wording else None,
+        "details": extra,
+    }
+
+
+async def _locked_subscriber(session: AsyncSession, key: str) -> Subscriber | None:
+    # FOR UPDATE serialises concurrent signups for one address on PostgreSQL; SQLite
+    # ignores it and is already serialised by the IMMEDIATE write transaction.
+    return await session.scalar(
+        select(Subscriber).where(Subscriber.email_key == key).with_for_update()
+    )
+
+
+async def signup(
+    database: Database,
+    settings: Settings,
+    address: str,
+    *,
+    name: str | None = None,
+    topics: Iterable[str] = (),
+    frequency: str | Frequency | None = None,
+    origin: Origin | None = None,
+    now: datetime | None = None,
+) -> SignupResult:
+    """Record a signup from the public form.
+
+    The caller learns nothing it could show that would tell a new address from a
+    known one: the same result shape comes back either way, and a confirmed
+    subscriber's choices are left alone (only the mailbox owner may change them,
+    through the preferences link). Call :func:`send_confirmation` afterwards when
+    ``confirmation_due`` is set.
+    """
+    address = normalize_address(
+        address, allow_special_use=settings.signup.allow_special_use_domains
+    )
+    cleaned_name = clean_name(name)
+    chosen_frequency = parse_frequency(frequency)
+    topic_labels = list(topics)
+    now = now or utcnow()
+    for attempt in range(2):
+        try:
+            return await _signup_once(
+                database,
+                settings,
+                address,
+                cleaned_name,
+                topic_labels,
+                chosen_frequency,
+                origin,
+                now,
+            )
+        except IntegrityError:
+            # Two first signups for one address raced on PostgreSQL; the loser retries
+            # and now finds the winner's row.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _signup_once(
+    database: Database,
+    settings: Settings,
+    address: str,
+    name: str | None,
+    topic_labels: list[str],
+    frequency: Frequency,
+    origin: Origin | None,
+    now: datetime,
+) -> SignupResult:
+    key = email_key(address)
+    async with database.transaction() as session:
+        topic_ids = await _resolve_topics(session, topic_labels)
+        subscriber = await _locked_subscriber(session, key)
+        choices = {"topics": topic_labels, "frequency": frequency.value}
+        if subscriber is None:
+            subscriber = Subscriber(
+                email=address,
+                email_key=key,
+                name=name,
+                status=SubscriberStatus.PENDING,
+                frequency=frequency,
+                created_at=now,
+                confirm_nonce=secrets.token_urlsafe(16),
+            )
+            session.add(subscriber)
+            await session.flush()
+            await _set_topics(session, subscriber.id, topic_ids)
+            state = "new"
+        elif subscriber.status is SubscriberStatus.CONFIRMED:
+            state = "already-confirmed"
+        else:
+            if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+                # A fresh request: links from before the unsubscribe must not revive it.
+                subscriber.confirm_nonce = secrets.token_urlsafe(16)
+                subscriber.status = SubscriberStatus.PENDING
+                state = "resubscribe"
+            else:
+                subscriber.confirm_nonce = subscriber.confirm_nonce or secrets.token_urlsafe(16)
+                state = "pending"
+            subscriber.email = address
+            # Anyone can type anyone's address: a repeated request fills in a missing
+            # name but never replaces one.
+            subscriber.name = subscriber.name or name
+            subscriber.frequency = frequency
+            await _set_topics(session, subscriber.id, topic_ids)
+        await session.execute(
+            insert(ConsentEvent),
+            [
+                _consent(
+                    subscriber.id,
+                    "signup",
+                    settings,
+                    origin,
+                    now,
+                    {"state": state, **choices},
+                    with_wording=True,
+                )
+            ],
+        )
+        # Confirmed addresses get a notice rather than a link (see send_confirmation).
+        due = _confirmation_allowed(subscriber.confirmation_sent_at, settings, now)
+        return SignupResult(subscriber.id, due)
+
+
+def _confirmation_allowed(last_sent: datetime | None, settings: Settings, now: datetime) -> bool:
+    return last_sent is None or now - last_sent >= settings.signup.confirmation_interval
+
+
+async def send_confirmation(
+    database: Database, settings: Settings, subscriber_id: int, *, now: datetime | None = None
+) -> bool:
+    """Send the mail a signup calls for, if one is due; True when SMTP accepted it.
+
+    A pending subscriber gets the confirmation link. A confirmed one (someone signed
+    up with an address that is already subscribed) gets the "already subscribed"
+    notice with the preferences link instead, so the page can look the same for
+    both while the mailbox owner still learns what happened.
+
+    The send is claimed first by stamping ``confirmation_sent_at`` in a conditional
+    update, so two processes (a signup and the resend job, or two signups) never
+    both mail an address within ``signup.confirmation_interval``. If SMTP refuses,
+    the stamp is put back and :class:`mailer.transport.TransportError` propagates;
+    :func:`resend_pending_confirmations` retries a pending subscriber's link later.
+    """
+    from mailer.message import build_confirmation_message, build_notice_message
+    from mailer.transport import send_now
+
+    now = now or utcnow()
+    async with database.transaction() as session:
+        row = (
+            await session.execute(
+                select(
+                    Subscriber.email,
+                    Subscriber.name,
+                    Subscriber.status,
+                    Subscriber.confirm_nonce,
+                    Subscriber.confirmation_sent_at,
+                    Subscriber.link_key,
+                ).where(Subscriber.id == subscriber_id)
+            )
+        ).one_or_none()
+        if row is None or not _confirmation_allowed(row.confirmation_sent_at, settings, now):
+            return False
+        pending = row.status is SubscriberStatus.PENDING and row.confirm_nonce is not None
+        if not pending and row.status is not SubscriberStatus.CONFIRMED:
+            return False
+        previous = row.confirmation_sent_at
+        claimed = await session.execute(
+            update(Subscriber)
+            .where(
+                Subscriber.id == subscriber_id,
+                Subscriber.confirmation_sent_at.is_(None)
+                if previous is None
+                else Subscriber.confirmation_sent_at == previous,
+            )
+            .values(confirmation_sent_at=now)
+        )
+        if claimed.rowcount != 1:
+            return False
+    manage_url = link(settings, Purpose.MANAGE, subscriber_id, row.link_key)
+    try:
+        if pending:
+            # No name: whoever filled in the form typed it, not necessarily the
+            # owner of the address, and it must not put words (or links) in our mail.
+            message = build_confirmation_message(
+                settings,
+                row.email,
+                None,
+                link(settings, Purpose.CONFIRM, subscriber_id, row.confirm_nonce),
+                manage_url,
+            )
+        else:
+            message = build_notice_message(
+                settings,
+                row.email,
+                row.name,
+                "already-subscribed",
+                manage_url=manage_url,
+                unsubscribe_url=link(settings, Purpose.UNSUBSCRIBE, subscriber_id, row.link_key),
+            )
+        await send_now(settings, message)
+    except BaseException:
+        async with database.transaction() as session:
+            await session.execute(
+                update(Subscriber)
+                .where(Subscriber.id == subscriber_id, Subscriber.confirmation_sent_at == now)
+                .values(confirmation_sent_at=previous)
+            )
+        raise
+    return True
+
+
+async def resend_pending_confirmations(
+    database: Database, settings: Settings, *, now: datetime | None = None, limit: int = 200
+) -> int:
+    """Send the confirmation mails that never went out (SMTP was down, or a pending
+    import); returns how many were sent. Stops at the first refusal, so an SMTP
+    outage costs one attempt per run. Only signups younger than ``confirm_ttl`` are
+    retried: an older request has expired anyway."""
+    from mailer.message import MessageError
+    from mailer.transport import TransportError
+
+    now = now or utcnow()
+    latest_request = (
+        select(func.max(ConsentEvent.at))
+        .where(
+            ConsentEvent.subscriber_id == Subscriber.id,
+            ConsentEvent.action.in_(("signup", "import", "admin-add")),
+        )
+        .scalar_subquery()
+    )
+    async with database.session() as session:
+        ids = (
+            await session.scalars(
+                select(Subscriber.id)
+                .where(
+                    Subscriber.status == SubscriberStatus.PENDING,
+                    Subscriber.confirm_nonce.is_not(None),
+                    Subscriber.confirmation_sent_at.is_(None),
+                    latest_request >= now - settings.signup.confirm_ttl,
+                )
+                .order_by(Subscriber.id)
+                .limit(limit)
+            )
+        ).all()
+    sent = 0
+    for subscriber_id in ids:
+        try:
+            if await send_confirmation(database, settings, subscriber_id, now=now):
+                sent += 1
+        except TransportError as exc:
+            log.warning("confirmation mails not sent, will retry: %s", exc)
+            break
+        except MessageError as exc:
+            # This one subscriber's mail cannot be composed; the others still can.
+            log.error("confirmation for subscriber %d cannot be composed: %s", subscriber_id, exc)
+    return sent
+
+
+def _read_link(
+    settings: Settings, purpose: Purpose, token: str, max_age: timedelta | None = None
+) -> TokenPayload:
+    try:
+        return read_token(settings, purpose, token, max_age)
+    except ExpiredToken:
+        raise ExpiredLink(
+            "This confirmation link has expired. Please sign up again to get a new one."
+        ) from None
+    except InvalidToken:
+        raise InvalidLink(
+            "This link is not valid. Please check that it was copied whole."
+        ) from None
+
+
+async def pending_confirmation(database: Database, settings: Settings, token: str) -> ConfirmResult:
+    """What a confirmation link would confirm, without changing anything (for GET)."""
+    payload = _read_link(settings, Purpose.CONFIRM, token, settings.signup.confirm_ttl)
+    async with database.session() as session:
+        subscriber = await session.get(Subscriber, payload.subscriber_id)
+        return await _confirm_state(session, subscriber, payload.key)
+
+
+async def _confirm_state(
+    session: AsyncSession, subscriber: Subscriber | None, nonce: str | None
+) -> ConfirmResult:
+    if subscriber is None:
+        raise InvalidLink("This subscription no longer exists. Please sign up again.")
+    view = await _load_view(session, subscriber.id)
+    assert view is not None
+    if subscriber.status is SubscriberStatus.CONFIRMED and subscriber.confirm_nonce is None:
+        return ConfirmResult(view, already_confirmed=True)
+    if (
+        subscriber.status is not SubscriberStatus.PENDING
+        or nonce is None
+        or subscriber.confirm_nonce is None
+        or not secrets.compare_digest(subscriber.confirm_nonce, nonce)
+    ):
+        raise InvalidLink(
+            "This confirmation link is no longer valid. Please sign up again to get a new one."
+        )
+    return ConfirmResult(view, already_confirmed=False)
+
+
+async def confirm(
+    database: Database,
+    settings: Settings,
+    token: str,
+    *,
+    origin: Origin | None = None,
+    now: datetime | None = None,
+) -> ConfirmResult:
+    """Confirm the subscription a confirmation link names (single use)."""
+    payload = _read_link(settings, Purpose.CONFIRM, token, settings.signup.confirm_ttl)
+    now = now or utcnow()
+    async with database.transaction() as session:
+        subscriber = await session.scalar(
+            select(Subscriber).where(Subscriber.id == payload.subscriber_id).with_for_update()
+        )
+        state = await _confirm_state(session, subscriber, payload.key)
+        if state.already_confirmed:
+            return state
+        assert subscriber is not None
+        await _mark_confirmed(session, settings, subscriber, now)
+        await session.execute(
+            insert(ConsentEvent),
+            [_consent(subscriber.id, "confirm", settings, origin, now, with_wording=True)],
+        )
+        await session.flush()
+        view = await _load_view(session, subscriber.id)
+        assert view is not None
+        return ConfirmResult(view, already_confirmed=False)
+
+
+async def _mark_confirmed(
+    session: AsyncSession, settings: Settings, subscriber: Subscriber, now: datetime
+) -> None:
+    subscriber.status = SubscriberStatus.CONFIRMED
+    subscriber.confirmed_at = now
+    subscriber.confirm_nonce = None
+    # The first digest carries what is published from now on, not the archive.
+    subscriber.digest_since = now
+    subscriber.soft_bounces = 0
+    await unsuppress(session, settings, subscriber.email)
+
+
+# --- links in emails: preferences and unsubscribe ---------------------------------------
+
+
+async def subscriber_for_link(
+    database: Database, settings: Settings, purpose: Purpose, token: str
+) -> SubscriberView:
+    """The subscriber a preferences or unsubscribe link belongs to.
+
+    Raises InvalidLink for a forged or mangled link and StaleLink when the
+    subscription it was mailed for has ended (erased or removed: a later signup
+    with the same address, or a row that got the same id, has another link key)."""
+    payload = _read_link(settings, purpose, token)
+    view = await get_subscriber(database, payload.subscriber_id)
+    if (
+        view is None
+        or payload.key is None
+        or not secrets.compare_digest(view.link_key.encode(), payload.key.encode())
+    ):
+        raise StaleLink(
+            "This link no longer works: the subscription it was sent for has ended "
+            "(the address was erased or removed). We hold no data for it any more."
+        )
+    return view
+
+
+async def update_preferences(
+    database: Database,
+    settings: Settings,
+    subscriber_id: int,
+    *,
+    name: str | None,
+    topics: Iterable[str],
+    frequency: str | Frequency | None,
+    origin: Origin | None = None,
+    now: datetime | None = None,
+) -> SubscriberView:
+    cleaned_name = clean_name(name)
+    chosen_frequency = parse_frequency(frequency)
+    topic_labels = list(topics)
+    now = now or utcnow()
+    async with database.transaction() as session:
+        topic_ids = await _resolve_topics(session, topic_labels)
+        subscriber = await session.get(Subscriber, subscriber_id, with_for_update=True)
+        if subscriber is None:
+            raise NotFound("This subscriber no longer exists.")
+        subscriber.name = cleaned_name
+        subscriber.frequency = chosen_frequency
+        await _set_topics(session, subscriber_id, topic_ids)
+        await session.execute(
+            insert(ConsentEvent),
+            [
+                _consent(
+                    subscriber_id,
+                    "preferences",
+                    settings,
+                    origin,
+                    now,
+                    {"topics": topic_labels, "frequency": chosen_frequency.value},
+                )
+            ],
+        )
+        await session.flush()
+        view = await _load_view(session, subscriber_id)
+        assert view is not None
+        return view
+
+
+async def unsubscribe(
+    database: Database,
+    settings: Settings,
+    subscriber_id: int,
+    *,
+    origin: Origin | None = None,
+    method: str = "link",
+    now: datetime | None = None,
+) -> bool:
+    """Unsubscribe and suppress the address. False when it was already unsubscribed."""
+    now = now or utcnow()
+    async with database.transaction() as session:
+        subscriber = await session.get(Subscriber, subscriber_id, with_for_update=True)
+        if subscriber is None:
+            raise NotFound("This subscriber no longer exists.")
+        await suppress(session, settings, subscriber.email, "unsubscribed")
+        if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+            return False
+        subscriber.status = SubscriberStatus.UNSUBSCRIBED
+        subscriber.unsubscribed_at = now
+        subscriber.confirm_nonce = None
+        await _cancel_pending_deliveries(session, subscriber_id, now)
+        await session.execute(
+            insert(ConsentEvent),
+            [_consent(subscriber_id, "unsubscribe", settings, origin, now, {"method": method})],
+        )
+        return True
+
+
+async def _cancel_pending_deliveries(
+    session: AsyncSession, subscriber_id: int, now: datetime
+) -> None:
+    await session.execute(
+        update(Delivery)
+        .where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.DEFERRED)),
+        )
+        .values(status=DeliveryStatus.CANCELLED, last_error="recipient unsubscribed")
+    )
+    # When this reader's message was the last one a send had left, the send is done now.
+    await finish_completed(session, now)
+
+
+# --- operator actions: add and import --------------------------------------------------
+
+
+async def add(
+    database: Database,
+    settings: Settings,
+    address: str,
+    *,
+    name: str | None = None,
+    topics: Iterable[str] = (),
+    frequency: str | Frequency | None = None,
+    confirmed: bool = False,
+    resubscribe: bool = False,
+    origin: Origin | None = None,
+    now: datetime | None = None,
+) -> AddResult:
+    """Add (or update) one subscriber on an operator's word.
+
+    ``confirmed=True`` records consent the operator obtained elsewhere; otherwise the
+    subscriber is pending and gets a confirmation mail (call send_confirmation when
+    ``confirmation_due``). An address on the suppression list (it unsubscribed, was
+    erased or bounced) is refused with SuppressedAddress unless ``resubscribe`` is
+    set: the operator must say explicitly that the person asked to come back.
+    An existing subscriber keeps its topics and frequency unless new ones are given.
+    """
+    address = normalize_address(
+        address, allow_special_use=settings.signup.allow_special_use_domains
+    )
+    cleaned_name = clean_name(name)
+    chosen_frequency = None if frequency in (None, "") else parse_frequency(frequency)
+    topic_labels = list(topics)
+    now = now or utcnow()
+    key = email_key(address)
+    async with database.transaction() as session:
+        topic_ids = await _resolve_topics(session, topic_labels)
+        if await is_suppressed(session, settings, address) and not resubscribe:
+            raise SuppressedAddress(
+                f"{address} is on the suppression list (unsubscribed, erased or bounced); "
+                "add it only if the person asked to come back, with --resubscribe."
+            )
+        subscriber = await _locked_subscriber(session, key)
+        created = subscriber is None
+        if subscriber is None:
+            subscriber = Subscriber(
+                email=address,
+                email_key=key,
+                name=cleaned_name,
+                status=SubscriberStatus.PENDING,
+                frequency=chosen_frequency or Frequency.DAILY,
+                created_at=now,
+                confirm_nonce=secrets.token_urlsafe(16),
+            )
+            session.add(subscriber)
+            await session.flush()
+            outcome = "added"
+        else:
+            before = subscriber.status
+            if cleaned_name is not None:
+                subscriber.name = cleaned_name
+            if chosen_frequency is not None:
+                subscriber.frequency = chosen_frequency
+            if before is SubscriberStatus.UNSUBSCRIBED:
+                subscriber.status = SubscriberStatus.PENDING
+                subscriber.confirm_nonce = secrets.token_urlsafe(16)
+            outcome = "updated" if (cleaned_name or chosen_frequency or topic_ids) else "unchanged"
+        if topic_ids or created:
+            await _set_topics(session, subscriber.id, topic_ids)
+        if confirmed and subscriber.status is not SubscriberStatus.CONFIRMED:
+            await _mark_confirmed(session, settings, subscriber, now)
+            outcome = "added" if created else "confirmed"
+        elif resubscribe and subscriber.status is SubscriberStatus.PENDING:
+            # Pending again: the suppression is lifted when the person confirms.
+            outcome = "added" if created else "pending"
+        await session.execute(
+            insert(ConsentEvent),
+            [
+                _consent(
+                    subscriber.id,
+                    "admin-add",
+                    settings,
+                    origin,
+                    now,
+                    {"confirmed": confirmed, "resubscribe": resubscribe, "outcome": outcome},
+                )
+            ],
+        )
+        due = subscriber.status is SubscriberStatus.PENDING and _confirmation_allowed(
+            subscriber.confirmation_sent_at, settings, now
+        )
+        await session.flush()
+        view = await _load_view(session, subscriber.id)
+        assert view is not None
+        return AddResult(view, created, outcome, due)
