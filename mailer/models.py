@@ -122,6 +122,9 @@ class Subscriber(Base):
     # Changing this invalidates every confirmation link issued before.
     confirm_nonce: Mapped[str | None] = mapped_column(String(64))
     confirmation_sent_at: Mapped[datetime | None]
+    # A notice owed to this subscriber and not sent yet ("already-subscribed"): the
+    # queue of mailer.subscribers.mail, beside a pending row's unsent confirmation.
+    notice_due: Mapped[str | None] = mapped_column(String(40))
     # Releases published before this time are never sent (first digest starts here).
     digest_since: Mapped[datetime | None]
     last_digest_at: Mapped[datetime | None]

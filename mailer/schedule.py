@@ -107,9 +107,9 @@ async def scheduled_digest(database: Database, settings: Settings, frequency: st
 
 
 async def resend_confirmations(database: Database, settings: Settings) -> None:
-    from mailer.subscribers import resend_pending_confirmations
+    from mailer.subscribers import retry_queued_mail
 
-    await resend_pending_confirmations(database, settings)
+    await retry_queued_mail(database, settings)
 
 
 async def poll_bounces(database: Database, settings: Settings) -> None:

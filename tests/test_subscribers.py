@@ -26,7 +26,6 @@ from mailer.models import (
 )
 from mailer.suppression import email_hash, is_suppressed
 from mailer.tokens import Purpose, link, make_token
-from mailer.transport import TransportError
 from tests.conftest import make_settings
 from tests.support.smtp import SmtpServer
 
@@ -110,8 +109,9 @@ async def test_confirmation_mail_at_most_once_per_interval(
     database: Database, settings: Settings, smtp_server: SmtpServer
 ) -> None:
     start = utcnow()
+    sent = store.MailOutcome("confirmation", sent=True)
     first = await store.signup(database, settings, "ona@example.org", now=start)
-    assert await store.send_confirmation(database, settings, first.subscriber_id, now=start)
+    assert await store.send_due_mail(database, settings, first.subscriber_id, now=start) == sent
     assert len(smtp_server.messages) == 1
     assert smtp_server.messages[0].rcpt_tos == ["ona@example.org"]
 
@@ -119,13 +119,13 @@ async def test_confirmation_mail_at_most_once_per_interval(
     again = await store.signup(database, settings, "ONA@example.org", now=later)
     assert again.subscriber_id == first.subscriber_id
     assert not again.confirmation_due
-    assert not await store.send_confirmation(database, settings, first.subscriber_id, now=later)
+    assert await store.send_due_mail(database, settings, first.subscriber_id, now=later) is None
     assert len(smtp_server.messages) == 1
 
     after = start + timedelta(minutes=10, seconds=1)
     third = await store.signup(database, settings, "ona@example.org", now=after)
     assert third.confirmation_due
-    assert await store.send_confirmation(database, settings, first.subscriber_id, now=after)
+    assert await store.send_due_mail(database, settings, first.subscriber_id, now=after) == sent
     assert len(smtp_server.messages) == 2
     # Both mails carry a working link to the same pending subscription.
     assert confirm_link(body(smtp_server.messages[0])) != ""
@@ -138,7 +138,7 @@ async def test_confirm_is_single_use_and_starts_digests_now(
     database: Database, settings: Settings, smtp_server: SmtpServer
 ) -> None:
     result = await store.signup(database, settings, "ona@example.org", topics=["health"])
-    await store.send_confirmation(database, settings, result.subscriber_id)
+    await store.send_due_mail(database, settings, result.subscriber_id)
     token = confirm_link(body(smtp_server.messages[0])).rsplit("/", 1)[1]
 
     preview = await store.pending_confirmation(database, settings, token)
@@ -193,16 +193,18 @@ async def test_failed_send_is_retried_by_the_resend_job(
         update={"smtp": settings.smtp.model_copy(update={"port": _closed_port()})}
     )
     result = await store.signup(database, down, "ona@example.org")
-    with pytest.raises(TransportError):
-        await store.send_confirmation(database, down, result.subscriber_id)
+    outcome = await store.send_due_mail(database, down, result.subscriber_id)
+    assert outcome is not None and (outcome.sent, outcome.by_server) == (False, True)
+    assert outcome.describe().startswith("confirmation queued, will retry: ")
+    assert f"127.0.0.1:{down.smtp.port}" in outcome.describe()
     assert (await row(database, result.subscriber_id)).confirmation_sent_at is None
-    assert await store.resend_pending_confirmations(database, down) == 0
+    assert await store.retry_queued_mail(database, down) == 0
 
-    assert await store.resend_pending_confirmations(database, settings) == 1
+    assert await store.retry_queued_mail(database, settings) == 1
     assert [m.rcpt_tos for m in smtp_server.messages] == [["ona@example.org"]]
     assert (await row(database, result.subscriber_id)).confirmation_sent_at is not None
     # Nothing left to resend, and the interval keeps a second run quiet.
-    assert await store.resend_pending_confirmations(database, settings) == 0
+    assert await store.retry_queued_mail(database, settings) == 0
     assert len(smtp_server.messages) == 1
 
 
@@ -212,6 +214,27 @@ def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+async def test_a_notice_the_server_refused_is_queued_and_retried(
+    database: Database, settings: Settings, smtp_server: SmtpServer
+) -> None:
+    added = await store.add(database, settings, "ona@example.org", confirmed=True)
+    down = settings.model_copy(
+        update={"smtp": settings.smtp.model_copy(update={"port": _closed_port()})}
+    )
+    result = await store.signup(database, down, "ona@example.org")
+    outcome = await store.send_due_mail(database, down, result.subscriber_id)
+    assert outcome is not None and not outcome.sent
+    assert outcome.describe().startswith("already-subscribed queued, will retry: ")
+    assert (await row(database, added.subscriber.id)).notice_due == "already-subscribed"
+    assert smtp_server.messages == []
+
+    assert await store.retry_queued_mail(database, settings) == 1
+    assert "already subscribed" in body(smtp_server.messages[0])
+    assert (await row(database, added.subscriber.id)).notice_due is None
+    assert await store.retry_queued_mail(database, settings) == 0
+    assert len(smtp_server.messages) == 1
 
 
 async def test_signup_of_confirmed_address_changes_nothing_and_sends_notice(
@@ -227,7 +250,9 @@ async def test_signup_of_confirmed_address_changes_nothing_and_sends_notice(
     view = await store.get_subscriber(database, added.subscriber.id)
     assert view is not None
     assert (view.status, view.topics, view.name) == (SubscriberStatus.CONFIRMED, ("health",), None)
-    assert await store.send_confirmation(database, settings, result.subscriber_id)
+    assert await store.send_due_mail(database, settings, result.subscriber_id) == store.MailOutcome(
+        "already-subscribed", sent=True
+    )
     text = body(smtp_server.messages[0])
     assert "already subscribed" in text
     assert "/confirm/" not in text and "/preferences/" in text
@@ -245,7 +270,7 @@ async def test_unsubscribe_suppresses_until_confirmed_again(
     assert view is not None and view.status is SubscriberStatus.UNSUBSCRIBED
 
     again = await store.signup(database, settings, "ona@example.org")
-    await store.send_confirmation(database, settings, again.subscriber_id)
+    await store.send_due_mail(database, settings, again.subscriber_id)
     async with database.session() as session:
         # Signing up alone does not lift the suppression; confirming does.
         assert await is_suppressed(session, settings, "ona@example.org")
@@ -260,7 +285,7 @@ async def test_link_from_before_unsubscribe_does_not_resubscribe(
     database: Database, settings: Settings, smtp_server: SmtpServer
 ) -> None:
     first = await store.signup(database, settings, "ona@example.org")
-    await store.send_confirmation(database, settings, first.subscriber_id)
+    await store.send_due_mail(database, settings, first.subscriber_id)
     old_token = confirm_link(body(smtp_server.messages[0])).rsplit("/", 1)[1]
     await store.unsubscribe(database, settings, first.subscriber_id)
     await store.signup(database, settings, "ona@example.org")
@@ -424,7 +449,7 @@ async def test_pending_import_is_mailed_by_the_resend_job(
         database, settings, io.StringIO("email\na@example.org\nb@example.org\n")
     )
     assert report.imported == 2
-    assert await store.resend_pending_confirmations(database, settings) == 2
+    assert await store.retry_queued_mail(database, settings) == 2
     assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == [
         "a@example.org",
         "b@example.org",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -13,7 +14,7 @@ import click
 from mailer import subscribers as store
 from mailer.cli import BadInput, run
 from mailer.context import AppContext
-from mailer.models import SubscriberStatus
+from mailer.models import Frequency, SubscriberStatus
 
 T = TypeVar("T")
 
@@ -34,7 +35,7 @@ def _run(ctx: click.Context, work: Callable[[AppContext], Awaitable[T]]) -> T:
 
 @click.group()
 def subscribers() -> None:
-    """Subscribers: list, add, import, export, remove."""
+    """Subscribers: list, show, add, import, export, remove."""
 
 
 @subscribers.command("add")
@@ -42,7 +43,7 @@ def subscribers() -> None:
 @click.option("--name", help="Display name.")
 @click.option("--topic", "topics", multiple=True, help="Topic slug or name; repeat. Default: all.")
 @click.option(
-    "--frequency", type=click.Choice(["immediately", "daily", "weekly"]), help="Default: daily."
+    "--frequency", type=click.Choice([f.value for f in Frequency]), help="Default: daily."
 )
 @click.option(
     "--confirmed",
@@ -67,13 +68,14 @@ def add_command(
     """Add a subscriber, or update one.
 
     Without --confirmed the subscriber is pending and is sent a confirmation link
-    (if it cannot be sent now, `mailer serve` retries). An address that unsubscribed
+    (if the mail server does not take it now, it is queued and `mailer serve`
+    retries). An address that unsubscribed
     or was erased is refused unless --resubscribe is given.
     """
 
-    async def work(app: AppContext) -> tuple[store.AddResult, str | None]:
+    async def work(app: AppContext) -> store.AddResult:
         async with app.database() as database:
-            result = await store.add(
+            return await store.add(
                 database,
                 app.settings,
                 email,
@@ -84,17 +86,8 @@ def add_command(
                 resubscribe=resubscribe,
                 origin=CLI_ORIGIN,
             )
-            problem = None
-            if result.confirmation_due:
-                from mailer.transport import TransportError
 
-                try:
-                    await store.send_confirmation(database, app.settings, result.subscriber.id)
-                except TransportError as exc:
-                    problem = str(exc)
-            return result, problem
-
-    result, problem = _run(ctx, work)
+    result = _run(ctx, work)
     subscriber = result.subscriber
     described = {
         "added": f"Added {subscriber.email} ({subscriber.status.value}).",
@@ -104,14 +97,8 @@ def add_command(
         "unchanged": f"{subscriber.email} is already {subscriber.status.value}; nothing changed.",
     }
     click.echo(described.get(result.outcome, f"{subscriber.email}: {result.outcome}."))
-    if result.confirmation_due and problem is None:
-        click.echo("A confirmation link was sent.")
-    if problem:
-        click.echo(
-            f"Warning: the confirmation link could not be sent now ({problem}); "
-            "`mailer serve` sends it once the mail server accepts it.",
-            err=True,
-        )
+    if result.mail is not None:
+        click.echo(f"{result.mail.describe().capitalize()}.")
 
 
 STATUS_HELP = (
@@ -159,8 +146,8 @@ def list_command(ctx: click.Context, status: str | None, as_json: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--status",
-    type=click.Choice(["pending", "confirmed"]),
-    default="pending",
+    type=click.Choice(store.IMPORT_STATUSES),
+    default=SubscriberStatus.PENDING.value,
     show_default=True,
     help="confirmed: you hold their consent; pending: each is mailed a confirmation link.",
 )
@@ -208,7 +195,7 @@ def import_command(ctx: click.Context, file: Path, status: str) -> None:
 
 @subscribers.command("export")
 @click.option(
-    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+    "--format", "fmt", type=click.Choice(store.EXPORT_FORMATS), default="csv", show_default=True
 )
 @click.option("--status", type=click.Choice(store.SHOWN_STATUSES), help=STATUS_HELP)
 @click.option(
@@ -221,23 +208,36 @@ def import_command(ctx: click.Context, file: Path, status: str) -> None:
 def export_command(ctx: click.Context, fmt: str, status: str | None, output: Path | None) -> None:
     """Export subscribers as CSV (readable by `import`) or JSON."""
 
-    async def work(app: AppContext) -> list[store.SubscriberView]:
+    async def work(app: AppContext) -> int:
         async with app.database() as database:
-            return await store.list_subscribers(database, status=status, settings=app.settings)
+            return await store.export_subscribers(
+                database, app.settings, text, status=status, fmt=fmt, origin=CLI_ORIGIN
+            )
 
-    found = _run(ctx, work)
-    handle = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
-    try:
-        if fmt == "json":
-            json.dump([s.as_dict() for s in found], handle, ensure_ascii=False, indent=2)
-            handle.write("\n")
-        else:
-            store.export_csv(found, handle)
-    finally:
-        if output:
-            handle.close()
+    # Written once the export is whole, so a failed one leaves an existing file alone.
+    text = io.StringIO()
+    count = _run(ctx, work)
     if output:
-        click.echo(f"Wrote {len(found)} subscribers to {output}.", err=True)
+        output.write_text(text.getvalue(), encoding="utf-8", newline="")
+        click.echo(f"Wrote {count} subscribers to {output}.", err=True)
+    else:
+        sys.stdout.write(text.getvalue())
+
+
+@subscribers.command("show")
+@click.argument("email")
+@click.pass_context
+def show_command(ctx: click.Context, email: str) -> None:
+    """One subscriber, as JSON (the fields of `export --format json`)."""
+
+    async def work(app: AppContext) -> store.SubscriberView | None:
+        async with app.database() as database:
+            return await store.find_subscriber(database, email, app.settings)
+
+    view = _run(ctx, work)
+    if view is None:
+        raise BadInput(f"there is no subscriber with the address {email.strip()}")
+    click.echo(json.dumps(view.as_dict(), ensure_ascii=False, indent=2))
 
 
 @subscribers.command("remove")

@@ -27,7 +27,7 @@ from mailer.models import (
     Topic,
     utcnow,
 )
-from mailer.subscribers.optin import _consent
+from mailer.subscribers.optin import _consent, operator_audit
 from mailer.subscribers.values import (
     _CHUNK,
     _TOPIC_SEPARATORS,
@@ -135,6 +135,22 @@ async def import_csv(
         )
         if dry_run:
             await session.rollback()
+        else:
+            await operator_audit(
+                session,
+                origin,
+                "subscriber.import",
+                None,
+                {
+                    "file": label,
+                    "status": status.value,
+                    "imported": report.imported,
+                    "updated": report.updated,
+                    "unchanged": report.unchanged,
+                    "rejected": report.rejected,
+                },
+                now,
+            )
     return report
 
 

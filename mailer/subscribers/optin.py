@@ -10,10 +10,11 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailer import audit
 from mailer.config import Settings
 from mailer.db import Database
 from mailer.models import (
@@ -26,6 +27,7 @@ from mailer.models import (
     utcnow,
 )
 from mailer.send import finish_completed
+from mailer.subscribers.mail import ALREADY_SUBSCRIBED, confirmation_allowed, send_due_mail
 from mailer.subscribers.queries import _load_view, _resolve_topics, _set_topics, get_subscriber
 from mailer.subscribers.values import (
     MAX_URL_LENGTH,
@@ -56,7 +58,6 @@ from mailer.tokens import (
     InvalidToken,
     Purpose,
     TokenPayload,
-    link,
     read_token,
 )
 
@@ -92,6 +93,24 @@ def _consent(
     }
 
 
+async def operator_audit(
+    session: AsyncSession,
+    origin: Origin | None,
+    action: str,
+    target_id: int | None,
+    details: dict[str, Any],
+    now: datetime,
+) -> None:
+    """The audit entry of an operator's action (``origin.actor`` set: the CLI, an
+    admin user, an API token), in the caller's transaction. A subscriber acting on
+    their own subscription leaves a consent record instead."""
+    if origin is not None and origin.actor:
+        target_type = "subscriber" if target_id is not None else "subscribers"
+        await audit.record_in(
+            session, origin.actor, action, target_type, target_id, details, at=now
+        )
+
+
 async def _locked_subscriber(session: AsyncSession, key: str) -> Subscriber | None:
     # FOR UPDATE serialises concurrent signups for one address on PostgreSQL; SQLite
     # ignores it and is already serialised by the IMMEDIATE write transaction.
@@ -116,8 +135,9 @@ async def signup(
     The caller learns nothing it could show that would tell a new address from a
     known one: the same result shape comes back either way, and a confirmed
     subscriber's choices are left alone (only the mailbox owner may change them,
-    through the preferences link). Call :func:`send_confirmation` afterwards when
-    ``confirmation_due`` is set.
+    through the preferences link). The mail it queues (the confirmation link, or
+    the "already subscribed" notice) goes out through
+    :func:`mailer.subscribers.mail.send_due_mail` when ``confirmation_due`` is set.
     """
     address = normalize_address(
         address, allow_special_use=settings.signup.allow_special_use_domains
@@ -206,144 +226,12 @@ async def _signup_once(
                 )
             ],
         )
-        # Confirmed addresses get a notice rather than a link (see send_confirmation).
-        due = _confirmation_allowed(subscriber.confirmation_sent_at, settings, now)
+        due = confirmation_allowed(subscriber.confirmation_sent_at, settings, now)
+        if due and state == "already-confirmed":
+            # A confirmed address gets a notice rather than a link, so the page can
+            # look the same for both while the mailbox owner still learns of it.
+            subscriber.notice_due = ALREADY_SUBSCRIBED
         return SignupResult(subscriber.id, due)
-
-
-def _confirmation_allowed(last_sent: datetime | None, settings: Settings, now: datetime) -> bool:
-    return last_sent is None or now - last_sent >= settings.signup.confirmation_interval
-
-
-async def send_confirmation(
-    database: Database, settings: Settings, subscriber_id: int, *, now: datetime | None = None
-) -> bool:
-    """Send the mail a signup calls for, if one is due; True when SMTP accepted it.
-
-    A pending subscriber gets the confirmation link. A confirmed one (someone signed
-    up with an address that is already subscribed) gets the "already subscribed"
-    notice with the preferences link instead, so the page can look the same for
-    both while the mailbox owner still learns what happened.
-
-    The send is claimed first by stamping ``confirmation_sent_at`` in a conditional
-    update, so two processes (a signup and the resend job, or two signups) never
-    both mail an address within ``signup.confirmation_interval``. If SMTP refuses,
-    the stamp is put back and :class:`mailer.transport.TransportError` propagates;
-    :func:`resend_pending_confirmations` retries a pending subscriber's link later.
-    """
-    from mailer.message import build_confirmation_message, build_notice_message
-    from mailer.transport import send_now
-
-    now = now or utcnow()
-    async with database.transaction() as session:
-        row = (
-            await session.execute(
-                select(
-                    Subscriber.email,
-                    Subscriber.name,
-                    Subscriber.status,
-                    Subscriber.confirm_nonce,
-                    Subscriber.confirmation_sent_at,
-                    Subscriber.link_key,
-                ).where(Subscriber.id == subscriber_id)
-            )
-        ).one_or_none()
-        if row is None or not _confirmation_allowed(row.confirmation_sent_at, settings, now):
-            return False
-        pending = row.status is SubscriberStatus.PENDING and row.confirm_nonce is not None
-        if not pending and row.status is not SubscriberStatus.CONFIRMED:
-            return False
-        previous = row.confirmation_sent_at
-        claimed = await session.execute(
-            update(Subscriber)
-            .where(
-                Subscriber.id == subscriber_id,
-                Subscriber.confirmation_sent_at.is_(None)
-                if previous is None
-                else Subscriber.confirmation_sent_at == previous,
-            )
-            .values(confirmation_sent_at=now)
-        )
-        if claimed.rowcount != 1:
-            return False
-    manage_url = link(settings, Purpose.MANAGE, subscriber_id, row.link_key)
-    try:
-        if pending:
-            # No name: whoever filled in the form typed it, not necessarily the
-            # owner of the address, and it must not put words (or links) in our mail.
-            message = build_confirmation_message(
-                settings,
-                row.email,
-                None,
-                link(settings, Purpose.CONFIRM, subscriber_id, row.confirm_nonce),
-                manage_url,
-            )
-        else:
-            message = build_notice_message(
-                settings,
-                row.email,
-                row.name,
-                "already-subscribed",
-                manage_url=manage_url,
-                unsubscribe_url=link(settings, Purpose.UNSUBSCRIBE, subscriber_id, row.link_key),
-            )
-        await send_now(settings, message)
-    except BaseException:
-        async with database.transaction() as session:
-            await session.execute(
-                update(Subscriber)
-                .where(Subscriber.id == subscriber_id, Subscriber.confirmation_sent_at == now)
-                .values(confirmation_sent_at=previous)
-            )
-        raise
-    return True
-
-
-async def resend_pending_confirmations(
-    database: Database, settings: Settings, *, now: datetime | None = None, limit: int = 200
-) -> int:
-    """Send the confirmation mails that never went out (SMTP was down, or a pending
-    import); returns how many were sent. Stops at the first refusal, so an SMTP
-    outage costs one attempt per run. Only signups younger than ``confirm_ttl`` are
-    retried: an older request has expired anyway."""
-    from mailer.message import MessageError
-    from mailer.transport import TransportError
-
-    now = now or utcnow()
-    latest_request = (
-        select(func.max(ConsentEvent.at))
-        .where(
-            ConsentEvent.subscriber_id == Subscriber.id,
-            ConsentEvent.action.in_(("signup", "import", "admin-add")),
-        )
-        .scalar_subquery()
-    )
-    async with database.session() as session:
-        ids = (
-            await session.scalars(
-                select(Subscriber.id)
-                .where(
-                    Subscriber.status == SubscriberStatus.PENDING,
-                    Subscriber.confirm_nonce.is_not(None),
-                    Subscriber.confirmation_sent_at.is_(None),
-                    latest_request >= now - settings.signup.confirm_ttl,
-                )
-                .order_by(Subscriber.id)
-                .limit(limit)
-            )
-        ).all()
-    sent = 0
-    for subscriber_id in ids:
-        try:
-            if await send_confirmation(database, settings, subscriber_id, now=now):
-                sent += 1
-        except TransportError as exc:
-            log.warning("confirmation mails not sent, will retry: %s", exc)
-            break
-        except MessageError as exc:
-            # This one subscriber's mail cannot be composed; the others still can.
-            log.error("confirmation for subscriber %d cannot be composed: %s", subscriber_id, exc)
-    return sent
 
 
 def _read_link(
@@ -525,6 +413,7 @@ async def unsubscribe(
             insert(ConsentEvent),
             [_consent(subscriber_id, "unsubscribe", settings, origin, now, {"method": method})],
         )
+        await operator_audit(session, origin, "subscriber.unsubscribe", subscriber_id, {}, now)
         return True
 
 
@@ -562,8 +451,10 @@ async def add(
     """Add (or update) one subscriber on an operator's word.
 
     ``confirmed=True`` records consent the operator obtained elsewhere; otherwise the
-    subscriber is pending and gets a confirmation mail (call send_confirmation when
-    ``confirmation_due``). An address on the suppression list (it unsubscribed, was
+    subscriber is pending and is sent a confirmation mail through the mail door:
+    ``mail`` in the result says whether it went or is queued for the retry job, and
+    why. The operator (``origin.actor``) is written to the audit log in the
+    transaction that stores the subscriber. An address on the suppression list (it unsubscribed, was
     erased or bounced) is refused with SuppressedAddress unless ``resubscribe`` is
     set: the operator must say explicitly that the person asked to come back.
     An existing subscriber keeps its topics and frequency unless new ones are given.
@@ -629,10 +520,21 @@ async def add(
                 )
             ],
         )
-        due = subscriber.status is SubscriberStatus.PENDING and _confirmation_allowed(
+        due = subscriber.status is SubscriberStatus.PENDING and confirmation_allowed(
             subscriber.confirmation_sent_at, settings, now
         )
-        await session.flush()
-        view = await _load_view(session, subscriber.id)
-        assert view is not None
-        return AddResult(view, created, outcome, due)
+        await operator_audit(
+            session,
+            origin,
+            "subscriber.add",
+            subscriber.id,
+            {"outcome": outcome, "confirmed": confirmed, "resubscribe": resubscribe},
+            now,
+        )
+        subscriber_id = subscriber.id
+    # Committed first: the subscriber and its queued confirmation stand whatever the
+    # mail server says, and the door never raises its refusal to the caller.
+    mail = await send_due_mail(database, settings, subscriber_id, now=now) if due else None
+    view = await get_subscriber(database, subscriber_id, settings)
+    assert view is not None
+    return AddResult(view, created, outcome, due, mail)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,8 +23,9 @@ from mailer.models import (
     Topic,
     utcnow,
 )
-from mailer.subscribers.optin import _cancel_pending_deliveries, _locked_subscriber
-from mailer.subscribers.values import NotFound, Origin, _iso
+from mailer.subscribers.optin import _cancel_pending_deliveries, _locked_subscriber, operator_audit
+from mailer.subscribers.queries import get_subscriber
+from mailer.subscribers.values import NotFound, Origin, SubscriberView, _iso
 from mailer.suppression import (
     email_hash,
     email_key,
@@ -32,6 +34,47 @@ from mailer.suppression import (
 )
 
 log = logging.getLogger(__name__)
+
+
+# How many of a subscriber's newest deliveries the operator's record shows.
+RECORD_DELIVERIES = 200
+
+
+@dataclass(frozen=True)
+class SubscriberRecord:
+    """What an operator sees of one subscriber: the subscription, the consent
+    history (oldest first) and the newest deliveries."""
+
+    subscriber: SubscriberView
+    consents: list[ConsentEvent]
+    deliveries: list[Delivery]
+
+
+async def subscriber_record(
+    database: Database, settings: Settings, subscriber_id: int
+) -> SubscriberRecord:
+    """One subscriber with its consent history and newest deliveries; NotFound when
+    there is none (erased subscribers are gone)."""
+    view = await get_subscriber(database, subscriber_id, settings)
+    if view is None:
+        raise NotFound("There is no such subscriber (erased subscribers are gone).")
+    async with database.session() as session:
+        consents = (
+            await session.scalars(
+                select(ConsentEvent)
+                .where(ConsentEvent.subscriber_id == subscriber_id)
+                .order_by(ConsentEvent.at, ConsentEvent.id)
+            )
+        ).all()
+        deliveries = (
+            await session.scalars(
+                select(Delivery)
+                .where(Delivery.subscriber_id == subscriber_id)
+                .order_by(Delivery.created_at.desc(), Delivery.id.desc())
+                .limit(RECORD_DELIVERIES)
+            )
+        ).all()
+    return SubscriberRecord(view, list(consents), list(deliveries))
 
 
 # --- data access requests: export and erasure -------------------------------------------
@@ -197,6 +240,8 @@ async def _erase_row(
         [{"subscriber_id": None, "action": "erase", "at": now, "details": actor}],
     )
     session.expunge(subscriber)
+    # The log keeps the id only: the address itself is what was erased.
+    await operator_audit(session, origin, "subscriber.erase", subscriber_id, {}, now)
 
 
 async def remove(

@@ -230,12 +230,18 @@ async def get_subscriber(
         return (await _suppressions(session, settings, [view]))[0]
 
 
-async def find_subscriber(database: Database, address: str) -> SubscriberView | None:
+async def find_subscriber(
+    database: Database, address: str, settings: Settings | None = None
+) -> SubscriberView | None:
+    """The subscriber with this address; with ``settings``, its suppression reason too."""
     async with database.session() as session:
         subscriber_id = await session.scalar(
             select(Subscriber.id).where(Subscriber.email_key == email_key(address))
         )
-        return None if subscriber_id is None else await _load_view(session, subscriber_id)
+        view = None if subscriber_id is None else await _load_view(session, subscriber_id)
+        if view is None or settings is None:
+            return view
+        return (await _suppressions(session, settings, [view]))[0]
 
 
 async def list_subscribers(

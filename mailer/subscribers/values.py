@@ -8,6 +8,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -159,12 +160,34 @@ class ConfirmResult:
 
 
 @dataclass(frozen=True)
+class MailOutcome:
+    """What became of a mail about the subscription (see mailer.subscribers.mail)."""
+
+    # "confirmation" or a notice kind ("already-subscribed").
+    kind: str
+    sent: bool
+    # Why it was not sent now; it stays queued and the retry job sends it.
+    reason: str | None = None
+    # True when the SMTP server did not take it (down, refusing), rather than the
+    # message failing to compose: no other mail will go through now either.
+    by_server: bool = False
+
+    def describe(self) -> str:
+        """The one wording every shell shows."""
+        if self.sent:
+            return f"{self.kind} sent"
+        return f"{self.kind} queued, will retry: {self.reason}"
+
+
+@dataclass(frozen=True)
 class AddResult:
     subscriber: SubscriberView
     created: bool
     # What changed, in words, for the operator: "added", "confirmed", "unchanged", ...
     outcome: str
     confirmation_due: bool
+    # The confirmation mail, when one was due: sent, or queued with the reason.
+    mail: MailOutcome | None = None
 
 
 @dataclass
@@ -294,9 +317,25 @@ def _iso(value: datetime | None) -> str | None:
 # --- reading --------------------------------------------------------------------------
 
 BOUNCE_REASONS = ("hard-bounce", "soft-bounce")
-# The statuses operators filter by: the subscription's own, and two that say the
-# address is on the suppression list ("suppressed" includes "bounced").
-SHOWN_STATUSES = (*(s.value for s in SubscriberStatus), "suppressed", "bounced")
+# The statuses operators see and filter by: the subscription's own (the model's
+# SubscriberStatus, extended rather than copied), and two that say the address is on
+# the suppression list ("suppressed" includes "bounced"). The CLI's choices, the
+# admin's filter, the API's models and its OpenAPI document all use this one enum.
+ShownStatus = StrEnum(  # type: ignore[misc]
+    "ShownStatus",
+    [
+        *((s.name, s.value) for s in SubscriberStatus),
+        ("SUPPRESSED", "suppressed"),
+        ("BOUNCED", "bounced"),
+    ],
+    module=__name__,
+)
+SHOWN_STATUSES: tuple[str, ...] = tuple(s.value for s in ShownStatus)
+# What an import may store: consent held elsewhere, or a confirmation link to each.
+IMPORT_STATUSES: tuple[str, ...] = (
+    SubscriberStatus.PENDING.value,
+    SubscriberStatus.CONFIRMED.value,
+)
 
 
 def shown_status(status: SubscriberStatus, suppression: str | None) -> str:

@@ -15,13 +15,22 @@ from __future__ import annotations
 import email
 import email.policy
 import functools
+import io
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    ValidationError,
+)
 from sqlalchemy import func, or_, select
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -69,12 +78,6 @@ class Strict(BaseModel):
 # --- models -------------------------------------------------------------------------------
 
 
-class StatusFilter(StrEnum):
-    PENDING = "pending"
-    CONFIRMED = "confirmed"
-    UNSUBSCRIBED = "unsubscribed"
-
-
 class FrequencyChoice(StrEnum):
     IMMEDIATELY = "immediately"
     DAILY = "daily"
@@ -94,7 +97,7 @@ class Error(BaseModel):
 
 
 class SubscriberQuery(Strict):
-    status: StatusFilter | None = None
+    status: SubscriberStatus | None = None
     q: Text | None = Field(None, max_length=200, description="Part of the address or name.")
     limit: int = Field(100, ge=1, le=500)
     offset: int = Field(0, ge=0, le=10**9)
@@ -104,11 +107,11 @@ class SubscriberOut(BaseModel):
     id: int
     email: str
     name: str | None
-    status: str = Field(
-        description="pending, confirmed or unsubscribed; bounced or suppressed when the "
-        "address is on the suppression list (no mail goes to it)."
+    status: store.ShownStatus = Field(
+        description="The subscription's status; bounced or suppressed when the address "
+        "is on the suppression list (no mail goes to it)."
     )
-    subscription: str | None = Field(None, description="pending, confirmed or unsubscribed.")
+    subscription: SubscriberStatus | None = Field(None, description="The subscription's status.")
     suppression: str | None = Field(
         None, description="Why the address is suppressed: hard-bounce, complaint, ..."
     )
@@ -145,6 +148,20 @@ class SubscriberCreated(BaseModel):
     created: bool
     outcome: str
     confirmation_sent: bool
+    confirmation: str | None = Field(
+        None,
+        description='What became of the confirmation mail: "confirmation sent", or '
+        '"confirmation queued, will retry: <reason>"; null when none was due.',
+    )
+
+
+class SubscriberExportQuery(Strict):
+    status: store.ShownStatus | None = None
+
+
+class SubscriberExport(RootModel[list[SubscriberOut]]):
+    """Every subscriber (of one status), oldest first: what `mailer subscribers export
+    --format json` writes."""
 
 
 class SubscriberChanged(BaseModel):
@@ -405,13 +422,24 @@ async def list_subscribers(request: Request, who: Identity, query: SubscriberQue
     return ok(SubscriberList(items=items, total=total or 0))
 
 
-async def create_subscriber(request: Request, who: Identity, body: SubscriberCreate) -> Response:
-    state = web_state(request)
-    origin = store.Origin(
+def _origin(request: Request, who: Identity) -> store.Origin:
+    return store.Origin(
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
         actor=who.actor,
     )
+
+
+async def show_subscriber(request: Request, who: Identity, id: int) -> Response:
+    state = web_state(request)
+    view = await store.get_subscriber(state.db, id, state.settings)
+    if view is None:
+        return error(404, "There is no such subscriber (erased subscribers are gone).")
+    return ok(_subscriber_out(view))
+
+
+async def create_subscriber(request: Request, who: Identity, body: SubscriberCreate) -> Response:
+    state = web_state(request)
     try:
         result = await store.add(
             state.db,
@@ -422,32 +450,20 @@ async def create_subscriber(request: Request, who: Identity, body: SubscriberCre
             frequency=body.frequency.value if body.frequency else None,
             confirmed=body.confirmed,
             resubscribe=body.resubscribe,
-            origin=origin,
+            origin=_origin(request, who),
             now=state.now(),
         )
     except store.SuppressedAddress as exc:
         return error(409, str(exc))
     except store.SubscriberError as exc:
         return error(422, str(exc))
-    sent = False
-    if result.confirmation_due:
-        sent = await store.send_confirmation(
-            state.db, state.settings, result.subscriber.id, now=state.now()
-        )
-    await audit.record(
-        state.db,
-        who.actor,
-        "subscriber.add",
-        "subscriber",
-        result.subscriber.id,
-        {"outcome": result.outcome, "confirmed": body.confirmed, "via": "api"},
-    )
     return ok(
         SubscriberCreated(
             subscriber=_subscriber_out(result.subscriber),
             created=result.created,
             outcome=result.outcome,
-            confirmation_sent=sent,
+            confirmation_sent=bool(result.mail and result.mail.sent),
+            confirmation=result.mail.describe() if result.mail else None,
         ),
         201 if result.created else 200,
     )
@@ -460,7 +476,7 @@ async def unsubscribe_subscriber(request: Request, who: Identity, id: int) -> Re
             state.db,
             state.settings,
             id,
-            origin=store.Origin(actor=who.actor),
+            origin=_origin(request, who),
             method="api",
             now=state.now(),
         )
@@ -469,11 +485,24 @@ async def unsubscribe_subscriber(request: Request, who: Identity, id: int) -> Re
     view = await store.get_subscriber(state.db, id, state.settings)
     if view is None:
         return error(404, "There is no such subscriber.")
-    if changed:
-        await audit.record(
-            state.db, who.actor, "subscriber.unsubscribe", "subscriber", id, {"via": "api"}
-        )
     return ok(SubscriberChanged(subscriber=_subscriber_out(view), changed=changed))
+
+
+async def export_subscribers(
+    request: Request, who: Identity, query: SubscriberExportQuery
+) -> Response:
+    state = web_state(request)
+    out = io.StringIO()
+    await store.export_subscribers(
+        state.db,
+        state.settings,
+        out,
+        status=query.status.value if query.status else None,
+        fmt="json",
+        origin=_origin(request, who),
+        now=state.now(),
+    )
+    return Response(out.getvalue(), media_type="application/json")
 
 
 # --- releases -------------------------------------------------------------------------------
@@ -731,6 +760,27 @@ OPERATIONS: list[Operation] = [
         status=201,
         body=SubscriberCreate,
         errors=(409,),
+        tag="subscribers",
+    ),
+    Operation(
+        "GET",
+        "/subscribers/export",
+        Role.ADMIN,
+        "Export subscribers (every field, oldest first)",
+        export_subscribers,
+        SubscriberExport,
+        query=SubscriberExportQuery,
+        tag="subscribers",
+    ),
+    Operation(
+        "GET",
+        "/subscribers/{id:int}",
+        Role.ADMIN,
+        "One subscriber",
+        show_subscriber,
+        SubscriberOut,
+        path_params=("id",),
+        errors=(404,),
         tag="subscribers",
     ),
     Operation(

@@ -245,13 +245,10 @@ async def subscribe_submit(request: Request) -> Response:
 
 
 async def _send_confirmation(state: WebState, subscriber_id: int) -> None:
-    """Runs after the response went out; a failure leaves the mail to the resend job."""
-    from mailer.transport import TransportError
-
+    """Runs after the response went out; a mail the server does not take stays queued
+    for the retry job (the door logs why)."""
     try:
-        await store.send_confirmation(state.db, state.settings, subscriber_id, now=state.now())
-    except TransportError as exc:
-        log.warning("confirmation for subscriber %d not sent, will retry: %s", subscriber_id, exc)
+        await store.send_due_mail(state.db, state.settings, subscriber_id, now=state.now())
     except Exception:
         log.exception("confirmation for subscriber %d failed", subscriber_id)
 

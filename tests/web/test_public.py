@@ -200,7 +200,7 @@ async def test_smtp_down_at_signup_loses_nothing(make_site: SiteFactory) -> None
     working = site.settings.model_copy(
         update={"smtp": site.settings.smtp.model_copy(update={"port": site.smtp.port})}
     )
-    assert await store.resend_pending_confirmations(site.database, working) == 1
+    assert await store.retry_queued_mail(site.database, working) == 1
     assert len(site.mails("ona@example.org")) == 1
 
 

@@ -4,12 +4,7 @@ per-line report before anything is written, CSV export."""
 
 from __future__ import annotations
 
-import asyncio
 import io
-import re
-import secrets
-import time
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -18,11 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mailer import audit
 from mailer import subscribers as store
 from mailer.accounts import Role
-from mailer.config import Settings
-from mailer.models import ConsentEvent, Delivery, Frequency, Subscriber, SubscriberStatus
+from mailer.models import Frequency, Subscriber, SubscriberStatus
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import (
     form,
@@ -39,10 +32,6 @@ from mailer.web.admin.common import (
 )
 from mailer.web.app import web_state
 
-MAX_IMPORT_BYTES = 50 * 1024 * 1024
-# An uploaded file waits this long for the operator to confirm the import.
-IMPORT_KEEP_SECONDS = 24 * 3600
-_IMPORT_TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 SHOWN_ERRORS = 1000
 
 
@@ -121,34 +110,19 @@ async def subscribers_index(request: Request) -> Response:
 @requires(Role.ADMIN)
 async def subscriber_view(request: Request) -> Response:
     state = web_state(request)
-    subscriber_id = path_id(request)
-    view = await store.get_subscriber(state.db, subscriber_id, state.settings)
-    if view is None:
-        raise HTTPException(404, "There is no such subscriber (erased subscribers are gone).")
-    async with state.db.session() as session:
-        consents = (
-            await session.scalars(
-                select(ConsentEvent)
-                .where(ConsentEvent.subscriber_id == subscriber_id)
-                .order_by(ConsentEvent.at, ConsentEvent.id)
-            )
-        ).all()
-        deliveries = (
-            await session.scalars(
-                select(Delivery)
-                .where(Delivery.subscriber_id == subscriber_id)
-                .order_by(Delivery.created_at.desc(), Delivery.id.desc())
-                .limit(200)
-            )
-        ).all()
+    try:
+        record = await store.subscriber_record(state.db, state.settings, path_id(request))
+    except store.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    view = record.subscriber
     topics = {t.key: t.name for t in state.settings.topics}
     return page(
         request,
         "subscriber.html",
         {
             "subscriber": view,
-            "consents": consents,
-            "deliveries": deliveries,
+            "consents": record.consents,
+            "deliveries": record.deliveries,
             "suppressed": view.suppression is not None,
             "topic_names": [topics.get(slug, slug) for slug in view.topics],
         },
@@ -174,7 +148,16 @@ def _add_page(
 
 @requires(Role.ADMIN)
 async def subscriber_new_form(request: Request) -> Response:
-    return _add_page(request, {"frequency": "daily", "topics": []})
+    return _add_page(request, {"frequency": Frequency.DAILY.value, "topics": []})
+
+
+def added_notice(result: store.AddResult) -> str:
+    """What the operator is told after an add: the outcome and what became of the
+    confirmation mail (the same words as the CLI and the API)."""
+    notice = f"{result.subscriber.email}: {result.outcome}."
+    if result.mail is not None:
+        notice += f" {result.mail.describe().capitalize()}."
+    return notice
 
 
 @requires(Role.ADMIN)
@@ -184,7 +167,7 @@ async def subscriber_new_submit(request: Request) -> Response:
     values = {
         "email": text(data, "email", limit=400),
         "name": text(data, "name", limit=400),
-        "frequency": text(data, "frequency") or "daily",
+        "frequency": text(data, "frequency") or Frequency.DAILY.value,
         "topics": texts(data, "topics"),
         "confirmed": bool(text(data, "confirmed")),
         "resubscribe": bool(text(data, "resubscribe")),
@@ -204,26 +187,7 @@ async def subscriber_new_submit(request: Request) -> Response:
         )
     except store.SubscriberError as exc:
         return _add_page(request, values, str(exc), 422)
-    subscriber = result.subscriber
-    await audit.record(
-        state.db,
-        identity(request).actor,
-        "subscriber.add",
-        "subscriber",
-        subscriber.id,
-        {"outcome": result.outcome, "confirmed": values["confirmed"]},
-    )
-    notice = f"{subscriber.email}: {result.outcome}."
-    if result.confirmation_due:
-        sent = await store.send_confirmation(
-            state.db, state.settings, subscriber.id, now=state.now()
-        )
-        notice += (
-            " A confirmation link was mailed."
-            if sent
-            else " The confirmation mail could not be sent now; it will be retried."
-        )
-    return redirect(request, f"/admin/subscribers/{subscriber.id}", notice)
+    return redirect(request, f"/admin/subscribers/{result.subscriber.id}", added_notice(result))
 
 
 @requires(Role.ADMIN)
@@ -241,14 +205,6 @@ async def subscriber_unsubscribe(request: Request) -> Response:
         )
     except store.NotFound:
         raise HTTPException(404, "There is no such subscriber.") from None
-    if changed:
-        await audit.record(
-            state.db,
-            identity(request).actor,
-            "subscriber.unsubscribe",
-            "subscriber",
-            subscriber_id,
-        )
     return redirect(
         request,
         f"/admin/subscribers/{subscriber_id}",
@@ -276,10 +232,6 @@ async def subscriber_erase(request: Request) -> Response:
         )
     except store.NotFound:
         raise HTTPException(404, "There is no such subscriber.") from None
-    # The log keeps the id only: the address itself is what was erased.
-    await audit.record(
-        state.db, identity(request).actor, "subscriber.erase", "subscriber", subscriber_id
-    )
     return redirect(
         request,
         "/admin/subscribers",
@@ -291,18 +243,18 @@ async def subscriber_erase(request: Request) -> Response:
 async def subscribers_export(request: Request) -> Response:
     state = web_state(request)
     status = query_text(request, "status")
-    chosen = status if status in store.SHOWN_STATUSES else None
-    views = await store.list_subscribers(state.db, status=chosen, settings=state.settings)
     out = io.StringIO()
-    count = store.export_csv(views, out)
-    await audit.record(
-        state.db,
-        identity(request).actor,
-        "subscriber.export",
-        "subscribers",
-        None,
-        {"rows": count, "status": status or "all"},
-    )
+    try:
+        await store.export_subscribers(
+            state.db,
+            state.settings,
+            out,
+            status=status if status in store.SHOWN_STATUSES else None,
+            origin=_origin(request),
+            now=state.now(),
+        )
+    except store.SubscriberError as exc:
+        raise HTTPException(422, str(exc)) from None
     stamp = state.now().strftime("%Y%m%d-%H%M")
     return Response(
         out.getvalue(),
@@ -317,99 +269,45 @@ async def subscribers_export(request: Request) -> Response:
 # --- import -----------------------------------------------------------------------------
 
 
-def _import_dir(settings: Settings) -> Path:
-    return settings.data_path / "imports"
-
-
-def _forget_stale_uploads(folder: Path) -> None:
-    cutoff = time.time() - IMPORT_KEEP_SECONDS
-    for path in folder.glob("*.csv"):
-        try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-        except OSError:
-            continue
-
-
-def _import_status(raw: str) -> SubscriberStatus:
-    if raw == "confirmed":
-        return SubscriberStatus.CONFIRMED
-    return SubscriberStatus.PENDING
-
-
-async def _run_import(
-    request: Request, token: str, filename: str, status: SubscriberStatus, *, dry_run: bool
-) -> store.ImportReport:
-    state = web_state(request)
-    path = _import_dir(state.settings) / f"{token}.csv"
-    body = await asyncio.to_thread(path.read_text, encoding="utf-8")
-    stream = io.StringIO(body, newline="")
-    stream.name = filename  # the consent records name the file the operator chose
-    return await store.import_csv(
-        state.db,
-        state.settings,
-        stream,
-        status=status,
-        origin=_origin(request),
-        now=state.now(),
-        dry_run=dry_run,
-    )
+def _import_page(request: Request, error: str | None = None, status: int = 200) -> Response:
+    return page(request, "import.html", {"error": error}, status_code=status)
 
 
 @requires(Role.ADMIN)
 async def import_form(request: Request) -> Response:
-    return page(request, "import.html", {"error": None})
+    return _import_page(request)
 
 
-def _clean_filename(raw: str | None) -> str:
-    name = Path(raw or "upload.csv").name
-    return re.sub(r"[^\w.@ -]", "_", name)[:100] or "upload.csv"
-
-
-@requires(Role.ADMIN, upload_bytes=MAX_IMPORT_BYTES)
+@requires(Role.ADMIN, upload_bytes=store.MAX_IMPORT_BYTES)
 async def import_preview(request: Request) -> Response:
     state = web_state(request)
     data = await form(request)
-    status = _import_status(text(data, "status"))
     uploaded = upload(data, "file")
     if uploaded is None or not uploaded.filename:
-        return page(request, "import.html", {"error": "Choose a CSV file."}, status_code=422)
-    raw = await uploaded.read(MAX_IMPORT_BYTES + 1)
-    if len(raw) > MAX_IMPORT_BYTES:
-        return page(
-            request,
-            "import.html",
-            {"error": f"The file is larger than {MAX_IMPORT_BYTES // (1024 * 1024)} MB."},
-            status_code=413,
-        )
+        return _import_page(request, "Choose a CSV file.", 422)
     try:
-        body = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        return page(
-            request,
-            "import.html",
-            {"error": f"The file is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV."},
-            status_code=422,
+        staged = await store.stage_import(
+            state.db,
+            state.settings,
+            uploaded.filename,
+            await uploaded.read(store.MAX_IMPORT_BYTES + 1),
+            store.import_status(text(data, "status")),
+            origin=_origin(request),
+            now=state.now(),
         )
-    folder = _import_dir(state.settings)
-    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-    await asyncio.to_thread(_forget_stale_uploads, folder)
-    token = secrets.token_urlsafe(24)
-    await asyncio.to_thread((folder / f"{token}.csv").write_text, body, encoding="utf-8")
-    filename = _clean_filename(uploaded.filename)
-    try:
-        report = await _run_import(request, token, filename, status, dry_run=True)
+    except store.FileTooLarge as exc:
+        return _import_page(request, str(exc), 413)
     except store.SubscriberError as exc:
-        (folder / f"{token}.csv").unlink(missing_ok=True)
-        return page(request, "import.html", {"error": str(exc)}, status_code=422)
+        return _import_page(request, str(exc), 422)
+    report = staged.report
     return page(
         request,
         "import_preview.html",
         {
             "report": report,
-            "token": token,
-            "filename": filename,
-            "status": status.value,
+            "token": staged.token,
+            "filename": staged.filename,
+            "status": staged.status.value,
             "errors": report.errors[:SHOWN_ERRORS],
             "suppressed": report.suppressed[:SHOWN_ERRORS],
             "shown_limit": SHOWN_ERRORS,
@@ -421,39 +319,18 @@ async def import_preview(request: Request) -> Response:
 async def import_confirm(request: Request) -> Response:
     state = web_state(request)
     data = await form(request)
-    token = text(data, "token", limit=100)
-    if not _IMPORT_TOKEN.match(token):
-        raise HTTPException(400, "This import is not known. Upload the file again.")
-    path = _import_dir(state.settings) / f"{token}.csv"
-    if not path.exists():
-        return redirect(
-            request,
-            "/admin/subscribers/import",
-            "This upload has expired or was already imported. Upload the file again.",
-            kind="error",
-        )
-    status = _import_status(text(data, "status"))
-    filename = _clean_filename(text(data, "filename", limit=200))
     try:
-        report = await _run_import(request, token, filename, status, dry_run=False)
+        filename, report = await store.import_staged(
+            state.db,
+            state.settings,
+            text(data, "token", limit=100),
+            text(data, "filename", limit=200),
+            store.import_status(text(data, "status")),
+            origin=_origin(request),
+            now=state.now(),
+        )
     except store.SubscriberError as exc:
         return redirect(request, "/admin/subscribers/import", str(exc), kind="error")
-    path.unlink(missing_ok=True)
-    await audit.record(
-        state.db,
-        identity(request).actor,
-        "subscriber.import",
-        "subscribers",
-        None,
-        {
-            "file": filename,
-            "status": status.value,
-            "imported": report.imported,
-            "updated": report.updated,
-            "unchanged": report.unchanged,
-            "rejected": report.rejected,
-        },
-    )
     return redirect(
         request,
         "/admin/subscribers",
