@@ -28,7 +28,9 @@ from enum import StrEnum
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailer import audit
 from mailer.config import Settings
 from mailer.db import Database
 from mailer.models import AdminSession, AdminUser, ApiToken, utcnow
@@ -62,6 +64,20 @@ _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 class AccountError(Exception):
     """A refusal worded for the operator."""
+
+
+class NoSuchAccount(AccountError):
+    """The user or token named does not exist."""
+
+
+class UserChange(StrEnum):
+    """What an admin can change about a user on the Users page."""
+
+    ROLE = "role"
+    DISABLE = "disable"
+    ENABLE = "enable"
+    UNLOCK = "unlock"
+    PASSWORD = "password"  # noqa: S105 - the name of a change, not a secret
 
 
 @dataclass(frozen=True)
@@ -123,6 +139,22 @@ class LoginResult:
     locked_until: datetime | None = None
     # True when this very attempt locked the account (for the audit log).
     just_locked: bool = False
+
+
+async def _audit(
+    session: AsyncSession,
+    actor: str | None,
+    action: str,
+    target_type: str,
+    target_id: str,
+    details: dict[str, object] | None = None,
+    *,
+    at: datetime | None = None,
+) -> None:
+    """The audit entry of a change, in its transaction; None as actor: not audited
+    (a test or a migration setting things up, not a person)."""
+    if actor is not None:
+        await audit.record_in(session, actor, action, target_type, target_id, details, at=at)
 
 
 def _user_view(user: AdminUser) -> UserView:
@@ -191,8 +223,14 @@ async def _verify(password_hash: str, password: str) -> bool:
 
 
 async def create_user(
-    database: Database, username: str, password: str, role: Role | str = Role.EDITOR
+    database: Database,
+    username: str,
+    password: str,
+    role: Role | str = Role.EDITOR,
+    *,
+    actor: str | None = None,
 ) -> UserView:
+    """A new user; ``actor`` (who created it) goes into the audit log."""
     check_username(username)
     check_password(password)
     chosen = role if isinstance(role, Role) else parse_role(role)
@@ -204,6 +242,7 @@ async def create_user(
         user = AdminUser(username=username, password_hash=password_hash, role=chosen.value)
         session.add(user)
         await session.flush()
+        await _audit(session, actor, "user.create", "user", username, {"role": chosen.value})
         return _user_view(user)
 
 
@@ -223,7 +262,7 @@ async def _user_by_name(database: Database, username: str) -> AdminUser:
     async with database.session() as session:
         user = await session.scalar(select(AdminUser).where(AdminUser.username == username))
     if user is None:
-        raise AccountError(f"there is no user named {username!r}")
+        raise NoSuchAccount(f"there is no user named {username!r}")
     return user
 
 
@@ -235,32 +274,78 @@ async def update_user(
     active: bool | None = None,
     unlock: bool = False,
     password: str | None = None,
+    actor: str | None = None,
+    action: str = "user.update",
 ) -> UserView:
     """Change a user's role, switch the account on or off, lift a lockout, or set a
     new password. A new role, a new password or switching off ends every session
-    of the user (they sign in again, under the new terms)."""
+    of the user (they sign in again, under the new terms). The change is audited
+    as ``action`` by ``actor`` (never with the password)."""
     new_hash = await hash_password(check_password(password)) if password is not None else None
+    chosen = None if role is None else role if isinstance(role, Role) else parse_role(role)
     async with database.transaction() as session:
         user = await session.get(AdminUser, user_id, with_for_update=True)
         if user is None:
-            raise AccountError(f"there is no user with id {user_id}")
-        if role is not None:
-            user.role = (role if isinstance(role, Role) else parse_role(role)).value
+            raise NoSuchAccount(f"there is no user with id {user_id}")
+        logged: dict[str, object] = {}
+        if chosen is not None:
+            user.role = logged["role"] = chosen.value
         if active is not None:
-            user.active = active
+            user.active = logged["active"] = active
         if unlock:
             user.failed_logins = 0
             user.locked_until = None
+            logged["unlock"] = True
         if new_hash is not None:
             user.password_hash = new_hash
-        if role is not None or active is False or new_hash is not None:
+        if chosen is not None or active is False or new_hash is not None:
             await session.execute(delete(AdminSession).where(AdminSession.user_id == user_id))
+        await _audit(session, actor, action, "user", user.username, logged)
         return _user_view(user)
 
 
-async def set_password_by_name(database: Database, username: str, password: str) -> UserView:
+async def change_user(
+    database: Database,
+    user_id: int,
+    change: UserChange | str,
+    *,
+    who: Identity,
+    role: str | None = None,
+    password: str | None = None,
+) -> UserView:
+    """One change an admin (``who``) makes on the Users page. An admin cannot switch
+    themselves off or change their own role: that could leave nobody to undo it."""
+    try:
+        chosen = UserChange(change)
+    except ValueError:
+        raise AccountError(
+            f"unknown change {change!r} (one of: {', '.join(c.value for c in UserChange)})"
+        ) from None
+    if who.kind == "user" and who.id == user_id and chosen in (UserChange.DISABLE, UserChange.ROLE):
+        raise AccountError("You cannot disable yourself or change your own role.")
+    action = f"user.{chosen.value}"
+    if chosen is UserChange.ROLE:
+        return await update_user(
+            database, user_id, role=parse_role(role or ""), actor=who.actor, action=action
+        )
+    if chosen in (UserChange.DISABLE, UserChange.ENABLE):
+        active = chosen is UserChange.ENABLE
+        return await update_user(database, user_id, active=active, actor=who.actor, action=action)
+    if chosen is UserChange.UNLOCK:
+        return await update_user(database, user_id, unlock=True, actor=who.actor, action=action)
+    return await update_user(
+        database, user_id, password=password or "", unlock=True, actor=who.actor, action=action
+    )
+
+
+async def set_password_by_name(
+    database: Database, username: str, password: str, *, actor: str | None = None
+) -> UserView:
+    """A new password for the user with this name (also lifts a lockout)."""
     user = await _user_by_name(database, username)
-    return await update_user(database, user.id, password=password, unlock=True)
+    return await update_user(
+        database, user.id, password=password, unlock=True, actor=actor, action="user.password"
+    )
 
 
 async def authenticate(
@@ -269,10 +354,29 @@ async def authenticate(
     username: str,
     password: str,
     *,
+    ip: str | None = None,
     now: datetime | None = None,
 ) -> LoginResult:
-    """Check a login. Counts failures, locks after ``admin.lockout_threshold`` of them."""
+    """Check a login. Counts failures, locks after ``admin.lockout_threshold`` of them.
+    A sign-in, a wrong password and a lockout are audited (with ``ip``); the right
+    password for a locked account is not (nothing changed)."""
     now = now or utcnow()
+    result = await _authenticate(database, settings, username, password, now)
+    if result.failure is LoginFailure.LOCKED:
+        return result
+    actor = f"user:{username[:100]}"
+    details = {"ip": ip}
+    async with database.transaction() as session:
+        if result.just_locked:
+            await _audit(session, actor, "login.lockout", "user", username[:60], details, at=now)
+        action = "login" if result.user is not None else "login.failed"
+        await _audit(session, actor, action, "user", username[:60], details, at=now)
+    return result
+
+
+async def _authenticate(
+    database: Database, settings: Settings, username: str, password: str, now: datetime
+) -> LoginResult:
     config = settings.admin
     async with database.session() as session:
         user = await session.scalar(select(AdminUser).where(AdminUser.username == username[:100]))
@@ -395,18 +499,26 @@ async def session_identity(
     return Identity("user", user.id, user.username, Role(user.role))
 
 
-async def end_session(database: Database, session_id: str) -> None:
+async def end_session(
+    database: Database, session_id: str | None, *, who: Identity | None = None
+) -> None:
+    """End one session; with ``who`` (signing out, not expiry) it is audited."""
     async with database.transaction() as session:
-        await session.execute(
-            delete(AdminSession).where(AdminSession.id_hash == _session_hash(session_id))
-        )
+        if session_id is not None:
+            await session.execute(
+                delete(AdminSession).where(AdminSession.id_hash == _session_hash(session_id))
+            )
+        if who is not None:
+            await _audit(session, who.actor, "logout", "user", who.name)
 
 
-async def end_all_sessions(database: Database, user_id: int) -> int:
-    """Sign a user out everywhere; returns how many sessions ended."""
+async def end_all_sessions(database: Database, who: Identity) -> int:
+    """Sign a user out everywhere (audited); returns how many sessions ended."""
     async with database.transaction() as session:
-        result = await session.execute(delete(AdminSession).where(AdminSession.user_id == user_id))
-        return int(result.rowcount or 0)
+        result = await session.execute(delete(AdminSession).where(AdminSession.user_id == who.id))
+        ended = int(result.rowcount or 0)
+        await _audit(session, who.actor, "logout.everywhere", "user", who.name, {"sessions": ended})
+        return ended
 
 
 # --- API tokens --------------------------------------------------------------------
@@ -417,9 +529,10 @@ def _token_hash(token: str) -> str:
 
 
 async def create_token(
-    database: Database, name: str, role: Role | str = Role.ADMIN
+    database: Database, name: str, role: Role | str = Role.ADMIN, *, actor: str | None = None
 ) -> tuple[str, TokenView]:
-    """A new API token. The token itself is returned only here; store it safely."""
+    """A new API token. The token itself is returned only here; store it safely.
+    ``actor`` (who created it) goes into the audit log."""
     if not _TOKEN_NAME.match(name):
         raise AccountError(
             "a token name has 1 to 100 characters: letters, digits, spaces and . _ @ -"
@@ -433,6 +546,7 @@ async def create_token(
         row = ApiToken(name=name, token_hash=_token_hash(token), role=chosen.value)
         session.add(row)
         await session.flush()
+        await _audit(session, actor, "token.create", "token", name, {"role": chosen.value})
         return token, _token_view(row)
 
 
@@ -442,7 +556,10 @@ async def list_tokens(database: Database) -> list[TokenView]:
         return [_token_view(t) for t in rows]
 
 
-async def revoke_token(database: Database, name_or_id: str | int) -> TokenView:
+async def revoke_token(
+    database: Database, name_or_id: str | int, *, actor: str | None = None
+) -> TokenView:
+    """Revoke a token by name or id; ``actor`` goes into the audit log."""
     async with database.transaction() as session:
         if isinstance(name_or_id, int):
             row = await session.get(ApiToken, name_or_id, with_for_update=True)
@@ -451,8 +568,9 @@ async def revoke_token(database: Database, name_or_id: str | int) -> TokenView:
                 select(ApiToken).where(ApiToken.name == name_or_id).with_for_update()
             )
         if row is None:
-            raise AccountError(f"there is no token {name_or_id!r}")
+            raise NoSuchAccount(f"there is no token {name_or_id!r}")
         row.revoked = True
+        await _audit(session, actor, "token.revoke", "token", row.name)
         return _token_view(row)
 
 

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import click
 
-from mailer import accounts, audit
+from mailer import accounts
 from mailer.cli import BadInput, echo_json, run, when
 from mailer.context import AppContext
 
@@ -66,11 +66,7 @@ def create_user(ctx: click.Context, name: str, role: str, password_stdin: bool) 
 
     async def work(app: AppContext) -> accounts.UserView:
         async with app.database() as database:
-            user = await accounts.create_user(database, name, password, role)
-            await audit.record(
-                database, CLI_ACTOR, "user.create", "user", user.username, {"role": user.role.value}
-            )
-            return user
+            return await accounts.create_user(database, name, password, role, actor=CLI_ACTOR)
 
     user = _run(ctx, work)
     click.echo(f"Created {user.role.value} {user.username!r}.")
@@ -86,9 +82,7 @@ def set_password(ctx: click.Context, name: str, password_stdin: bool) -> None:
 
     async def work(app: AppContext) -> accounts.UserView:
         async with app.database() as database:
-            user = await accounts.set_password_by_name(database, name, password)
-            await audit.record(database, CLI_ACTOR, "user.password", "user", user.username)
-            return user
+            return await accounts.set_password_by_name(database, name, password, actor=CLI_ACTOR)
 
     user = _run(ctx, work)
     click.echo(f"New password set for {user.username!r}.")
@@ -139,11 +133,7 @@ def create_token(ctx: click.Context, name: str, role: str) -> None:
 
     async def work(app: AppContext) -> tuple[str, accounts.TokenView]:
         async with app.database() as database:
-            token, view = await accounts.create_token(database, name, role)
-            await audit.record(
-                database, CLI_ACTOR, "token.create", "token", view.name, {"role": view.role.value}
-            )
-            return token, view
+            return await accounts.create_token(database, name, role, actor=CLI_ACTOR)
 
     token, view = _run(ctx, work)
     click.echo(f"Created {view.role.value} token {view.name!r}. Use it as", err=True)
@@ -175,9 +165,7 @@ def revoke_token(ctx: click.Context, name: str) -> None:
 
     async def work(app: AppContext) -> accounts.TokenView:
         async with app.database() as database:
-            view = await accounts.revoke_token(database, name)
-            await audit.record(database, CLI_ACTOR, "token.revoke", "token", view.name)
-            return view
+            return await accounts.revoke_token(database, name, actor=CLI_ACTOR)
 
     view = _run(ctx, work)
     click.echo(f"Revoked token {view.name!r}.")

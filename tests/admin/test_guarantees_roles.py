@@ -288,6 +288,8 @@ class ApiAction:
 
 API_ACTIONS = [
     ApiAction("GET", "/api/subscribers", ADMIN, shows=READER),
+    ApiAction("GET", "/api/subscribers/{subscriber}", ADMIN, shows=READER),
+    ApiAction("GET", "/api/subscribers/export", ADMIN, shows=READER),
     ApiAction("POST", "/api/subscribers", ADMIN, body={"email": NEW_READER, "confirmed": True},
               done=_new_reader_added),
     ApiAction("POST", "/api/subscribers/{subscriber}/unsubscribe", ADMIN,

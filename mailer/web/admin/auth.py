@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -24,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from mailer import accounts, audit
+from mailer import accounts
 from mailer.accounts import Identity, LoginFailure, Role
 from mailer.web import csrf
 from mailer.web.admin.common import PREFIX, page, read_form, redirect, text
@@ -162,19 +161,10 @@ async def login_submit(request: Request) -> Response:
             headers={"retry-after": str(retry_after)},
         )
     now = state.now()
-    result = await accounts.authenticate(state.db, state.settings, username, password, now=now)
+    result = await accounts.authenticate(
+        state.db, state.settings, username, password, ip=address, now=now
+    )
     if result.user is None:
-        details: dict[str, Any] = {"ip": address}
-        if result.just_locked:
-            await audit.record(
-                state.db,
-                f"user:{username[:100]}",
-                "login.lockout",
-                "user",
-                username[:60],
-                details,
-                at=now,
-            )
         if result.failure is LoginFailure.LOCKED:
             # Only for the right password (see mailer.accounts): no enumeration.
             until = result.locked_until
@@ -184,15 +174,6 @@ async def login_submit(request: Request) -> Response:
                 f"{minutes} minute{'s' if minutes != 1 else ''}, or ask an admin to unlock it."
             )
         else:
-            await audit.record(
-                state.db,
-                f"user:{username[:100]}",
-                "login.failed",
-                "user",
-                username[:60],
-                details,
-                at=now,
-            )
             config = state.settings.admin
             minutes = max(1, round(config.lockout_duration.total_seconds() / 60))
             # The same words for an unknown name, a wrong password and a locked
@@ -204,9 +185,6 @@ async def login_submit(request: Request) -> Response:
             )
         return _login_page(request, error=message, username=username, status_code=401)
     user = result.user
-    await audit.record(
-        state.db, f"user:{user.username}", "login", "user", user.username, {"ip": address}, at=now
-    )
     target = _safe_next(text(data, "next", limit=2000))
     response = RedirectResponse(target, status_code=303)
     session_id = await accounts.start_session(
@@ -233,10 +211,7 @@ async def login_submit(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     state = web_state(request)
     who: Identity = request.state.identity
-    session_id = _session_id(request)
-    if session_id is not None:
-        await accounts.end_session(state.db, session_id)
-    await audit.record(state.db, who.actor, "logout", "user", who.name)
+    await accounts.end_session(state.db, _session_id(request), who=who)
     response = redirect(request, f"{PREFIX}/login", "You are signed out.")
     response.delete_cookie(SESSION_COOKIE, path=PREFIX)
     return response
@@ -247,10 +222,7 @@ async def logout_everywhere(request: Request) -> Response:
     """End every session of the signed-in user: other browsers, a lost laptop."""
     state = web_state(request)
     who: Identity = request.state.identity
-    ended = await accounts.end_all_sessions(state.db, who.id)
-    await audit.record(
-        state.db, who.actor, "logout.everywhere", "user", who.name, {"sessions": ended}
-    )
+    ended = await accounts.end_all_sessions(state.db, who)
     response = redirect(
         request,
         f"{PREFIX}/login",
