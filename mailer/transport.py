@@ -62,6 +62,12 @@ class SendResult:
 class TransportError(Exception):
     """A transactional message could not be handed to the SMTP server."""
 
+    def __init__(self, message: str, *, server_unavailable: bool = False):
+        super().__init__(message)
+        # No session could be had (see SendResult.connection_error): no other
+        # message would go through now either.
+        self.server_unavailable = server_unavailable
+
 
 class Message(Protocol):
     envelope_from: str
@@ -312,4 +318,7 @@ async def send_now(settings: Settings, message: Message) -> None:
             if settings.smtp.embedded
             else (f"{settings.smtp.host}:{settings.smtp.port}")
         )
-        raise TransportError(f"{where} did not accept the message: {result.reason}")
+        raise TransportError(
+            f"{where} did not accept the message: {result.reason}",
+            server_unavailable=result.connection_error,
+        )

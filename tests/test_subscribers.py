@@ -194,7 +194,7 @@ async def test_failed_send_is_retried_by_the_resend_job(
     )
     result = await store.signup(database, down, "ona@example.org")
     outcome = await store.send_due_mail(database, down, result.subscriber_id)
-    assert outcome is not None and (outcome.sent, outcome.by_server) == (False, True)
+    assert outcome is not None and (outcome.sent, outcome.server_unavailable) == (False, True)
     assert outcome.describe().startswith("confirmation queued, will retry: ")
     assert f"127.0.0.1:{down.smtp.port}" in outcome.describe()
     assert (await row(database, result.subscriber_id)).confirmation_sent_at is None

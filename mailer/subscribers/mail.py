@@ -112,7 +112,7 @@ async def send_due_mail(
     try:
         await send_now(settings, _compose(settings, subscriber_id, kind, row))
     except (TransportError, MessageError) as exc:
-        by_server = isinstance(exc, TransportError)
+        unavailable = isinstance(exc, TransportError) and exc.server_unavailable
         async with database.transaction() as session:
             await session.execute(
                 update(Subscriber)
@@ -125,13 +125,13 @@ async def send_due_mail(
         # A message that cannot be composed is a site template or key problem: logged
         # as an error for the operator, and retried once it is fixed.
         log.log(
-            logging.WARNING if by_server else logging.ERROR,
+            logging.WARNING if isinstance(exc, TransportError) else logging.ERROR,
             "%s for subscriber %d not sent, will retry: %s",
             kind,
             subscriber_id,
             exc,
         )
-        return MailOutcome(kind, sent=False, reason=str(exc), by_server=by_server)
+        return MailOutcome(kind, sent=False, reason=str(exc), server_unavailable=unavailable)
     return MailOutcome(kind, sent=True)
 
 
@@ -156,9 +156,11 @@ async def retry_queued_mail(
     database: Database, settings: Settings, *, now: datetime | None = None, limit: int = 200
 ) -> int:
     """Send the mails that never went out (the server was down, or a pending import);
-    returns how many were sent. Stops at the first one the server does not take, so
-    an outage costs one attempt per run. Only confirmations of requests younger than
-    ``signup.confirm_ttl`` are retried: an older request has expired anyway."""
+    returns how many were sent. Stops when the server cannot be reached, so an
+    outage costs one attempt per run; a mail refused for its own reasons (its
+    recipient, its content) stays queued without holding up the others. Only
+    confirmations of requests younger than ``signup.confirm_ttl`` are retried: an
+    older request has expired anyway."""
     now = now or utcnow()
     latest_request = (
         select(func.max(ConsentEvent.at))
@@ -191,7 +193,7 @@ async def retry_queued_mail(
         outcome = await send_due_mail(database, settings, subscriber_id, now=now)
         if outcome is None:
             continue
-        if outcome.by_server:
+        if outcome.server_unavailable:
             break
         sent += outcome.sent
     return sent

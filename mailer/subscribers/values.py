@@ -168,9 +168,9 @@ class MailOutcome:
     sent: bool
     # Why it was not sent now; it stays queued and the retry job sends it.
     reason: str | None = None
-    # True when the SMTP server did not take it (down, refusing), rather than the
-    # message failing to compose: no other mail will go through now either.
-    by_server: bool = False
+    # True when no session with the SMTP server could be had (down, busy, bad
+    # credentials): no other mail would go through now either.
+    server_unavailable: bool = False
 
     def describe(self) -> str:
         """The one wording every shell shows."""
