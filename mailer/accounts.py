@@ -550,6 +550,11 @@ async def create_token(
         return token, _token_view(row)
 
 
+async def overview(database: Database) -> tuple[list[UserView], list[TokenView]]:
+    """Every user and every token, for the admin's Users page."""
+    return await list_users(database), await list_tokens(database)
+
+
 async def list_tokens(database: Database) -> list[TokenView]:
     async with database.session() as session:
         rows = (await session.scalars(select(ApiToken).order_by(ApiToken.name))).all()

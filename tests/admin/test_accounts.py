@@ -182,3 +182,35 @@ def test_cli_creates_users_and_tokens(tmp_path: Path, sqlite_url: str) -> None:
     assert revoked.exit_code == 0
     missing = runner.invoke(main, ["--config", config, "admin", "revoke-token", "nope"])
     assert missing.exit_code == 2
+
+
+async def test_account_changes_write_their_audit_entry_and_refusals_none(database) -> None:  # type: ignore[no-untyped-def]
+    boss = accounts.Identity("user", 10**6, "boss", accounts.Role.ADMIN)
+    user = await accounts.create_user(
+        database, "ona", "long enough password", "editor", actor="cli"
+    )
+    with pytest.raises(accounts.AccountError, match="already"):
+        await accounts.create_user(database, "ona", "long enough password", actor="cli")
+    await accounts.change_user(database, user.id, "role", who=boss, role="admin")
+    await accounts.change_user(
+        database, user.id, "password", who=boss, password="another long password"
+    )
+    with pytest.raises(accounts.AccountError, match="at least"):
+        await accounts.change_user(database, user.id, "password", who=boss, password="short")
+    herself = accounts.Identity("user", user.id, "ona", accounts.Role.ADMIN)
+    with pytest.raises(accounts.AccountError, match="cannot disable yourself"):
+        await accounts.change_user(database, user.id, "disable", who=herself)
+    with pytest.raises(accounts.NoSuchAccount):
+        await accounts.change_user(database, user.id + 1, "unlock", who=boss)
+    token, _ = await accounts.create_token(database, "cms", "editor", actor="user:boss")
+    await accounts.revoke_token(database, "cms", actor="cli")
+    entries, _ = await audit.query(database)
+    assert [(e.actor, e.action, e.target_id, e.details) for e in reversed(entries)] == [
+        ("cli", "user.create", "ona", {"role": "editor"}),
+        ("user:boss", "user.role", "ona", {"role": "admin"}),
+        # Never the password itself.
+        ("user:boss", "user.password", "ona", {"unlock": True}),
+        ("user:boss", "token.create", "cms", {"role": "editor"}),
+        ("cli", "token.revoke", "cms", {}),
+    ]
+    assert token not in str([e.as_dict() for e in entries])

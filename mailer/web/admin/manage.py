@@ -57,12 +57,13 @@ async def _users_page(
     request: Request, *, error: str | None = None, new_token: str | None = None, status: int = 200
 ) -> Response:
     state = web_state(request)
+    users, tokens = await accounts.overview(state.db)
     return page(
         request,
         "users.html",
         {
-            "users": await accounts.list_users(state.db),
-            "tokens": await accounts.list_tokens(state.db),
+            "users": users,
+            "tokens": tokens,
             "roles": accounts.ROLES,
             "error": error,
             "new_token": new_token,
