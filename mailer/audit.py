@@ -1,8 +1,10 @@
 """The audit log: who did what, when, to what.
 
-Admin pages, the API and the admin CLI call :func:`record` inside the transaction
-that makes the change (or right after a change made by a domain function), so the
-log never claims an action that did not happen.
+The domain functions that change things (mailer.subscribers, mailer.accounts) call
+:func:`record_in` inside the transaction that makes the change, so the log never
+claims an action that did not happen nor misses one that did, whichever shell (the
+admin, the API, the CLI) asked for it. :func:`record` is for shells whose domain
+does not write its own entry yet.
 """
 
 from __future__ import annotations
