@@ -408,6 +408,8 @@ async def unsubscribe(
         subscriber.status = SubscriberStatus.UNSUBSCRIBED
         subscriber.unsubscribed_at = now
         subscriber.confirm_nonce = None
+        # A notice still queued was about the subscription that just ended.
+        subscriber.notice_due = None
         await _cancel_pending_deliveries(session, subscriber_id, now)
         await session.execute(
             insert(ConsentEvent),
