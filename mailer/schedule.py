@@ -8,7 +8,7 @@ Jobs (APScheduler 3, asyncio scheduler, explicit ids, ``replace_existing``):
 - ``digest:<frequency>`` the daily and weekly digests, on their cron schedules.
 - ``sources:reconcile``  picks up sources added, changed or disabled in the admin.
 - ``digests:due``        starts sends scheduled from the admin or the API.
-- ``confirmations:resend`` retries confirmation mails that could not be sent.
+- ``confirmations:resend`` retries confirmation mails and notices that could not be sent.
 - ``bounces:poll``       reads the bounce mailbox, when one is configured.
 - ``leader:refresh``     keeps the leadership lock (mailer.locks).
 
@@ -106,7 +106,7 @@ async def scheduled_digest(database: Database, settings: Settings, frequency: st
     log.info("%s digest %d queued for %d recipients", frequency, digest.id, digest.recipient_count)
 
 
-async def resend_confirmations(database: Database, settings: Settings) -> None:
+async def retry_mail(database: Database, settings: Settings) -> None:
     from mailer.subscribers import retry_queued_mail
 
     await retry_queued_mail(database, settings)
@@ -207,7 +207,7 @@ async def start_background(
         **common,
     )
     scheduler.add_job(
-        _leader_only(leadership, resend_confirmations),
+        _leader_only(leadership, retry_mail),
         IntervalTrigger(seconds=RESEND_EVERY.total_seconds()),
         args=[database, settings],
         id="confirmations:resend",

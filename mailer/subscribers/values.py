@@ -148,7 +148,7 @@ class SubscriberView:
 class SignupResult:
     subscriber_id: int
     # True when a mail should go out now: the confirmation link, or for an address
-    # that is already confirmed the "already subscribed" notice (send_confirmation).
+    # that is already confirmed the "already subscribed" notice (send_due_mail).
     confirmation_due: bool
 
 
