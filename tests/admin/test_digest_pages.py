@@ -11,7 +11,7 @@ from mailer import audit
 from mailer import subscribers as store
 from mailer.models import Delivery, Digest
 from mailer.send import start_due_digests
-from mailer.web.admin.releases import add_release
+from mailer.releases import add_release
 from tests.admin.conftest import AdminSite, csrf_token, post_form
 
 
