@@ -24,8 +24,8 @@ from mailer import accounts, audit
 from mailer.accounts import Role
 from mailer.config import Settings
 from mailer.models import AuditEntry, Source, Subscriber, SubscriberStatus
-from mailer.subscribers import add
 from mailer.sources import add_source, source_config
+from mailer.subscribers import add
 from tests.admin.conftest import ADMIN_PASSWORD, AdminSite, csrf_token, login, site_settings
 from tests.admin.test_access import guarded_routes
 
