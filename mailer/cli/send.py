@@ -37,7 +37,7 @@ from mailer.send import (
     SendError,
     Worker,
     WorkerStats,
-    outbox_backlog,
+    backlog_left,
     recent_sends,
     send_progress,
     set_digest_state,
@@ -393,8 +393,7 @@ def worker(
                 stats = await delivery.run(until_empty=until_empty, until_done=until_done)
             finally:
                 restore()
-            async with database.session() as session:
-                return stats, await outbox_backlog(session, digest_id), bool(signalled)
+            return stats, await backlog_left(database, digest_id), bool(signalled)
 
     stats, backlog, stopped = run(ctx, work)
     if not quiet:

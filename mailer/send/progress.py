@@ -278,6 +278,12 @@ async def outbox_backlog(session: AsyncSession, digest_id: int | None = None) ->
     return backlog
 
 
+async def backlog_left(database: Database, digest_id: int | None = None) -> Backlog:
+    """What is left to send (of one send, or of all)."""
+    async with database.session() as session:
+        return await outbox_backlog(session, digest_id)
+
+
 async def finish_completed(session: AsyncSession, now: datetime | None = None) -> None:
     """Mark sends done once no row of theirs can still be sent."""
     open_rows = exists().where(
