@@ -46,6 +46,7 @@ from mailer.config import Settings
 from mailer.db import Database
 from mailer.message import ComposedMessage, MessageComposer, content_key
 from mailer.models import (
+    Audience,
     Delivery,
     DeliveryStatus,
     Digest,
@@ -60,7 +61,7 @@ from mailer.models import (
 )
 from mailer.suppression import email_hash, email_key, suppressed_hashes
 
-FREQUENCIES = ("immediately", "daily", "weekly", "all")
+FREQUENCIES = tuple(Audience)  # the vocabulary itself is models.Audience
 # Any constant works; it only has to be the same for every planner (PostgreSQL).
 _PLANNING_LOCK_KEY = 0x6D61696C6572  # "mailer"
 # Subscribers planned per round trip; bounds the planner's memory.

@@ -29,6 +29,7 @@ from mailer.models import (
     Digest,
     DigestStatus,
     Source,
+    SourceKind,
     Subscriber,
     utcnow,
 )
@@ -108,7 +109,7 @@ async def database_metrics(database: Database, now: datetime | None = None) -> l
                     Source.consecutive_failures,
                     Source.last_success_at,
                     Source.id,
-                ).where(Source.kind.in_(("feed", "page", "folder")))
+                ).where(Source.kind.in_(SourceKind.collected()))
             )
         ).all()
         release_counts = await source_release_counts(session)

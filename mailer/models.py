@@ -84,9 +84,33 @@ class SubscriberStatus(enum.StrEnum):
 
 
 class Frequency(enum.StrEnum):
+    """How often a reader wants their digest."""
+
     IMMEDIATELY = "immediately"
     DAILY = "daily"
     WEEKLY = "weekly"
+
+
+class Audience(enum.StrEnum):
+    """Who a send goes to: every confirmed reader, or the readers of one frequency.
+    The CLI's --frequency, the admin's forms and the API's ``frequency`` take these."""
+
+    ALL = "all"
+    IMMEDIATELY = Frequency.IMMEDIATELY.value
+    DAILY = Frequency.DAILY.value
+    WEEKLY = Frequency.WEEKLY.value
+
+    @property
+    def description(self) -> str:
+        return _AUDIENCE_DESCRIPTIONS[self]
+
+
+_AUDIENCE_DESCRIPTIONS = {
+    Audience.ALL: "Every confirmed subscriber, whatever their frequency",
+    Audience.IMMEDIATELY: "Subscribers who chose “as soon as published”",
+    Audience.DAILY: "Daily subscribers",
+    Audience.WEEKLY: "Weekly subscribers",
+}
 
 
 # Tables whose ids travel outside the database (in links, tokens, VERP addresses,
@@ -204,12 +228,24 @@ class SourceStatus(enum.StrEnum):
     DISABLED = "disabled"
 
 
+class SourceKind(enum.StrEnum):
+    FEED = "feed"
+    PAGE = "page"
+    FOLDER = "folder"
+    # Labels the releases editors add by hand (ingest, admin, API); never collected.
+    INGEST = "ingest"
+
+    @classmethod
+    def collected(cls) -> tuple[SourceKind, ...]:
+        return (cls.FEED, cls.PAGE, cls.FOLDER)
+
+
 class Source(Base):
     __tablename__ = "sources"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
-    kind: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[SourceKind] = mapped_column(_enum(SourceKind, "source_kind"))
     url: Mapped[str | None] = mapped_column(String(2000))
     path: Mapped[str | None] = mapped_column(String(2000))
     interval_seconds: Mapped[int] = mapped_column(default=1800)
@@ -338,6 +374,14 @@ class DigestStatus(enum.StrEnum):
     DONE = "done"
 
 
+class DigestKind(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+    TEST = "test"
+    # Never committed: previews and dry runs plan inside a rolled-back transaction.
+    PREVIEW = "preview"
+
+
 class Digest(Base):
     """One send: a set of deliveries started together (scheduled, manual or test)."""
 
@@ -346,10 +390,11 @@ class Digest(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     # The web version's address: /digests/<public_id>.
     public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
-    # scheduled, manual, test
-    kind: Mapped[str] = mapped_column(String(20), default="manual")
-    # Which subscribers: immediately, daily, weekly, or all (manual sends).
-    frequency: Mapped[str] = mapped_column(String(20), default="all")
+    kind: Mapped[DigestKind] = mapped_column(
+        _enum(DigestKind, "digest_kind"), default=DigestKind.MANUAL
+    )
+    # Who it goes to (the column keeps its old name).
+    frequency: Mapped[Audience] = mapped_column(_enum(Audience, "audience"), default=Audience.ALL)
     status: Mapped[DigestStatus] = mapped_column(
         _enum(DigestStatus, "digest_status"), default=DigestStatus.QUEUED, index=True
     )

@@ -8,8 +8,6 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from mailer.arrivals import releases_arrived
 from mailer.cli import BadInput, OperationalError, echo_json, run, site_zone
@@ -22,9 +20,11 @@ from mailer.collect import (
 )
 from mailer.collect.extract import published_text
 from mailer.collect.ingest import IngestedRelease
-from mailer.collect.store import Outcome, source_release_counts
+from mailer.collect.store import Outcome
 from mailer.context import AppContext
-from mailer.models import Digest, Release, ReleaseLink, ReleaseTopic, Source, Topic
+from mailer.models import Digest, Release
+from mailer.releases import ReleaseFilter, list_releases
+from mailer.sources import NoSuchSource, SourceHealth, enabled_sources, list_sources
 from mailer.templating import count_of, local_time, publication_date
 
 
@@ -162,8 +162,10 @@ def collect(ctx: click.Context, only: str | None, as_json: bool) -> None:
 
     async def work(app: AppContext) -> tuple[list[SourceRunResult], Digest | None]:
         async with app.database() as database:
-            if only is not None:
-                await _require_source(database, only)
+            try:
+                names = await enabled_sources(database, only)
+            except NoSuchSource as exc:
+                raise BadInput(str(exc)) from None
             with Progress(
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
@@ -186,12 +188,7 @@ def collect(ctx: click.Context, only: str | None, as_json: bool) -> None:
                     shown = ", ".join(sorted(running)) or "done"
                     progress.update(overall, description=f"Collecting: {shown}")
 
-                async with database.session() as session:
-                    query = select(Source.name).where(Source.enabled)
-                    if only is not None:
-                        query = query.where(Source.name == only)
-                    total = len((await session.scalars(query)).all())
-                progress.update(overall, total=total)
+                progress.update(overall, total=len(names))
                 results = await collect_all(database, app.settings, only=only, progress=report)
             arrived = [i for result in results for i in result.new_release_ids]
             return results, await releases_arrived(database, app.settings, arrived)
@@ -207,14 +204,6 @@ def collect(ctx: click.Context, only: str | None, as_json: bool) -> None:
     failed = [r for r in results if r.error and not r.skipped]
     if failed:
         raise OperationalError(f"{len(failed)} of {count_of(len(results), 'source')} failed")
-
-
-async def _require_source(database: Any, name: str) -> None:
-    async with database.session() as session:
-        sources = (await session.execute(select(Source.name, Source.enabled))).all()
-    if not any(row.name == name and row.enabled for row in sources):
-        known = ", ".join(sorted(row.name for row in sources if row.enabled)) or "none"
-        raise BadInput(f"no enabled source named {name!r} (enabled sources: {known})")
 
 
 def _results_table(results: list[SourceRunResult]) -> None:
@@ -247,12 +236,13 @@ def _results_table(results: list[SourceRunResult]) -> None:
 def sources(ctx: click.Context, as_json: bool) -> None:
     """List sources and their health."""
 
-    async def work(app: AppContext) -> tuple[list[Source], dict[int, int]]:
-        async with app.database() as database, database.session() as session:
-            rows = list((await session.scalars(select(Source).order_by(Source.name))).all())
-            return rows, await source_release_counts(session)
+    async def work(app: AppContext) -> list[SourceHealth]:
+        async with app.database() as database:
+            return await list_sources(database)
 
-    rows, counts = run(ctx, work)
+    health = run(ctx, work)
+    rows = [h.source for h in health]
+    counts = {h.source.id: h.releases for h in health}
     zone = site_zone(ctx)
     if as_json:
         for source in rows:
@@ -313,31 +303,12 @@ def releases(
     if limit < 0:
         raise BadInput("--limit must be 0 (all) or more")
 
+    wanted = ReleaseFilter(topic=topic or "", source=source_name or "")
+
     async def work(app: AppContext) -> list[Release]:
-        async with app.database() as database, database.session() as session:
-            query = (
-                select(Release)
-                .where(Release.merged_into_id.is_(None))
-                .options(selectinload(Release.links), selectinload(Release.topics))
-                .order_by(Release.published_at.desc(), Release.id.desc())
-            )
-            if source_name:
-                query = query.where(
-                    Release.id.in_(
-                        select(ReleaseLink.release_id).where(ReleaseLink.source_name == source_name)
-                    )
-                )
-            if topic:
-                query = query.where(
-                    Release.id.in_(
-                        select(ReleaseTopic.release_id)
-                        .join(Topic, Topic.id == ReleaseTopic.topic_id)
-                        .where(Topic.slug == topic)
-                    )
-                )
-            if limit:
-                query = query.limit(limit)
-            return list((await session.scalars(query)).all())
+        async with app.database() as database:
+            found = await list_releases(database, wanted, limit=limit or None)
+            return found.items
 
     rows = run(ctx, work)
     if as_json:

@@ -16,27 +16,38 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from sqlalchemy import select
 
-from mailer.cli import BadInput, OperationalError, confirm_at_terminal, run, site_zone, when
+from mailer.cli import (
+    BadInput,
+    OperationalError,
+    confirm_at_terminal,
+    echo_json,
+    run,
+    site_zone,
+    when,
+)
 from mailer.context import AppContext
 from mailer.db import Database
 from mailer.digest import SelectionReport, explain_digest
-from mailer.models import Digest
+from mailer.models import Audience, Digest
 from mailer.send import (
     Backlog,
     DigestProgress,
+    Requester,
     SendError,
     Worker,
     WorkerStats,
-    digest_progress,
-    outbox_backlog,
+    backlog_left,
+    recent_sends,
+    send_progress,
     set_digest_state,
     start_digest,
 )
 from mailer.templating import count_of
 
-FREQUENCIES = click.Choice(["all", "immediately", "daily", "weekly"])
+AUDIENCES = click.Choice([a.value for a in Audience])
+# Who changes a send from the command line, in the audit log.
+CLI = Requester("cli")
 
 
 def _default_workers() -> int:
@@ -48,7 +59,7 @@ def _default_workers() -> int:
 @click.option("--dry-run", is_flag=True, help="Count the recipients; send and record nothing.")
 @click.option(
     "--frequency",
-    type=FREQUENCIES,
+    type=AUDIENCES,
     default="all",
     show_default=True,
     help="Which subscribers: all, or only those with this frequency.",
@@ -83,10 +94,11 @@ def digest_send(
     async def send(app: AppContext) -> tuple[DigestProgress, str | None, bool, SelectionReport]:
         report = SelectionReport(frequency=frequency, max_age=app.settings.digest.max_age)
         async with app.database() as database:
-            digest = await start_digest(database, app.settings, frequency=frequency, report=report)
+            digest = await start_digest(
+                database, app.settings, frequency=frequency, report=report, requester=CLI
+            )
             if digest.recipient_count == 0 or no_wait:
-                async with database.session() as session:
-                    return await digest_progress(session, digest.id), None, False, report
+                return await send_progress(database, digest.id), None, False, report
             delivered = await _deliver_with_progress(app, database, digest.id, workers)
             return (*delivered, report)
 
@@ -97,29 +109,28 @@ def digest_send(
         return
     if no_wait:
         recipients = count_of(progress.recipients, "recipient")
-        click.echo(f"Digest {progress.digest_id} queued for {recipients}.")
+        click.echo(f"Digest {progress.id} queued for {recipients}.")
         _echo_reasons(report)
         return
     _echo_reasons(report)
-    counts = progress.counts
     click.echo(
-        f"Digest {progress.digest_id}: sent {counts.get('sent', 0)} of {progress.recipients}"
-        f", failed {counts.get('failed', 0)}, deferred {counts.get('deferred', 0)}"
-        f", cancelled {counts.get('cancelled', 0)}."
+        f"Digest {progress.id}: sent {progress.sent} of {progress.recipients}"
+        f", failed {progress.failed}, deferred {progress.deferred}"
+        f", cancelled {progress.cancelled}."
     )
     if stopped:
         left = progress.recipients - progress.done
         raise OperationalError(
-            f"stopped by a signal with {left} messages of digest {progress.digest_id} left "
+            f"stopped by a signal with {left} messages of digest {progress.id} left "
             "queued; `mailer worker` (or `mailer serve`) finishes the send"
         )
     if progress.status == "paused":
-        raise OperationalError(f"digest {progress.digest_id} paused: {progress.pause_reason}")
-    if counts.get("deferred", 0):
+        raise OperationalError(f"digest {progress.id} paused: {progress.pause_reason}")
+    if progress.deferred:
         retry = "`mailer serve` or `mailer worker` retries them on schedule"
-        if unreachable and not counts.get("sent", 0):
+        if unreachable and not progress.sent:
             raise OperationalError(f"SMTP server unreachable ({unreachable}); {retry}")
-        click.echo(f"{counts['deferred']} deferred by the server; {retry}.")
+        click.echo(f"{progress.deferred} deferred by the server; {retry}.")
 
 
 def _echo_reasons(report: SelectionReport) -> None:
@@ -177,17 +188,15 @@ async def _deliver_with_progress(
         restore = _on_stop_signals(stop_all)
         try:
             while True:
-                async with database.session() as session:
-                    progress = await digest_progress(session, digest_id)
-                sent = progress.counts.get("sent", 0)
-                rate_now = sent / max(time.monotonic() - started, 1e-6)
+                progress = await send_progress(database, digest_id)
+                rate_now = progress.sent / max(time.monotonic() - started, 1e-6)
                 bar.update(
                     task,
                     total=progress.recipients,
                     completed=progress.done,
-                    sent=sent,
-                    failed=progress.counts.get("failed", 0),
-                    deferred=progress.counts.get("deferred", 0),
+                    sent=progress.sent,
+                    failed=progress.failed,
+                    deferred=progress.deferred,
                     rate=f"{rate_now:.0f}",
                 )
                 if work.done() and all(helper.poll() is not None for helper in helpers):
@@ -204,8 +213,7 @@ async def _deliver_with_progress(
                     if helper.poll() is None:
                         helper.send_signal(signal.SIGTERM)
             _kill_stragglers(helpers, after=HELPER_STOP_GRACE)
-    async with database.session() as session:
-        progress = await digest_progress(session, digest_id)
+    progress = await send_progress(database, digest_id)
     return progress, worker.last_connection_error, bool(signalled)
 
 
@@ -259,21 +267,25 @@ def _on_stop_signals(stop: Callable[[], None]) -> Callable[[], None]:
 
 @click.command("status")
 @click.argument("digest_id", type=int, required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per send per line.")
 @click.pass_context
-def digest_status(ctx: click.Context, digest_id: int | None) -> None:
+def digest_status(ctx: click.Context, digest_id: int | None, as_json: bool) -> None:
     """Show one send's progress, or the most recent sends."""
 
     async def work(app: AppContext) -> list[DigestProgress]:
-        async with app.database() as database, database.session() as session:
+        async with app.database() as database:
             if digest_id is not None:
-                return [await digest_progress(session, digest_id)]
-            ids = await session.scalars(select(Digest.id).order_by(Digest.id.desc()).limit(10))
-            return [await digest_progress(session, i) for i in ids.all()]
+                return [await send_progress(database, digest_id)]
+            return await recent_sends(database, limit=10)
 
     try:
         rows = run(ctx, work)
     except SendError as exc:
         raise BadInput(str(exc)) from None
+    if as_json:
+        for p in rows:
+            echo_json(p.as_json())
+        return
     if not rows:
         click.echo("No digests have been sent yet.")
         return
@@ -290,16 +302,15 @@ def digest_status(ctx: click.Context, digest_id: int | None) -> None:
         f"finished ({site_zone(ctx)})",
     )
     for p in rows:
-        c = p.counts
         table.add_row(
-            str(p.digest_id),
+            str(p.id),
             p.status + (f" ({p.pause_reason})" if p.pause_reason else ""),
             str(p.recipients),
-            str(c.get("sent", 0)),
-            str(c.get("deferred", 0)),
-            str(c.get("failed", 0)),
+            str(p.sent),
+            str(p.deferred),
+            str(p.failed),
             str(p.bounced),
-            str(c.get("cancelled", 0)),
+            str(p.cancelled),
             when(ctx, p.started_at, ""),
             when(ctx, p.finished_at, ""),
         )
@@ -313,7 +324,7 @@ def _state_command(action: str, help_text: str) -> click.Command:
     def command(ctx: click.Context, digest_id: int) -> None:
         async def work(app: AppContext) -> Digest:
             async with app.database() as database:
-                return await set_digest_state(database, digest_id, action)
+                return await set_digest_state(database, digest_id, action, requester=CLI)
 
         try:
             digest = run(ctx, work)
@@ -382,8 +393,7 @@ def worker(
                 stats = await delivery.run(until_empty=until_empty, until_done=until_done)
             finally:
                 restore()
-            async with database.session() as session:
-                return stats, await outbox_backlog(session, digest_id), bool(signalled)
+            return stats, await backlog_left(database, digest_id), bool(signalled)
 
     stats, backlog, stopped = run(ctx, work)
     if not quiet:

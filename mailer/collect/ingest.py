@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailer import audit
 from mailer.collect.dates import Published, parse_published
 from mailer.collect.extract import Candidate, EntryError
 from mailer.collect.files import SUPPORTED_SUFFIXES, is_supported, read_release_file
 from mailer.collect.store import Outcome, Stored, store_candidates
 from mailer.config import Settings
 from mailer.db import Database
-from mailer.models import Digest, Release, Source, SourceStatus, utcnow
+from mailer.models import Digest, Release, Source, SourceKind, SourceStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ async def label_source(session: AsyncSession, name: str, *, origin: str) -> Sour
     if source is None:
         source = Source(
             name=name,
-            kind="ingest",
+            kind=SourceKind.INGEST,
             origin=origin,
             enabled=False,
             status=SourceStatus.OK,
@@ -270,11 +272,13 @@ async def add_release(
     origin: str = "admin",
     now: datetime | None = None,
     embargo_until: datetime | None = None,
+    audit_details: Mapping[str, Any] | None = None,
 ) -> tuple[int, str]:
     """Store a release typed in by an editor (admin or API); returns (release id,
     outcome). ``embargo_until`` holds a new release back (neither mailed nor shown
     in the archive) until then; a copy of a release already stored keeps that
-    release's visibility.
+    release's visibility. With ``audit_details`` the "release.add" audit entry
+    (actor ``added_by``) is written in the same transaction.
 
     The text goes through the same cleaning and matching as a collected release;
     ``topics`` (slugs) replaces the keyword tagging when given. Like every release
@@ -325,5 +329,14 @@ async def add_release(
                 await retag_release(session, settings, stored.release_id, topics)
             except ValueError as exc:
                 raise ReleaseInputError(str(exc)) from None
+        if audit_details is not None:
+            await audit.record_in(
+                session,
+                added_by,
+                "release.add",
+                "release",
+                stored.release_id,
+                {"title": title, "outcome": str(stored.outcome), **audit_details},
+            )
     await releases_arrived(database, settings, hand.arrived, now=now)
     return stored.release_id, str(stored.outcome)

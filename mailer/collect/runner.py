@@ -39,7 +39,7 @@ from mailer.collect.pages import extract_page, listing_links
 from mailer.collect.store import Outcome, store_candidates
 from mailer.config import Settings
 from mailer.db import Database
-from mailer.models import Lock, ReleaseLink, Source, SourceStatus, utcnow
+from mailer.models import Lock, ReleaseLink, Source, SourceKind, SourceStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ COLLECT_CONCURRENCY = 8
 LEASE = timedelta(minutes=15)
 # Kept on the source row so that `mailer sources` and the admin can show them.
 KEPT_MESSAGES = 20
-COLLECTABLE_KINDS = ("feed", "page", "folder")
+COLLECTABLE_KINDS = SourceKind.collected()
 FEED_ACCEPT = (
     "application/rss+xml, application/atom+xml, application/feed+json, application/json;q=0.9,"
     " application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5"

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailer.collect.boilerplate import normalise
 from mailer.config import Settings
 from mailer.models import Release, ReleaseTopic, Topic
+from mailer.topics import resolve_topics
 
 
 class TopicRules:
@@ -74,7 +75,8 @@ async def retag_release(
     ``settings`` is accepted so that every collector entry point has the same shape;
     the rules themselves are the topics table, which the catalog keeps in step with
     the configuration. Runs inside the caller's transaction. Returns the slugs now set. Raises
-    LookupError for an unknown release and ValueError naming unknown topic slugs.
+    LookupError for an unknown release and UnknownTopics (a ValueError) naming topics
+    that are not active ones (mailer.topics: the same check as a reader's choice).
     """
     row = (
         await session.execute(
@@ -83,18 +85,17 @@ async def retag_release(
     ).one_or_none()
     if row is None:
         raise LookupError(f"no release with id {release_id}")
-    topics = {t.slug: t for t in (await session.scalars(select(Topic))).all()}
+    topics = {t.id: t for t in (await session.scalars(select(Topic))).all()}
     if topic_slugs is None:
         rules = TopicRules(
             (t.id, t.slug, list(t.keywords or [])) for t in topics.values() if t.active
         )
-        chosen = rules.match_slugs(row.title, row.text)
+        by_slug = {t.slug: t.id for t in topics.values()}
+        chosen_ids = [by_slug[slug] for slug in rules.match_slugs(row.title, row.text)]
     else:
-        unknown = sorted(set(topic_slugs) - set(topics))
-        if unknown:
-            raise ValueError(f"unknown topic(s): {', '.join(unknown)}")
-        chosen = list(dict.fromkeys(topic_slugs))
-    await set_release_topics(session, release_id, (topics[slug].id for slug in chosen))
+        chosen_ids = await resolve_topics(session, topic_slugs)
+    await set_release_topics(session, release_id, chosen_ids)
+    chosen = [topics[topic_id].slug for topic_id in chosen_ids]
     # A Release the caller already holds must show its new topics.
     release = await session.get(Release, release_id)
     if release is not None:

@@ -5,17 +5,22 @@ resume and cancel.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailer import audit
 from mailer.config import Settings
 from mailer.db import Database
 from mailer.models import (
+    Audience,
     Delivery,
     DeliveryStatus,
     Digest,
+    DigestKind,
     DigestStatus,
     utcnow,
 )
@@ -31,6 +36,35 @@ class SendError(Exception):
     pass
 
 
+class NoSuchSend(SendError):
+    pass
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asked for a change to a send, for its audit entry: "user:alice",
+    "token:ci", "cli"; ``via`` names the door when it is not the actor's own."""
+
+    actor: str
+    via: str | None = None
+
+    async def record(
+        self, session: AsyncSession, action: str, digest: Digest, **details: Any
+    ) -> None:
+        if self.via is not None:
+            details["via"] = self.via
+        await audit.record_in(session, self.actor, action, "digest", digest.id, details)
+
+
+def audience(raw: str | Audience) -> Audience:
+    """An audience from a name; SendError naming the choices for anything else."""
+    try:
+        return Audience(raw)
+    except ValueError:
+        choices = ", ".join(a.value for a in Audience)
+        raise SendError(f"unknown audience {raw!r}; choose one of {choices}") from None
+
+
 # --- starting and controlling a send ----------------------------------------------
 
 
@@ -38,23 +72,25 @@ async def start_digest(
     database: Database,
     settings: Settings,
     *,
-    frequency: str = "all",
-    kind: str = "manual",
+    frequency: str | Audience = Audience.ALL,
+    kind: DigestKind = DigestKind.MANUAL,
     created_by: str = "cli",
     test_address: str | None = None,
     now: datetime | None = None,
     report: SelectionReport | None = None,
+    requester: Requester | None = None,
 ) -> Digest:
     """Create a send and its outbox rows in one transaction. A send with no
     recipients (nothing new for anyone) is created already done. ``report`` is
-    filled in with who the send reaches and why not more."""
+    filled in with who the send reaches and why not more. With a ``requester`` the
+    audit entry ("digest.send", or "digest.test") is part of the transaction."""
     from mailer.digest import plan_digest
 
     now = now or utcnow()
     async with database.transaction() as session:
         digest = Digest(
             kind=kind,
-            frequency=frequency,
+            frequency=audience(frequency),
             status=DigestStatus.SENDING,
             created_by=created_by,
             created_at=now,
@@ -68,17 +104,29 @@ async def start_digest(
         if count == 0:
             digest.status = DigestStatus.DONE
             digest.finished_at = now
+        if requester is not None and kind is DigestKind.TEST:
+            await requester.record(session, "digest.test", digest, to=test_address)
+        elif requester is not None:
+            await requester.record(
+                session, "digest.send", digest, frequency=digest.frequency, recipients=count
+            )
     return digest
 
 
 async def count_recipients(
-    database: Database, settings: Settings, frequency: str = "all", *, now: datetime | None = None
+    database: Database,
+    settings: Settings,
+    frequency: str | Audience = Audience.ALL,
+    *,
+    now: datetime | None = None,
 ) -> int:
     """What a send would address now, without writing anything (``--dry-run``)."""
     from mailer.digest import plan_digest
 
     async with database.transaction() as session:
-        digest = Digest(kind="manual", frequency=frequency, status=DigestStatus.SENDING)
+        digest = Digest(
+            kind=DigestKind.MANUAL, frequency=audience(frequency), status=DigestStatus.SENDING
+        )
         session.add(digest)
         await session.flush()
         count = await plan_digest(session, settings, digest, now)
@@ -90,23 +138,21 @@ async def schedule_digest(
     database: Database,
     *,
     scheduled_for: datetime | None,
-    frequency: str = "all",
+    frequency: str | Audience = Audience.ALL,
     created_by: str = "cli",
     now: datetime | None = None,
+    requester: Requester | None = None,
 ) -> Digest:
     """A manual send that :func:`start_due_digests` starts at ``scheduled_for``
     (None: only :func:`start_queued_digest` starts it). Until then it is "queued"
     and can be cancelled or started at once."""
-    from mailer.digest import FREQUENCIES
-
-    if frequency not in FREQUENCIES:
-        raise SendError(f"unknown frequency {frequency!r}; choose one of {', '.join(FREQUENCIES)}")
+    chosen = audience(frequency)
     if scheduled_for is not None and scheduled_for.tzinfo is None:
         raise SendError("the scheduled time needs a timezone")
     async with database.transaction() as session:
         digest = Digest(
-            kind="manual",
-            frequency=frequency,
+            kind=DigestKind.MANUAL,
+            frequency=chosen,
             status=DigestStatus.QUEUED,
             created_by=created_by,
             created_at=now or utcnow(),
@@ -114,6 +160,14 @@ async def schedule_digest(
         )
         session.add(digest)
         await session.flush()
+        if requester is not None:
+            await requester.record(
+                session,
+                "digest.schedule",
+                digest,
+                frequency=chosen,
+                scheduled_for=scheduled_for.isoformat() if scheduled_for else None,
+            )
     return digest
 
 
@@ -124,15 +178,17 @@ async def start_queued_digest(
     *,
     now: datetime | None = None,
     report: SelectionReport | None = None,
+    requester: Requester | None = None,
 ) -> Digest:
-    """Plan a queued send now: its time came, or an operator chose to send it at once."""
+    """Plan a queued send now: its time came, or an operator (``requester``, who
+    gets a "digest.start" audit entry) chose to send it at once."""
     from mailer.digest import plan_digest
 
     now = now or utcnow()
     async with database.transaction() as session:
         digest = await session.get(Digest, digest_id, with_for_update=True)
         if digest is None:
-            raise SendError(f"no digest with id {digest_id}")
+            raise NoSuchSend(f"no digest with id {digest_id}")
         if digest.status is not DigestStatus.QUEUED:
             raise SendError(f"digest {digest_id} is {digest.status.value}, not queued")
         digest.status = DigestStatus.SENDING
@@ -142,6 +198,8 @@ async def start_queued_digest(
         if count == 0:
             digest.status = DigestStatus.DONE
             digest.finished_at = now
+        if requester is not None:
+            await requester.record(session, "digest.start", digest, recipients=count)
     return digest
 
 
@@ -172,8 +230,11 @@ async def start_due_digests(
     return started
 
 
-async def set_digest_state(database: Database, digest_id: int, action: str) -> Digest:
-    """pause, resume or cancel a send. Cancelling marks every unsent row cancelled."""
+async def set_digest_state(
+    database: Database, digest_id: int, action: str, *, requester: Requester | None = None
+) -> Digest:
+    """pause, resume or cancel a send. Cancelling marks every unsent row cancelled.
+    With a ``requester`` the "digest.<action>" audit entry is part of the change."""
     allowed = {
         "pause": ({DigestStatus.SENDING}, DigestStatus.PAUSED),
         "resume": ({DigestStatus.PAUSED}, DigestStatus.SENDING),
@@ -188,7 +249,7 @@ async def set_digest_state(database: Database, digest_id: int, action: str) -> D
     async with database.transaction() as session:
         digest = await session.get(Digest, digest_id)
         if digest is None:
-            raise SendError(f"no digest with id {digest_id}")
+            raise NoSuchSend(f"no digest with id {digest_id}")
         if digest.status not in sources:
             raise SendError(f"digest {digest_id} is {digest.status.value}; cannot {action} it")
         digest.status = target
@@ -207,4 +268,6 @@ async def set_digest_state(database: Database, digest_id: int, action: str) -> D
                 )
                 .values(status=DeliveryStatus.CANCELLED, last_error="cancelled")
             )
+        if requester is not None:
+            await requester.record(session, f"digest.{action}", digest)
     return digest

@@ -5,65 +5,215 @@ whose last delivery is done.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailer.db import Database
 from mailer.models import (
+    Audience,
     Delivery,
     DeliveryStatus,
     Digest,
+    DigestKind,
     DigestStatus,
+    Subscriber,
     utcnow,
 )
-from mailer.send.control import SendError
+from mailer.send.control import NoSuchSend
 
 log = logging.getLogger(__name__)
 
+# How far back the send rate looks.
+RATE_WINDOW = timedelta(seconds=60)
 OPEN_STATES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DigestProgress:
-    digest_id: int
+    """How far a send has got: the one answer the CLI, the admin pages, the
+    dashboard and the API show."""
+
+    id: int
+    kind: DigestKind
+    audience: Audience
     status: str
     recipients: int
+    # Deliveries by status (DeliveryStatus values).
     counts: dict[str, int]
+    created_at: datetime
+    created_by: str | None
+    scheduled_for: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
     pause_reason: str | None
+    test_address: str | None
     bounced: int = 0
+    # Recipients who unsubscribed after it reached them.
+    unsubscribes: int = 0
+
+    @property
+    def sent(self) -> int:
+        return self.counts.get("sent", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0)
+
+    @property
+    def deferred(self) -> int:
+        return self.counts.get("deferred", 0)
+
+    @property
+    def cancelled(self) -> int:
+        return self.counts.get("cancelled", 0)
+
+    @property
+    def pending(self) -> int:
+        """Not yet tried, or on the wire now."""
+        return self.counts.get("pending", 0) + self.counts.get("sending", 0)
 
     @property
     def done(self) -> int:
-        return sum(self.counts.get(s, 0) for s in ("sent", "failed", "cancelled"))
+        return self.sent + self.failed + self.cancelled
+
+    def as_json(self) -> dict[str, Any]:
+        """What the API's digest status, the admin's live progress and `mailer digest
+        status --json` show."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "frequency": self.audience.value,
+            "status": self.status,
+            "scheduled_for": _iso(self.scheduled_for),
+            "recipients": self.recipients,
+            "sent": self.sent,
+            "failed": self.failed,
+            "deferred": self.deferred,
+            "pending": self.pending,
+            "cancelled": self.cancelled,
+            "bounced": self.bounced,
+            "done": self.done,
+            "pause_reason": self.pause_reason,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+async def sends_progress(session: AsyncSession, digests: Sequence[Digest]) -> list[DigestProgress]:
+    """The progress of each of ``digests``: the one query behind every progress view."""
+    ids = [d.id for d in digests]
+    counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+    bounced: dict[int, int] = {}
+    unsubscribed: dict[int, int] = {}
+    if ids:
+        rows = await session.execute(
+            select(Delivery.digest_id, Delivery.status, func.count())
+            .where(Delivery.digest_id.in_(ids))
+            .group_by(Delivery.digest_id, Delivery.status)
+        )
+        for digest_id, status, number in rows:
+            counts[digest_id][status.value] = number
+        rows = await session.execute(
+            select(Delivery.digest_id, func.count())
+            .where(Delivery.digest_id.in_(ids), Delivery.bounced)
+            .group_by(Delivery.digest_id)
+        )
+        bounced = {digest_id: number for digest_id, number in rows}
+        rows = await session.execute(
+            select(Delivery.digest_id, func.count())
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(
+                Delivery.digest_id.in_(ids),
+                Delivery.status == DeliveryStatus.SENT,
+                Subscriber.unsubscribed_at.is_not(None),
+                Subscriber.unsubscribed_at >= Delivery.sent_at,
+            )
+            .group_by(Delivery.digest_id)
+        )
+        unsubscribed = {digest_id: number for digest_id, number in rows}
+    return [
+        DigestProgress(
+            id=d.id,
+            kind=d.kind,
+            audience=d.frequency,
+            status=d.status.value,
+            recipients=d.recipient_count,
+            counts=counts[d.id],
+            created_at=d.created_at,
+            created_by=d.created_by,
+            scheduled_for=d.scheduled_for,
+            started_at=d.started_at,
+            finished_at=d.finished_at,
+            pause_reason=d.pause_reason,
+            test_address=d.test_address,
+            bounced=bounced.get(d.id, 0),
+            unsubscribes=unsubscribed.get(d.id, 0),
+        )
+        for d in digests
+    ]
 
 
 async def digest_progress(session: AsyncSession, digest_id: int) -> DigestProgress:
+    """One send's progress; SendError if there is no such send."""
     digest = await session.get(Digest, digest_id, populate_existing=True)
     if digest is None:
-        raise SendError(f"no digest with id {digest_id}")
-    rows = await session.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.digest_id == digest_id)
-        .group_by(Delivery.status)
-    )
-    counts = {status.value: n for status, n in rows.all()}
-    bounced = await session.scalar(
-        select(func.count()).where(Delivery.digest_id == digest_id, Delivery.bounced)
-    )
-    return DigestProgress(
-        digest.id,
-        digest.status.value,
-        digest.recipient_count,
-        counts,
-        digest.started_at,
-        digest.finished_at,
-        digest.pause_reason,
-        bounced or 0,
-    )
+        raise NoSuchSend(f"no digest with id {digest_id}")
+    return (await sends_progress(session, [digest]))[0]
+
+
+async def recent_sends(database: Database, limit: int = 30) -> list[DigestProgress]:
+    """The newest sends first, with their progress."""
+    async with database.session() as session:
+        digests = await session.scalars(
+            select(Digest).order_by(Digest.created_at.desc(), Digest.id.desc()).limit(limit)
+        )
+        return await sends_progress(session, list(digests.all()))
+
+
+async def send_progress(database: Database, digest_id: int) -> DigestProgress:
+    async with database.session() as session:
+        return await digest_progress(session, digest_id)
+
+
+async def send_rate(database: Database, digest_id: int, now: datetime) -> float:
+    """Messages per minute over the last RATE_WINDOW."""
+    async with database.session() as session:
+        sent = await session.scalar(
+            select(func.count()).where(
+                Delivery.digest_id == digest_id,
+                Delivery.status == DeliveryStatus.SENT,
+                Delivery.sent_at >= now - RATE_WINDOW,
+            )
+        )
+    return round((sent or 0) * 60 / RATE_WINDOW.total_seconds(), 1)
+
+
+async def failure_reasons(
+    database: Database, digest_id: int, limit: int = 10
+) -> list[tuple[str, int]]:
+    """The commonest errors of a send's failed and deferred messages, with counts."""
+    async with database.session() as session:
+        rows = await session.execute(
+            select(Delivery.last_error, func.count())
+            .where(
+                Delivery.digest_id == digest_id,
+                Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.DEFERRED]),
+                Delivery.last_error.is_not(None),
+            )
+            .group_by(Delivery.last_error)
+            .order_by(func.count().desc())
+            .limit(limit)
+        )
+        return [(str(error), count) for error, count in rows]
 
 
 @dataclass
@@ -126,6 +276,12 @@ async def outbox_backlog(session: AsyncSession, digest_id: int | None = None) ->
                 next_attempt = next_attempt.replace(tzinfo=UTC)  # SQLite keeps no zone
             backlog.next_retry_at = next_attempt
     return backlog
+
+
+async def backlog_left(database: Database, digest_id: int | None = None) -> Backlog:
+    """What is left to send (of one send, or of all)."""
+    async with database.session() as session:
+        return await outbox_backlog(session, digest_id)
 
 
 async def finish_completed(session: AsyncSession, now: datetime | None = None) -> None:

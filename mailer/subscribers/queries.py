@@ -36,6 +36,7 @@ from mailer.tokens import (
     Purpose,
     make_token,
 )
+from mailer.topics import UnknownTopics, resolve_topics
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +55,10 @@ async def active_topics(database: Database) -> list[TopicView]:
 
 async def _resolve_topics(session: AsyncSession, wanted: Iterable[str]) -> list[int]:
     """Topic ids for slugs or names (case-insensitive); unknown ones are an InvalidField."""
-    requested = [w.strip() for w in wanted if w and w.strip()]
-    if not requested:
-        return []
-    rows = (await session.execute(select(Topic.id, Topic.slug, Topic.name, Topic.active))).all()
-    by_label: dict[str, int] = {}
-    for topic_id, slug, name, active in rows:
-        if active:
-            by_label[slug.lower()] = topic_id
-            by_label.setdefault(name.lower(), topic_id)
-    ids: list[int] = []
-    for label in requested:
-        topic_id = by_label.get(label.lower())
-        if topic_id is None:
-            raise InvalidField("topics", f"There is no topic {label!r}.")
-        if topic_id not in ids:
-            ids.append(topic_id)
-    return ids
+    try:
+        return await resolve_topics(session, wanted)
+    except UnknownTopics as exc:
+        raise InvalidField("topics", f"There is no topic {exc.labels[0]!r}.") from None
 
 
 async def _set_topics(session: AsyncSession, subscriber_id: int, topic_ids: Sequence[int]) -> None:

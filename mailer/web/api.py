@@ -19,7 +19,6 @@ import io
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
@@ -37,19 +36,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from mailer import accounts, audit
+from mailer import accounts, releases
 from mailer import subscribers as store
 from mailer.accounts import Identity, Role
 from mailer.collect.extract import published_text
-from mailer.collect.ingest import API_SOURCE, ReleaseInputError, add_release, editor_date
+from mailer.collect.ingest import API_SOURCE, editor_date
 from mailer.datewindow import DateOutOfRange, check_date, check_send_time
 from mailer.digest import PreviewError, explain_digest, preview_digest
 from mailer.message import MessageError
-from mailer.models import Digest, Release, ReleaseTopic, Subscriber, SubscriberStatus, Topic
+from mailer.models import Audience, DigestKind, Frequency, Release, Subscriber, SubscriberStatus
+from mailer.releases import ReleaseInputError
 from mailer.send import (
+    NoSuchSend,
+    Requester,
     SendError,
-    digest_progress,
     schedule_digest,
+    send_progress,
     set_digest_state,
     start_queued_digest,
 )
@@ -78,17 +80,6 @@ class Strict(BaseModel):
 # --- models -------------------------------------------------------------------------------
 
 
-class FrequencyChoice(StrEnum):
-    IMMEDIATELY = "immediately"
-    DAILY = "daily"
-    WEEKLY = "weekly"
-
-
-class Audience(StrEnum):
-    ALL = "all"
-    IMMEDIATELY = "immediately"
-    DAILY = "daily"
-    WEEKLY = "weekly"
 
 
 class Error(BaseModel):
@@ -134,7 +125,7 @@ class SubscriberCreate(Strict):
     topics: list[Annotated[Text, Field(max_length=100)]] = Field(
         default_factory=list, max_length=50, description="Slugs or names; empty: every topic."
     )
-    frequency: FrequencyChoice | None = None
+    frequency: Frequency | None = None
     confirmed: bool = Field(
         False, description="True records consent obtained elsewhere; false mails a link."
     )
@@ -245,8 +236,8 @@ class DigestCreate(Strict):
 
 class DigestStatusOut(BaseModel):
     id: int
-    kind: str
-    frequency: str
+    kind: DigestKind
+    frequency: Audience
     status: str
     scheduled_for: str | None
     recipients: int
@@ -510,39 +501,16 @@ async def export_subscribers(
 
 async def list_releases(request: Request, who: Identity, query: ReleaseQuery) -> Response:
     state = web_state(request)
-    conditions: list[Any] = [Release.merged_into_id.is_(None)]
-    if query.q:
-        pattern = f"%{query.q.lower()}%"
-        conditions.append(
-            or_(func.lower(Release.title).like(pattern), func.lower(Release.summary).like(pattern))
-        )
-    if query.topic:
-        conditions.append(
-            Release.id.in_(
-                select(ReleaseTopic.release_id)
-                .join(Topic, Topic.id == ReleaseTopic.topic_id)
-                .where(Topic.slug == query.topic)
-            )
-        )
     if query.since is not None:
         try:
             check_date(query.since, state.now(), field="since")
         except DateOutOfRange as exc:
             return error(422, str(exc))
-        conditions.append(Release.published_at >= query.since)
-    async with state.db.session() as session:
-        total = await session.scalar(select(func.count(Release.id)).where(*conditions))
-        releases = (
-            await session.scalars(
-                select(Release)
-                .where(*conditions)
-                .order_by(Release.published_at.desc(), Release.id.desc())
-                .limit(query.limit)
-                .offset(query.offset)
-            )
-        ).all()
-        items = [_release_out(r) for r in releases]
-    return ok(ReleaseList(items=items, total=total or 0))
+    wanted = releases.ReleaseFilter(
+        search=query.q or "", topic=query.topic or "", since=query.since
+    )
+    found = await releases.list_releases(state.db, wanted, limit=query.limit, offset=query.offset)
+    return ok(ReleaseList(items=[_release_out(r) for r in found.items], total=found.total))
 
 
 def _release_out(release: Release) -> ReleaseOut:
@@ -566,7 +534,7 @@ async def create_release(request: Request, who: Identity, body: ReleaseCreate) -
     state = web_state(request)
     try:
         published = editor_date(body.published or "", state.settings.digest.timezone)
-        release_id, outcome = await add_release(
+        release_id, outcome = await releases.add_release(
             state.db,
             state.settings,
             title=body.title,
@@ -580,27 +548,17 @@ async def create_release(request: Request, who: Identity, body: ReleaseCreate) -
             source_name=API_SOURCE,
             origin="api",
             now=state.now(),
+            audit_details={"via": "api"},
         )
     except ReleaseInputError as exc:
         return error(422, str(exc))
-    await audit.record(
-        state.db,
-        who.actor,
-        "release.add",
-        "release",
-        release_id,
-        {"title": body.title, "outcome": outcome, "via": "api"},
-    )
-    async with state.db.session() as session:
-        release = await session.get(Release, release_id)
-        assert release is not None
-        out = _release_out(release)
+    out = _release_out(await releases.get_release(state.db, release_id))
     return ok(ReleaseAdded(outcome=outcome, release=out), 201 if outcome == "new" else 200)
 
 
 async def dry_run(request: Request, who: Identity, query: DryRunQuery) -> Response:
     state = web_state(request)
-    report = await explain_digest(state.db, state.settings, query.frequency.value, now=state.now())
+    report = await explain_digest(state.db, state.settings, query.frequency, now=state.now())
     return ok(
         DryRunOut(recipients=report.recipients, readers=report.readers, reasons=report.reasons())
     )
@@ -609,31 +567,12 @@ async def dry_run(request: Request, who: Identity, query: DryRunQuery) -> Respon
 # --- digests --------------------------------------------------------------------------------
 
 
-async def _status(request: Request, digest_id: int) -> DigestStatusOut | None:
-    state = web_state(request)
-    async with state.db.session() as session:
-        digest = await session.get(Digest, digest_id)
-        if digest is None or digest.kind == "preview":
-            return None
-        progress = await digest_progress(session, digest_id)
-    counts = progress.counts
-    return DigestStatusOut(
-        id=digest.id,
-        kind=digest.kind,
-        frequency=digest.frequency,
-        status=progress.status,
-        scheduled_for=_iso(digest.scheduled_for),
-        recipients=progress.recipients,
-        sent=counts.get("sent", 0),
-        failed=counts.get("failed", 0),
-        deferred=counts.get("deferred", 0),
-        pending=counts.get("pending", 0) + counts.get("sending", 0),
-        cancelled=counts.get("cancelled", 0),
-        bounced=progress.bounced,
-        pause_reason=progress.pause_reason,
-        started_at=_iso(progress.started_at),
-        finished_at=_iso(progress.finished_at),
-    )
+async def _progress_of(request: Request, digest_id: int) -> Response:
+    try:
+        progress = await send_progress(web_state(request).db, digest_id)
+    except NoSuchSend:
+        return error(404, "There is no such digest.")
+    return ok(DigestStatusOut.model_validate(progress.as_json()))
 
 
 async def create_digest(request: Request, who: Identity, body: DigestCreate) -> Response:
@@ -646,61 +585,45 @@ async def create_digest(request: Request, who: Identity, body: DigestCreate) -> 
     digest = await schedule_digest(
         state.db,
         scheduled_for=body.scheduled_for,
-        frequency=body.frequency.value,
+        frequency=body.frequency,
         created_by=who.actor,
         now=state.now(),
+        requester=Requester(who.actor, via="api"),
     )
-    await audit.record(
-        state.db,
-        who.actor,
-        "digest.create",
-        "digest",
-        digest.id,
-        {
-            "frequency": body.frequency.value,
-            "scheduled_for": _iso(body.scheduled_for),
-            "via": "api",
-        },
-    )
-    status = await _status(request, digest.id)
-    assert status is not None
-    return ok(status, 201)
+    response = await _progress_of(request, digest.id)
+    response.status_code = 201
+    return response
 
 
 async def digest_status(request: Request, who: Identity, id: int) -> Response:
-    status = await _status(request, id)
-    if status is None:
-        return error(404, "There is no such digest.")
-    return ok(status)
+    return await _progress_of(request, id)
 
 
 async def send_digest(request: Request, who: Identity, id: int) -> Response:
     state = web_state(request)
-    if await _status(request, id) is None:
-        return error(404, "There is no such digest.")
     try:
-        await start_queued_digest(state.db, state.settings, id, now=state.now())
+        await start_queued_digest(
+            state.db, state.settings, id, now=state.now(), requester=Requester(who.actor, "api")
+        )
     except SendError as exc:
-        return error(409, str(exc))
-    await audit.record(state.db, who.actor, "digest.send", "digest", id, {"via": "api"})
-    status = await _status(request, id)
-    assert status is not None
-    return ok(status)
+        return _send_error(exc)
+    return await _progress_of(request, id)
+
+
+def _send_error(exc: SendError) -> Response:
+    if isinstance(exc, NoSuchSend):
+        return error(404, "There is no such digest.")
+    return error(409, str(exc))
 
 
 def _state_change(action: str) -> Handler:
     async def handler(request: Request, who: Identity, id: int) -> Response:
         state = web_state(request)
-        if await _status(request, id) is None:
-            return error(404, "There is no such digest.")
         try:
-            await set_digest_state(state.db, id, action)
+            await set_digest_state(state.db, id, action, requester=Requester(who.actor, "api"))
         except SendError as exc:
-            return error(409, str(exc))
-        await audit.record(state.db, who.actor, f"digest.{action}", "digest", id, {"via": "api"})
-        status = await _status(request, id)
-        assert status is not None
-        return ok(status)
+            return _send_error(exc)
+        return await _progress_of(request, id)
 
     handler.__name__ = f"{action}_digest"
     return handler

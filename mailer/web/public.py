@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 from mailer import subscribers as store
 from mailer.models import Frequency, SubscriberStatus
 from mailer.tokens import Purpose
+from mailer.topics import UnknownTopics, check_topics
 from mailer.web import csrf
 from mailer.web.app import WebState, render, web_state
 from mailer.web.ratelimit import client_key
@@ -208,8 +209,9 @@ async def subscribe_submit(request: Request) -> Response:
         store.clean_name(values.name)
     except store.InvalidField as exc:
         errors["name"] = str(exc)
-    known = {t.key for t in state.settings.topics}
-    if any(t not in known for t in values.topics):
+    try:
+        await check_topics(state.db, values.topics)
+    except UnknownTopics:
         errors["topics"] = "Choose topics from the list."
     try:
         store.parse_frequency(values.frequency)
@@ -372,8 +374,9 @@ async def preferences_submit(request: Request) -> Response:
     values = FormValues.from_form(form)
     values.email = subscriber.email
     errors: dict[str, str] = {}
-    known = {t.key for t in state.settings.topics}
-    if any(t not in known for t in values.topics):
+    try:
+        await check_topics(state.db, values.topics)
+    except UnknownTopics:
         errors["topics"] = "Choose topics from the list."
     if not errors:
         try:

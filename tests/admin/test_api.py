@@ -11,7 +11,7 @@ import pytest
 
 from mailer import accounts, audit
 from mailer import subscribers as store
-from mailer.web.admin.releases import add_release
+from mailer.releases import add_release
 from tests.admin.conftest import AdminSite
 from tests.admin.test_access import walk
 

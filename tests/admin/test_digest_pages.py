@@ -10,8 +10,8 @@ from sqlalchemy import select
 from mailer import audit
 from mailer import subscribers as store
 from mailer.models import Delivery, Digest
+from mailer.releases import add_release
 from mailer.send import start_due_digests
-from mailer.web.admin.releases import add_release
 from tests.admin.conftest import AdminSite, csrf_token, post_form
 
 

@@ -24,8 +24,8 @@ from mailer import accounts, audit
 from mailer.accounts import Role
 from mailer.config import Settings
 from mailer.models import AuditEntry, Source, Subscriber, SubscriberStatus
+from mailer.sources import add_source, source_config
 from mailer.subscribers import add
-from mailer.web.admin.sources import add_source, source_config
 from tests.admin.conftest import ADMIN_PASSWORD, AdminSite, csrf_token, login, site_settings
 from tests.admin.test_access import guarded_routes
 
@@ -74,6 +74,7 @@ async def world(site: AdminSite, tmp_path: Path) -> World:
         site.db,
         site.settings,
         source_config({"name": "Drop folder", "kind": "folder", "path": str(folder)}),
+        actor="alice",
     )
     bob = await accounts.create_user(site.db, "bob", "bob's password 1", "editor")
     _, bot = await accounts.create_token(site.db, "old-bot", "editor")

@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailer import subscribers as store
 from mailer.context import AppContext
+from mailer.releases import add_release
 from mailer.schedule import collect_and_notify
 from mailer.send import start_digest
-from mailer.web.admin.releases import add_release
 from mailer.web.app import create_app
 from tests.admin.conftest import BASE, AdminSite, site_settings
 from tests.support.clock import Clock

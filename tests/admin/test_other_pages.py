@@ -15,8 +15,8 @@ from mailer import subscribers as store
 from mailer.config import Settings, format_duration, parse_duration
 from mailer.context import AppContext
 from mailer.models import Release, Source
+from mailer.releases import add_release
 from mailer.send import start_digest
-from mailer.web.admin.releases import add_release
 from mailer.web.app import create_app
 from tests.admin.conftest import ADMIN_PASSWORD, AdminSite, login, post_form, site_settings
 from tests.support.clock import Clock

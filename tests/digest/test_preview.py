@@ -14,6 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from sqlalchemy import func, select
+from sqlalchemy.exc import StatementError
 
 from mailer.cli import main
 from mailer.config import Settings
@@ -222,9 +223,14 @@ async def test_composer_loads_releases_sources_and_topic_choices(
 
 @pytest.mark.parametrize("frequency", ["hourly"])
 async def test_unknown_frequency_is_refused(database, settings: Settings, frequency: str) -> None:
-    from mailer.digest import PlanningError
+    from mailer.send import SendError, schedule_digest, start_digest
 
-    async with database.transaction() as session:
-        digest = await new_digest(session, frequency)
-        with pytest.raises(PlanningError, match="unknown digest frequency"):
-            await plan_digest(session, settings, digest)
+    choices = "choose one of all, immediately, daily, weekly"
+    with pytest.raises(SendError, match=f"unknown audience 'hourly'; {choices}"):
+        await start_digest(database, settings, frequency=frequency)
+    with pytest.raises(SendError, match=f"unknown audience 'hourly'; {choices}"):
+        await schedule_digest(database, scheduled_for=None, frequency=frequency)
+    # Not even a row written by hand gets past the column's vocabulary.
+    with pytest.raises(StatementError, match="'hourly' is not among the defined enum values"):
+        async with database.transaction() as session:
+            await new_digest(session, frequency)

@@ -300,13 +300,13 @@ async def test_folder_source_outside_the_roots_from_the_admin_reads_nothing(
 ) -> None:
     """An editor's form is refused; a row that got there anyway (edited in the
     database, or stored before this check existed) is refused when it runs."""
-    from mailer.web.admin.sources import SourceInputError, add_source, source_config
+    from mailer.sources import SourceInputError, add_source, source_config
 
     settings: Settings = make_settings(tmp_path, database_url)
     async with AppContext(settings=settings).database() as database:
         config = source_config({"name": "Disk", "kind": "folder", "path": path})
         with pytest.raises(SourceInputError, match="outside the folders sources may read"):
-            await add_source(database, settings, config)
+            await add_source(database, settings, config, actor="cli")
         async with database.transaction() as session:
             session.add(Source(name="Disk", kind="folder", path=path, origin="admin"))
         result = await collect_source(database, settings, "Disk")

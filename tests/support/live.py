@@ -19,7 +19,7 @@ from mailer import subscribers as store
 from mailer.config import Settings
 from mailer.context import AppContext
 from mailer.models import utcnow
-from mailer.web.admin.releases import add_release
+from mailer.releases import add_release
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 

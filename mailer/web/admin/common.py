@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from mailer.accounts import Identity, Role
 from mailer.templating import local_time, publication_date
+from mailer.textsearch import like_patterns as like_patterns  # the subscriber pages use it
 from mailer.web.app import render, web_state
 
 log = logging.getLogger(__name__)
@@ -211,14 +212,6 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
     except ValueError:
         return default
     return min(max(value, low), high)
-
-
-def like_patterns(search: str) -> list[str]:
-    """LIKE patterns for a case-insensitive search. SQLite folds case for ASCII only,
-    so "šimonytė" would miss "Šimonytė"; the lower-cased, as-typed and capitalised
-    forms cover how names are written without a database-specific collation."""
-    forms = {search.lower(), search, search.capitalize(), search.title()}
-    return [f"%{form.replace('%', '').replace('_', '')}%" for form in sorted(forms)]
 
 
 def query_text(request: Request, name: str, limit: int = 200) -> str:

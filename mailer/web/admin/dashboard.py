@@ -9,21 +9,19 @@ Content-Security-Policy to block, and they print and work without JavaScript.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from typing import Any
 
-from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from mailer import subscribers as store
 from mailer.accounts import Role
-from mailer.collect.store import source_release_counts
-from mailer.models import ConsentEvent, Source, SourceStatus
+from mailer.models import SourceStatus
+from mailer.send import DigestProgress, recent_sends
+from mailer.sources import list_sources
+from mailer.subscribers.signups import signups_per_day
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import page
-from mailer.web.admin.digests import DigestStats, recent_digests
 from mailer.web.app import web_state
 
 SIGNUP_DAYS = 30
@@ -104,15 +102,16 @@ def bar_chart(items: list[tuple[str, int, str]], title: str, *, tick_every: int 
     return Chart(CHART_WIDTH, CHART_HEIGHT, bars, grid, baseline, title)
 
 
+# (DigestProgress field, css class, label)
 SEGMENTS = (
-    ("sent", "seg-sent"),
-    ("failed", "seg-failed"),
-    ("deferred", "seg-deferred"),
-    ("open", "seg-open"),
+    ("sent", "seg-sent", "sent"),
+    ("failed", "seg-failed", "failed"),
+    ("deferred", "seg-deferred", "deferred"),
+    ("pending", "seg-open", "open"),
 )
 
 
-def digest_chart(digests: list[DigestStats]) -> Chart:
+def digest_chart(digests: list[DigestProgress]) -> Chart:
     """Stacked bars per send (oldest left): sent, failed, deferred, still waiting."""
     ordered = list(reversed(digests))
     plot_height, baseline, grid, ceiling = _frame(max((d.recipients for d in ordered), default=0))
@@ -120,7 +119,7 @@ def digest_chart(digests: list[DigestStats]) -> Chart:
     bars = []
     for number, digest in enumerate(ordered):
         bottom = baseline
-        for field, css in SEGMENTS:
+        for field, css, name in SEGMENTS:
             value = int(getattr(digest, field))
             if not value:
                 continue
@@ -132,7 +131,7 @@ def digest_chart(digests: list[DigestStats]) -> Chart:
                     y=round(bottom, 2),
                     width=round(slot * 0.7, 2),
                     height=round(height, 2),
-                    label=f"Send {digest.id} ({digest.kind}): {field}",
+                    label=f"Send {digest.id} ({digest.kind}): {name}",
                     value=value,
                     css=css,
                     tick=f"#{digest.id}" if field == "sent" or bottom == baseline - height else "",
@@ -141,42 +140,16 @@ def digest_chart(digests: list[DigestStats]) -> Chart:
     return Chart(CHART_WIDTH, CHART_HEIGHT, bars, grid, baseline, "Recent sends")
 
 
-def _day(value: Any) -> date:
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value)[:10])
-
-
-async def signups_per_day(request: Request, days: int = SIGNUP_DAYS) -> list[tuple[date, int]]:
-    state = web_state(request)
-    today = state.now().date()
-    first = today - timedelta(days=days - 1)
-    since = datetime.combine(first, datetime.min.time(), tzinfo=state.now().tzinfo)
-    day = func.date(ConsentEvent.at)
-    async with state.db.session() as session:
-        rows = await session.execute(
-            select(day, func.count())
-            .where(ConsentEvent.action == "signup", ConsentEvent.at >= since)
-            .group_by(day)
-        )
-        counts = {_day(d): n for d, n in rows}
-    return [
-        (first + timedelta(days=i), counts.get(first + timedelta(days=i), 0)) for i in range(days)
-    ]
-
-
 @requires(Role.EDITOR)
 async def dashboard(request: Request) -> Response:
     state = web_state(request)
     by_status = await store.count_by_status(state.db)
-    signups = await signups_per_day(request)
-    async with state.db.session() as session:
-        digests = await recent_digests(session, limit=12)
-        # Every source, hand-added releases' labels included: one count everywhere.
-        sources = (await session.scalars(select(Source).order_by(Source.name))).all()
-        release_counts = await source_release_counts(session)
+    signups = await signups_per_day(state.db, SIGNUP_DAYS, now=state.now())
+    digests = await recent_sends(state.db, limit=12)
+    # Every source, hand-added releases' labels included: one count everywhere.
+    health = await list_sources(state.db)
+    sources = [h.source for h in health]
+    release_counts = {h.source.id: h.releases for h in health}
     status_chart = bar_chart(
         [(name, count, f"bar bar-{name}") for name, count in by_status.items()],
         "Subscribers by status",

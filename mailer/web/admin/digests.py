@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import email
 import email.policy
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from mailer import audit
 from mailer.accounts import Role
 from mailer.datewindow import DateOutOfRange, check_send_time
 from mailer.digest import (
@@ -30,11 +26,17 @@ from mailer.digest import (
     preview_digest,
 )
 from mailer.message import MessageError
-from mailer.models import Delivery, DeliveryStatus, Digest, Subscriber
+from mailer.models import Audience, DigestKind
 from mailer.send import (
+    DigestProgress,
+    Requester,
     SendError,
-    digest_progress,
+    audience,
+    failure_reasons,
+    recent_sends,
     schedule_digest,
+    send_progress,
+    send_rate,
     set_digest_state,
     start_digest,
     start_queued_digest,
@@ -53,168 +55,38 @@ from mailer.web.admin.common import (
 )
 from mailer.web.app import web_state
 
-FREQUENCY_CHOICES = {
-    "all": "Every confirmed subscriber, whatever their frequency",
-    "immediately": "Subscribers who chose “as soon as published”",
-    "daily": "Daily subscribers",
-    "weekly": "Weekly subscribers",
-}
 DIGEST_ACTIONS = ("pause", "resume", "cancel", "start")
-# How far back the send rate looks.
-RATE_WINDOW = timedelta(seconds=60)
 # The sandboxed preview may show the email's own inline styles and remote images,
 # and nothing else: no script, no forms, no navigation, no same-origin access.
 PREVIEW_CSP = (
     "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
     "frame-ancestors 'self'"
 )
+AUDIENCES = {a.value: a.description for a in Audience}
 
 
-@dataclass(frozen=True)
-class DigestStats:
-    id: int
-    kind: str
-    frequency: str
-    status: str
-    created_at: datetime
-    scheduled_for: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    created_by: str | None
-    recipients: int
-    sent: int
-    failed: int
-    deferred: int
-    open: int
-    cancelled: int
-    bounced: int
-    unsubscribes: int
-    test_address: str | None
-
-    @property
-    def done(self) -> int:
-        return self.sent + self.failed + self.cancelled
+async def _progress(request: Request, digest_id: int) -> DigestProgress:
+    try:
+        return await send_progress(web_state(request).db, digest_id)
+    except SendError:
+        raise HTTPException(404, "There is no such send.") from None
 
 
-async def digest_stats(session: AsyncSession, digests: list[Digest]) -> list[DigestStats]:
-    """Counts per send. Unsubscribes: recipients who unsubscribed after it reached them."""
-    ids = [d.id for d in digests]
-    counts: dict[int, dict[str, int]] = {i: {} for i in ids}
-    bounced: dict[int, int] = {}
-    unsubscribed: dict[int, int] = {}
-    if ids:
-        rows = await session.execute(
-            select(Delivery.digest_id, Delivery.status, func.count())
-            .where(Delivery.digest_id.in_(ids))
-            .group_by(Delivery.digest_id, Delivery.status)
-        )
-        for digest_id, status, number in rows:
-            counts[digest_id][status.value] = number
-        rows = await session.execute(
-            select(Delivery.digest_id, func.count())
-            .where(Delivery.digest_id.in_(ids), Delivery.bounced)
-            .group_by(Delivery.digest_id)
-        )
-        bounced = dict(rows.all())
-        rows = await session.execute(
-            select(Delivery.digest_id, func.count())
-            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-            .where(
-                Delivery.digest_id.in_(ids),
-                Delivery.status == DeliveryStatus.SENT,
-                Subscriber.unsubscribed_at.is_not(None),
-                Subscriber.unsubscribed_at >= Delivery.sent_at,
-            )
-            .group_by(Delivery.digest_id)
-        )
-        unsubscribed = dict(rows.all())
-    stats = []
-    for d in digests:
-        c = counts[d.id]
-        stats.append(
-            DigestStats(
-                id=d.id,
-                kind=d.kind,
-                frequency=d.frequency,
-                status=d.status.value,
-                created_at=d.created_at,
-                scheduled_for=d.scheduled_for,
-                started_at=d.started_at,
-                finished_at=d.finished_at,
-                created_by=d.created_by,
-                recipients=d.recipient_count,
-                sent=c.get("sent", 0),
-                failed=c.get("failed", 0),
-                deferred=c.get("deferred", 0),
-                open=c.get("pending", 0) + c.get("sending", 0),
-                cancelled=c.get("cancelled", 0),
-                bounced=bounced.get(d.id, 0),
-                unsubscribes=unsubscribed.get(d.id, 0),
-                test_address=d.test_address,
-            )
-        )
-    return stats
-
-
-async def recent_digests(session: AsyncSession, limit: int = 30) -> list[DigestStats]:
-    digests = list(
-        (
-            await session.scalars(
-                select(Digest)
-                .where(Digest.kind != "preview")
-                .order_by(Digest.created_at.desc(), Digest.id.desc())
-                .limit(limit)
-            )
-        ).all()
-    )
-    return await digest_stats(session, digests)
-
-
-async def send_rate(session: AsyncSession, digest_id: int, now: datetime) -> float:
-    """Messages per minute over the last RATE_WINDOW."""
-    sent = await session.scalar(
-        select(func.count()).where(
-            and_(
-                Delivery.digest_id == digest_id,
-                Delivery.status == DeliveryStatus.SENT,
-                Delivery.sent_at >= now - RATE_WINDOW,
-            )
-        )
-    )
-    return round((sent or 0) * 60 / RATE_WINDOW.total_seconds(), 1)
-
-
-async def progress_data(request: Request, digest_id: int) -> dict[str, Any]:
+async def progress_data(request: Request, progress: DigestProgress) -> dict[str, Any]:
     state = web_state(request)
-    async with state.db.session() as session:
-        try:
-            progress = await digest_progress(session, digest_id)
-        except SendError:
-            raise HTTPException(404, "There is no such send.") from None
-        rate = await send_rate(session, digest_id, state.now())
-    counts = progress.counts
+    rate = await send_rate(state.db, progress.id, state.now())
     return {
-        "id": progress.digest_id,
-        "status": progress.status,
-        "recipients": progress.recipients,
-        "sent": counts.get("sent", 0),
-        "failed": counts.get("failed", 0),
-        "deferred": counts.get("deferred", 0),
-        "pending": counts.get("pending", 0) + counts.get("sending", 0),
-        "cancelled": counts.get("cancelled", 0),
-        "bounced": progress.bounced,
-        "done": progress.done,
+        **progress.as_json(),
         "rate_per_minute": rate,
         "pause_reason": progress.pause_reason or "",
-        "started_at": progress.started_at.isoformat() if progress.started_at else None,
-        "finished_at": progress.finished_at.isoformat() if progress.finished_at else None,
     }
 
 
-def _frequency(raw: str) -> str:
-    if raw not in FREQUENCY_CHOICES:
-        raise HTTPException(422, "Choose who the digest goes to.")
-    return raw
+def _audience(raw: str) -> Audience:
+    try:
+        return audience(raw)
+    except SendError:
+        raise HTTPException(422, "Choose who the digest goes to.") from None
 
 
 # --- pages ------------------------------------------------------------------------------
@@ -222,14 +94,8 @@ def _frequency(raw: str) -> str:
 
 @requires(Role.EDITOR)
 async def digests_index(request: Request) -> Response:
-    state = web_state(request)
-    async with state.db.session() as session:
-        digests = await recent_digests(session)
-    return page(
-        request,
-        "digests.html",
-        {"digests": digests, "frequencies": FREQUENCY_CHOICES},
-    )
+    digests = await recent_sends(web_state(request).db)
+    return page(request, "digests.html", {"digests": digests, "frequencies": AUDIENCES})
 
 
 def _preview_subscriber(request: Request) -> str | None:
@@ -318,12 +184,12 @@ async def send_test(request: Request) -> Response:
     digest = await start_digest(
         state.db,
         state.settings,
-        kind="test",
+        kind=DigestKind.TEST,
         created_by=who.actor,
         test_address=address,
         now=state.now(),
+        requester=Requester(who.actor),
     )
-    await audit.record(state.db, who.actor, "digest.test", "digest", digest.id, {"to": address})
     if digest.recipient_count == 0:
         report = await explain_digest(state.db, state.settings, now=state.now())
         return redirect(
@@ -344,14 +210,14 @@ async def send_test(request: Request) -> Response:
 async def confirm_send(request: Request) -> Response:
     """The step before a real send: who it goes to and how many they are."""
     state = web_state(request)
-    frequency = _frequency(query_text(request, "frequency") or "all")
+    frequency = _audience(query_text(request, "frequency") or Audience.ALL)
     report = await explain_digest(state.db, state.settings, frequency, now=state.now())
     return page(
         request,
         "digest_confirm.html",
         {
-            "frequency": frequency,
-            "label": FREQUENCY_CHOICES[frequency],
+            "frequency": frequency.value,
+            "label": frequency.description,
             "count": report.recipients,
             "reasons": report.reasons(),
         },
@@ -362,25 +228,18 @@ async def confirm_send(request: Request) -> Response:
 async def send_now(request: Request) -> Response:
     state = web_state(request)
     data = await form(request)
-    frequency = _frequency(text(data, "frequency"))
+    frequency = _audience(text(data, "frequency"))
     who = identity(request)
     report = SelectionReport(frequency=frequency, max_age=state.settings.digest.max_age)
     digest = await start_digest(
         state.db,
         state.settings,
         frequency=frequency,
-        kind="manual",
+        kind=DigestKind.MANUAL,
         created_by=who.actor,
         now=state.now(),
         report=report,
-    )
-    await audit.record(
-        state.db,
-        who.actor,
-        "digest.send",
-        "digest",
-        digest.id,
-        {"frequency": frequency, "recipients": digest.recipient_count},
+        requester=Requester(who.actor),
     )
     if digest.recipient_count == 0:
         return redirect(
@@ -411,7 +270,7 @@ def parse_local_time(raw: str, timezone: str) -> datetime:
 async def schedule(request: Request) -> Response:
     state = web_state(request)
     data = await form(request)
-    frequency = _frequency(text(data, "frequency"))
+    frequency = _audience(text(data, "frequency"))
     at = parse_local_time(text(data, "at", limit=40), state.settings.digest.timezone)
     try:
         check_send_time(at, state.now(), field="Send time")
@@ -419,15 +278,12 @@ async def schedule(request: Request) -> Response:
         return redirect(request, "/admin/digests", str(exc), kind="error")
     who = identity(request)
     digest = await schedule_digest(
-        state.db, scheduled_for=at, frequency=frequency, created_by=who.actor, now=state.now()
-    )
-    await audit.record(
         state.db,
-        who.actor,
-        "digest.schedule",
-        "digest",
-        digest.id,
-        {"frequency": frequency, "scheduled_for": at.isoformat()},
+        scheduled_for=at,
+        frequency=frequency,
+        created_by=who.actor,
+        now=state.now(),
+        requester=Requester(who.actor),
     )
     return redirect(request, f"/admin/digests/{digest.id}", "Send scheduled.")
 
@@ -436,32 +292,15 @@ async def schedule(request: Request) -> Response:
 async def digest_page(request: Request) -> Response:
     state = web_state(request)
     digest_id = path_id(request)
-    async with state.db.session() as session:
-        digest = await session.get(Digest, digest_id)
-        if digest is None:
-            raise HTTPException(404, "There is no such send.")
-        stats = (await digest_stats(session, [digest]))[0]
-        failures = (
-            await session.execute(
-                select(Delivery.last_error, func.count())
-                .where(
-                    Delivery.digest_id == digest_id,
-                    Delivery.status.in_([DeliveryStatus.FAILED, DeliveryStatus.DEFERRED]),
-                    Delivery.last_error.is_not(None),
-                )
-                .group_by(Delivery.last_error)
-                .order_by(func.count().desc())
-                .limit(10)
-            )
-        ).all()
+    stats = await _progress(request, digest_id)
     return page(
         request,
         "digest.html",
         {
             "digest": stats,
-            "progress": await progress_data(request, digest_id),
-            "failures": failures,
-            "label": FREQUENCY_CHOICES.get(stats.frequency, stats.frequency),
+            "progress": await progress_data(request, stats),
+            "failures": await failure_reasons(state.db, digest_id),
+            "label": stats.audience.description,
         },
     )
 
@@ -469,7 +308,8 @@ async def digest_page(request: Request) -> Response:
 @requires(Role.EDITOR)
 async def digest_progress_json(request: Request) -> Response:
     return JSONResponse(
-        await progress_data(request, path_id(request)), headers={"cache-control": "no-store"}
+        await progress_data(request, await _progress(request, path_id(request))),
+        headers={"cache-control": "no-store"},
     )
 
 
@@ -481,14 +321,16 @@ async def digest_action(request: Request) -> Response:
     if action not in DIGEST_ACTIONS:
         raise HTTPException(404, "There is no such action.")
     who = identity(request)
+    requester = Requester(who.actor)
     try:
         if action == "start":
-            digest = await start_queued_digest(state.db, state.settings, digest_id, now=state.now())
+            digest = await start_queued_digest(
+                state.db, state.settings, digest_id, now=state.now(), requester=requester
+            )
         else:
-            digest = await set_digest_state(state.db, digest_id, action)
+            digest = await set_digest_state(state.db, digest_id, action, requester=requester)
     except SendError as exc:
         return redirect(request, f"/admin/digests/{digest_id}", str(exc), kind="error")
-    await audit.record(state.db, who.actor, f"digest.{action}", "digest", digest_id)
     past = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "start": "started"}
     notice = f"Send {past[action]}."
     if action == "start":

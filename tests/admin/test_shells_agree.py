@@ -1,0 +1,188 @@
+"""The admin, the JSON API and the CLI asked the same question give the same answer:
+they are three shells over one domain function each (mailer.releases, mailer.send)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from click.testing import CliRunner
+from sqlalchemy import select, update
+
+from mailer import accounts
+from mailer import subscribers as store
+from mailer.cli import main
+from mailer.models import Delivery, DeliveryStatus
+from mailer.releases import add_release
+from mailer.send import start_digest
+from tests.admin.conftest import BASE, AdminSite
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+async def api(site: AdminSite) -> AsyncIterator[httpx.AsyncClient]:
+    token, _ = await accounts.create_token(site.db, "agree", "editor")
+    async with site.client() as client:
+        client.headers["authorization"] = f"Bearer {token}"
+        yield client
+
+
+@pytest.fixture
+def cli_config(site: AdminSite, tmp_path: Path) -> Path:
+    """A configuration file for the same database the admin and the API use."""
+    settings = site.settings
+    path = tmp_path / "cli-config.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(settings.data_path),
+                "database": {"url": settings.database.url},
+                "secret_key": "test-secret-key-0123456789abcdef",
+                "site": {"base_url": BASE},
+                "topics": [
+                    {"name": "Economy", "keywords": ["budget", "tax"]},
+                    {"name": "Health", "keywords": ["hospital", "vaccine"]},
+                ],
+            }
+        )
+    )
+    return path
+
+
+async def _cli(config: Path, *args: str) -> list[dict[str, Any]]:
+    # The CLI runs its own event loop; a thread keeps it off the test's.
+    result = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(config), *args])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+async def _admin_release_ids(client: httpx.AsyncClient, **params: str) -> list[int]:
+    page = await client.get("/admin/releases", params=params)
+    assert page.status_code == 200
+    return [int(i) for i in re.findall(r'href="/admin/releases/(\d+)"', page.text)]
+
+
+async def _releases(site: AdminSite) -> dict[str, int]:
+    ids = {}
+    for title, body, topics in [
+        ("Budget for 2026 adopted", "The parliament adopted the budget.", ["economy"]),
+        ("New hospital opens", "A hospital opened in Kaunas.", ["health"]),
+        ("Tax forms simplified", "Tax forms are shorter now.", ["economy"]),
+        ("Vaccine campaign", "Vaccines for everyone this winter.", ["health"]),
+    ]:
+        site.clock.advance(timedelta(minutes=1))
+        ids[title], _ = await add_release(
+            site.db,
+            site.settings,
+            title=title,
+            body=body,
+            topics=topics,
+            published=site.clock.now(),
+            added_by="test",
+            now=site.clock.now(),
+        )
+    return ids
+
+
+async def test_release_listing_with_a_topic_filter_is_the_same_everywhere(
+    site: AdminSite, editor_client: httpx.AsyncClient, api: httpx.AsyncClient, cli_config: Path
+) -> None:
+    ids = await _releases(site)
+    economy = [ids["Tax forms simplified"], ids["Budget for 2026 adopted"]]  # newest first
+
+    admin = await _admin_release_ids(editor_client, topic="economy")
+    answer = (await api.get("/api/releases", params={"topic": "economy"})).json()
+    cli = await _cli(cli_config, "releases", "--json", "--topic", "economy")
+
+    assert admin == economy
+    assert [r["id"] for r in answer["items"]] == economy and answer["total"] == 2
+    assert [r["id"] for r in cli] == economy
+    assert {tuple(r["topics"]) for r in answer["items"]} == {("economy",)}
+    assert {tuple(r["topics"]) for r in cli} == {("economy",)}
+
+
+async def test_a_search_finds_the_same_releases_in_the_admin_and_the_api(
+    site: AdminSite, editor_client: httpx.AsyncClient, api: httpx.AsyncClient
+) -> None:
+    await _releases(site)
+    site.clock.advance(timedelta(minutes=1))
+    named, _ = await add_release(
+        site.db,
+        site.settings,
+        title="Minister Šimonytė opens a bridge",
+        body="The bridge over the Neris opened today.",
+        published=site.clock.now(),
+        added_by="test",
+        now=site.clock.now(),
+    )
+    # SQLite folds case for ASCII only: a plain lower() misses "Š".
+    for search in ("šimonytė", "ŠIMONYTĖ", "Šimonytė"):
+        admin = await _admin_release_ids(editor_client, q=search)
+        answer = (await api.get("/api/releases", params={"q": search})).json()
+        assert admin == [named], search
+        assert [r["id"] for r in answer["items"]] == [named] and answer["total"] == 1, search
+
+
+async def test_a_sends_progress_is_the_same_everywhere(
+    site: AdminSite, editor_client: httpx.AsyncClient, api: httpx.AsyncClient, cli_config: Path
+) -> None:
+    for number in range(5):
+        await store.add(
+            site.db,
+            site.settings,
+            f"reader{number}@example.org",
+            confirmed=True,
+            now=site.clock.now(),
+        )
+    await _releases(site)
+    digest = await start_digest(site.db, site.settings, now=site.clock.now())
+    assert digest.recipient_count == 5
+    # Two delivered (one of them bounced later), one failed, one deferred, one waiting.
+    async with site.db.transaction() as session:
+        rows = list(
+            await session.scalars(
+                select(Delivery.id).where(Delivery.digest_id == digest.id).order_by(Delivery.id)
+            )
+        )
+        outcomes = [
+            {"status": DeliveryStatus.SENT, "sent_at": site.clock.now()},
+            {"status": DeliveryStatus.SENT, "sent_at": site.clock.now(), "bounced": True},
+            {"status": DeliveryStatus.FAILED, "last_error": "550 no such user"},
+            {"status": DeliveryStatus.DEFERRED, "last_error": "451 try later"},
+        ]
+        for delivery_id, values in zip(rows, outcomes, strict=False):
+            await session.execute(
+                update(Delivery).where(Delivery.id == delivery_id).values(**values)
+            )
+
+    admin = (await editor_client.get(f"/admin/digests/{digest.id}/progress")).json()
+    answer = (await api.get(f"/api/digests/{digest.id}")).json()
+    [cli] = await _cli(cli_config, "digest", "status", "--json", str(digest.id))
+
+    expected = {
+        "id": digest.id,
+        "status": "sending",
+        "recipients": 5,
+        "sent": 2,
+        "failed": 1,
+        "deferred": 1,
+        "pending": 1,
+        "cancelled": 0,
+        "bounced": 1,
+    }
+    for shell, shown in (("admin", admin), ("api", answer), ("cli", cli)):
+        assert {key: shown[key] for key in expected} == expected, shell
+    assert admin["started_at"] == answer["started_at"] == cli["started_at"]
+
+    # The admin's send page shows the same numbers as its live progress.
+    page = (await editor_client.get(f"/admin/digests/{digest.id}")).text
+    assert "550 no such user" in page and "451 try later" in page
