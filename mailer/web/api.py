@@ -80,8 +80,6 @@ class Strict(BaseModel):
 # --- models -------------------------------------------------------------------------------
 
 
-
-
 class Error(BaseModel):
     error: str
     details: list[dict[str, Any]] | None = None
