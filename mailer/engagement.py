@@ -822,3 +822,11 @@ async def reader_activity(session: AsyncSession, subscriber_id: int) -> dict[str
         ],
         "opens": [{"at": at.isoformat(), "send": digest_id} for at, digest_id in opens],
     }
+
+
+async def forget_reader(session: AsyncSession, subscriber_id: int) -> None:
+    """Erasure: the reader's clicks and opens stay only as anonymous counts."""
+    for table in (Click, Open):
+        await session.execute(
+            update(table).where(table.subscriber_id == subscriber_id).values(subscriber_id=None)
+        )

@@ -260,7 +260,9 @@ async def privacy(request: Request) -> Response:
     paragraphs = [
         p.strip() for p in state.settings.signup.privacy_notice.split("\n\n") if p.strip()
     ]
-    return render(request, "privacy.html", {"paragraphs": paragraphs})
+    return render(
+        request, "privacy.html", {"paragraphs": paragraphs, "tracking": state.settings.tracking}
+    )
 
 
 # --- confirm --------------------------------------------------------------------------

@@ -82,11 +82,17 @@ def read_mail(data: bytes) -> Sent:
         if "/r/" in match.group(1) and match.group(2) != "Read the full release":
             links.setdefault(match.group(2), match.group(1))
     pixel = _PIXEL.search(html)
-    return Sent(str(message["To"].addresses[0].addr_spec), links, pixel and pixel.group(1), html, text)
+    return Sent(
+        str(message["To"].addresses[0].addr_spec), links, pixel and pixel.group(1), html, text
+    )
 
 
 async def send_to_readers(
-    site: TrackedSite, smtp_server: SmtpServer, titles: tuple[str, ...] = tuple(RELEASES)
+    site: TrackedSite,
+    smtp_server: SmtpServer,
+    titles: tuple[str, ...] = tuple(RELEASES),
+    *,
+    wait: timedelta = timedelta(minutes=30),
 ) -> None:
     now = site.clock.now()
     for address in READERS:
@@ -109,7 +115,7 @@ async def send_to_readers(
         sent = read_mail(received.data)
         site.sent[sent.address] = sent
     # Readers click a while after delivery, not within the scanner window.
-    site.clock.advance(timedelta(minutes=30))
+    site.clock.advance(wait)
 
 
 def tracked_settings(tmp_path: Path, database_url: str, port: int, **tracking: Any) -> Settings:
@@ -136,7 +142,10 @@ async def tracked(
     settings = tracked_settings(tmp_path, database_url, smtp_server.port, **tracking_options)
     clock = Clock(wall=datetime.now(UTC).replace(microsecond=0))
     app = create_app(
-        AppContext(settings=settings), run_background=False, now=clock.now, monotonic=clock.monotonic
+        AppContext(settings=settings),
+        run_background=False,
+        now=clock.now,
+        monotonic=clock.monotonic,
     )
     async with app.router.lifespan_context(app):
         await accounts.create_user(app.state.web.db, "alice", ADMIN_PASSWORD, "admin")

@@ -10,7 +10,6 @@ from sqlalchemy import select
 
 from mailer.models import Click, ConsentEvent, Open
 from tests.engagement.conftest import (
-    BROWSER,
     READERS,
     RELEASES,
     TrackedSite,
@@ -119,5 +118,3 @@ async def test_opens_are_recorded_without_the_reader(
     async with tracked.db.session() as session:
         opens = (await session.scalars(select(Open))).all()
     assert [o.subscriber_id for o in opens] == [None]
-
-

@@ -28,7 +28,9 @@ def test_a_token_names_only_the_send_and_the_release(tmp_path, sqlite_url) -> No
     assert signer.read_click(token) == (7, 42)
     # Changing any character of the token breaks the signature.
     for position in range(len(token)):
-        flipped = token[:position] + ("A" if token[position] != "A" else "B") + token[position + 1 :]
+        flipped = (
+            token[:position] + ("A" if token[position] != "A" else "B") + token[position + 1 :]
+        )
         with pytest.raises(engagement.UnknownLink):
             signer.read_click(flipped)
     # Signed with the site's key for this purpose only: not an open-image or a foreign token.
@@ -107,9 +109,9 @@ async def test_no_request_can_choose_where_r_redirects(
             location = response.headers.get("location")
             assert location in (None, RELEASES[BUDGET]), (attempt, location)
         # A signed token whose release's link is the only possible destination.
-        signed = URLSafeSerializer(
-            tracked.settings.get_secret_key(), salt="mailer.click"
-        ).dumps([tracked.digest_id, target])
+        signed = URLSafeSerializer(tracked.settings.get_secret_key(), salt="mailer.click").dumps(
+            [tracked.digest_id, target]
+        )
         assert (await browser.get(f"/r/{signed}")).status_code == 404
 
 
@@ -141,8 +143,11 @@ async def test_link_scanners_are_counted_apart(tracked: TrackedSite, smtp: SmtpS
     assert by_title == {BUDGET: (0, 4), HOSPITAL: (1, 1), TAX: (1, 1)}
     async with tracked.db.session() as session:
         reasons = dict(
-            (await session.execute(select(Click.discarded, func.count()).group_by(Click.discarded)))
-            .all()
+            (
+                await session.execute(
+                    select(Click.discarded, func.count()).group_by(Click.discarded)
+                )
+            ).all()
         )
     assert reasons == {"burst": 3, "head": 1, "agent": 2, None: 2}
 
@@ -164,7 +169,9 @@ async def test_clicks_switched_off_after_the_send_still_lead_on_uncounted(
     assert await _clicks(tracked) == 0
 
 
-async def test_reports_404_for_unknown_sends(tracked: TrackedSite, admin: httpx.AsyncClient) -> None:
+async def test_reports_404_for_unknown_sends(
+    tracked: TrackedSite, admin: httpx.AsyncClient
+) -> None:
     assert (await admin.get("/admin/engagement/sends/999")).status_code == 404
     assert (await admin.get("/admin/engagement/sends/999.csv")).status_code == 404
     assert (await admin.get("/admin/engagement")).status_code == 200
