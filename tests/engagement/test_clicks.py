@@ -118,3 +118,21 @@ async def test_opens_are_recorded_without_the_reader(
     async with tracked.db.session() as session:
         opens = (await session.scalars(select(Open))).all()
     assert [o.subscriber_id for o in opens] == [None]
+
+
+async def test_metrics_count_clicks_apart_from_scanners_and_opens(
+    tracked: TrackedSite, smtp: SmtpServer
+) -> None:
+    from tests.admin.test_metrics import samples
+
+    await send_to_readers(tracked, smtp)
+    sent = tracked.sent[READERS[0]]
+    async with tracked.client() as browser:
+        assert (await browser.get(sent.links[BUDGET])).status_code == 302
+        assert (await browser.head(sent.links[HOSPITAL])).status_code == 302
+        assert (await browser.get(sent.image or "")).status_code == 200
+        values = samples((await browser.get("/metrics")).text)
+    assert values[("mailer_clicks_total", (("outcome", "counted"),))] == 1
+    assert values[("mailer_clicks_total", (("outcome", "discarded"),))] == 1
+    assert values[("mailer_unique_clicks_total", ())] == 1
+    assert values[("mailer_opens_approximate_total", ())] == 1
