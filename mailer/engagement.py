@@ -39,6 +39,7 @@ import enum
 import hashlib
 import hmac
 import io
+import logging
 import re
 import secrets
 from collections import OrderedDict
@@ -50,6 +51,7 @@ from typing import Any
 from itsdangerous import BadSignature, URLSafeSerializer
 from prometheus_client.core import CounterMetricFamily, Metric
 from sqlalchemy import and_, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -67,6 +69,8 @@ from mailer.models import (
     Topic,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
 
 # User-agent substrings (lower case) of link scanners, security gateways and link
 # previewers: their requests never count as clicks.
@@ -387,23 +391,28 @@ async def record_click(
         )
     else:
         first = False
-    async with database.transaction() as session:
-        click = Click(
-            digest_id=digest_id,
-            release_id=release_id,
-            at=now,
-            discarded=discarded.value if discarded else None,
-            first=first,
-            subscriber_id=subscriber_id,
-        )
-        session.add(click)
-        await session.flush()
-        if swept:
-            await session.execute(
-                update(Click)
-                .where(Click.id.in_(swept), Click.discarded.is_(None))
-                .values(discarded=Discard.BURST.value)
+    try:
+        async with database.transaction() as session:
+            click = Click(
+                digest_id=digest_id,
+                release_id=release_id,
+                at=now,
+                discarded=discarded.value if discarded else None,
+                first=first,
+                subscriber_id=subscriber_id,
             )
+            session.add(click)
+            await session.flush()
+            if swept:
+                await session.execute(
+                    update(Click)
+                    .where(Click.id.in_(swept), Click.discarded.is_(None))
+                    .values(discarded=Discard.BURST.value)
+                )
+    except SQLAlchemyError as exc:
+        # The reader still reaches the release; one click goes uncounted, and says so.
+        log.warning("a click on send %d could not be recorded: %s", digest_id, exc)
+        return target
     if discarded in (None, Discard.BURST):
         tracker.memory.remember(who, digest_id, release_id, click.id, now)
     return target
