@@ -299,7 +299,7 @@ class Tracker:
 
 
 @dataclass(frozen=True)
-class Request:
+class Visit:
     """What the handlers pass on from an HTTP request."""
 
     method: str
@@ -328,7 +328,7 @@ async def record_click(
     tracker: Tracker,
     token: str,
     reader: str | None,
-    request: Request,
+    request: Visit,
     now: datetime | None = None,
 ) -> str:
     """Count a request to a tracked link and return where it leads.
@@ -423,7 +423,7 @@ async def record_open(
     tracker: Tracker,
     token: str,
     reader: str | None,
-    request: Request,
+    request: Visit,
     now: datetime | None = None,
 ) -> None:
     """Count a load of a digest's image (not for HEAD requests)."""
@@ -498,7 +498,7 @@ def _ranked(rows: Iterable[ReleaseClicks]) -> list[ReleaseClicks]:
     return sorted(rows, key=lambda r: (-r.unique_clicks, -r.clicks, r.release_id))
 
 
-async def _unsubscribed(session: AsyncSession, digest_ids: Sequence[int]) -> dict[int, int]:
+async def unsubscribes_per_send(session: AsyncSession, digest_ids: Sequence[int]) -> dict[int, int]:
     """Per send: readers who unsubscribed after it and before any later message."""
     later = (
         select(Delivery.id)
@@ -540,7 +540,7 @@ async def send_report(database: Database, settings: Settings, digest_id: int) ->
         bounced = await session.scalar(
             select(func.count()).where(Delivery.digest_id == digest_id, Delivery.bounced)
         )
-        unsubscribed = (await _unsubscribed(session, [digest_id])).get(digest_id, 0)
+        unsubscribed = (await unsubscribes_per_send(session, [digest_id])).get(digest_id, 0)
         rows = (
             await session.execute(
                 select(Click.release_id, Release.title, counted, unique, discarded)
@@ -628,7 +628,7 @@ async def recent_sends(database: Database, limit: int = 20) -> list[SendSummary]
                 )
             ).all()
         )
-        unsubscribed = await _unsubscribed(session, ids)
+        unsubscribed = await unsubscribes_per_send(session, ids)
     return [
         SendSummary(
             d.id,

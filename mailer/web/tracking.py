@@ -22,8 +22,8 @@ def _tracker(request: Request) -> engagement.Tracker:
     return tracker  # type: ignore[no-any-return]
 
 
-def _request(request: Request) -> engagement.Request:
-    return engagement.Request(
+def _visit(request: Request) -> engagement.Visit:
+    return engagement.Visit(
         method=request.method,
         client=request.client.host if request.client else "",
         user_agent=request.headers.get("user-agent", ""),
@@ -38,7 +38,7 @@ async def follow(request: Request) -> Response:
             _tracker(request),
             request.path_params["token"],
             request.path_params.get("reader"),
-            _request(request),
+            _visit(request),
             now=state.now(),
         )
     except engagement.UnknownLink:
@@ -56,7 +56,7 @@ async def open_image(request: Request) -> Response:
             _tracker(request),
             request.path_params["token"],
             request.path_params.get("reader"),
-            _request(request),
+            _visit(request),
             now=state.now(),
         )
     except engagement.UnknownLink:
