@@ -59,6 +59,7 @@ from mailer.config import Settings
 from mailer.db import Database
 from mailer.models import (
     Click,
+    ConsentEvent,
     Delivery,
     DeliveryStatus,
     Digest,
@@ -471,7 +472,8 @@ class SendReport:
     started_at: datetime | None
     delivered: int
     bounced: int
-    # Readers whose last message before unsubscribing was this send's.
+    # Unsubscribes with this send's link (or, naming no send, after it as the
+    # reader's last message): see unsubscribes_per_send.
     unsubscribed: int
     clicks: int
     unique_clicks: int
@@ -499,7 +501,29 @@ def _ranked(rows: Iterable[ReleaseClicks]) -> list[ReleaseClicks]:
 
 
 async def unsubscribes_per_send(session: AsyncSession, digest_ids: Sequence[int]) -> dict[int, int]:
-    """Per send: readers who unsubscribed after it and before any later message."""
+    """Per send: the unsubscribes made with its link (digests' unsubscribe links name
+    their send), plus those that name none (the mailto address, the preferences page,
+    links mailed before sends were named): counted for the reader's last message
+    before they unsubscribed."""
+    if not digest_ids:
+        return {}
+    named_send = ConsentEvent.details["send"].as_integer()
+    by_link = await session.execute(
+        select(named_send, func.count())
+        .where(ConsentEvent.action == "unsubscribe", named_send.in_(digest_ids))
+        .group_by(named_send)
+    )
+    counts = {int(digest_id): number for digest_id, number in by_link}
+    said_which = (
+        select(ConsentEvent.id)
+        .where(
+            ConsentEvent.subscriber_id == Subscriber.id,
+            ConsentEvent.action == "unsubscribe",
+            ConsentEvent.at >= Subscriber.unsubscribed_at,
+            named_send.is_not(None),
+        )
+        .exists()
+    )
     later = (
         select(Delivery.id)
         .where(
@@ -510,7 +534,7 @@ async def unsubscribes_per_send(session: AsyncSession, digest_ids: Sequence[int]
         )
         .exists()
     )
-    rows = await session.execute(
+    by_last_message = await session.execute(
         select(_Last.digest_id, func.count())
         .join(Subscriber, Subscriber.id == _Last.subscriber_id)
         .where(
@@ -519,10 +543,13 @@ async def unsubscribes_per_send(session: AsyncSession, digest_ids: Sequence[int]
             Subscriber.unsubscribed_at.is_not(None),
             Subscriber.unsubscribed_at >= _Last.sent_at,
             ~later,
+            ~said_which,
         )
         .group_by(_Last.digest_id)
     )
-    return {digest_id: number for digest_id, number in rows}
+    for digest_id, number in by_last_message:
+        counts[digest_id] = counts.get(digest_id, 0) + number
+    return counts
 
 
 async def send_report(database: Database, settings: Settings, digest_id: int) -> SendReport | None:

@@ -523,6 +523,9 @@ class MessageComposer:
         self._mailto_unsubscribe = self.settings.bounces.enabled
         self._missing: set[int] = set()
         tracking = self.settings.tracking
+        # The send an unsubscribe link came from, for the send's report (not signed:
+        # a reader can only move their own unsubscribe to another send of theirs).
+        self._from_send = f"?send={self.digest_id}" if self.digest_id is not None else ""
         self._tracked = (
             LinkSigner(self.settings)
             if self.digest_id is not None and (tracking.clicks or tracking.opens)
@@ -758,6 +761,7 @@ class MessageComposer:
             raise MessageError(f"subscriber {subscriber_id} has no link key; cannot link them")
         else:
             unsubscribe = self._links[Purpose.UNSUBSCRIBE].url(subscriber_id, link_key)
+            unsubscribe += self._from_send
             preferences = self._links[Purpose.MANAGE].url(subscriber_id, link_key)
         return {
             "greeting": greeting,

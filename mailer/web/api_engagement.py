@@ -34,7 +34,9 @@ class SendEngagementOut(BaseModel):
     delivered: int
     bounced: int
     unsubscribed: int = Field(
-        description="Readers whose last message before unsubscribing was this send's."
+        description="Unsubscribes made with this send's link; those that name no send "
+        "(the mailto address, the preferences page) count for the reader's last message "
+        "before they unsubscribed."
     )
     clicks: int
     unique_clicks: int

@@ -45,6 +45,7 @@ class Sent:
     address: str
     links: dict[str, str]
     image: str | None
+    unsubscribe: str
     html: str
     text: str
 
@@ -82,8 +83,15 @@ def read_mail(data: bytes) -> Sent:
         if "/r/" in match.group(1) and match.group(2) != "Read the full release":
             links.setdefault(match.group(2), match.group(1))
     pixel = _PIXEL.search(html)
+    unsubscribe = re.search(r'href="http://127\.0\.0\.1:8000(/unsubscribe/[^"]+)"', html)
+    assert unsubscribe, "the digest has no unsubscribe link"
     return Sent(
-        str(message["To"].addresses[0].addr_spec), links, pixel and pixel.group(1), html, text
+        str(message["To"].addresses[0].addr_spec),
+        links,
+        pixel and pixel.group(1),
+        unsubscribe.group(1),
+        html,
+        text,
     )
 
 

@@ -130,21 +130,48 @@ async def test_releases_are_ranked_across_sends_and_topics_counted_per_week(
     assert "Opens (approximate)" in overview
 
 
-async def test_an_unsubscribe_counts_against_the_last_send_before_it(
+async def test_an_unsubscribe_counts_for_the_send_whose_link_was_used(
     tracked: TrackedSite, smtp: SmtpServer, admin: httpx.AsyncClient
 ) -> None:
     await send_to_readers(tracked, smtp)
     first_send = tracked.digest_id
+    old_link = tracked.sent[READERS[0]].unsubscribe
+    assert old_link.endswith(f"?send={first_send}")
     await _second_send(tracked, smtp)
+    # The page behind the link keeps the send in its button's form.
+    async with tracked.client() as visitor:
+        page = (await visitor.get(old_link)).text
+    assert f'action="{old_link}"' in page
+    # Ona uses the link of the first digest, as a mail client's one-click button would.
+    async with tracked.client() as mail_client:
+        response = await mail_client.post(old_link, data={"List-Unsubscribe": "One-Click"})
+        assert response.status_code == 200
+    # Jonas leaves without a link (the mailto address, the admin): his last message counts.
     async with tracked.db.session() as session:
-        ona = await session.scalar(select(Subscriber).where(Subscriber.email == READERS[0]))
-    assert ona is not None
-    await store.unsubscribe(tracked.db, tracked.settings, ona.id, now=tracked.clock.now())
+        jonas = await session.scalar(select(Subscriber).where(Subscriber.email == READERS[1]))
+    assert jonas is not None
+    await store.unsubscribe(tracked.db, tracked.settings, jonas.id, now=tracked.clock.now())
 
     earlier = await engagement.send_report(tracked.db, tracked.settings, first_send)
     later = await engagement.send_report(tracked.db, tracked.settings, tracked.digest_id)
     assert earlier is not None and later is not None
-    assert (earlier.unsubscribed, later.unsubscribed) == (0, 1)
+    assert (earlier.unsubscribed, later.unsubscribed) == (1, 1)
     assert (later.delivered, later.bounced) == (2, 0)
-    page = (await admin.get(f"/admin/engagement/sends/{tracked.digest_id}")).text
+    page = (await admin.get(f"/admin/engagement/sends/{first_send}")).text
     assert 'data-total="unsubscribed">1<' in page
+
+
+async def test_a_send_named_in_a_link_counts_only_for_its_recipients(
+    tracked: TrackedSite, smtp: SmtpServer
+) -> None:
+    await send_to_readers(tracked, smtp)
+    link = tracked.sent[READERS[0]].unsubscribe.split("?")[0]
+    async with tracked.client() as mail_client:
+        response = await mail_client.post(
+            f"{link}?send=999999", data={"List-Unsubscribe": "One-Click"}
+        )
+        assert response.status_code == 200
+    # Named a send the reader never got: counted as after their last message instead.
+    report = await engagement.send_report(tracked.db, tracked.settings, tracked.digest_id)
+    assert report is not None and report.unsubscribed == 1
+    assert (await engagement.recent_sends(tracked.db))[0].unsubscribed == 1
