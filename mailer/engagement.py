@@ -329,7 +329,7 @@ async def record_click(
     tracker: Tracker,
     token: str,
     reader: str | None,
-    request: Visit,
+    visit: Visit,
     now: datetime | None = None,
 ) -> str:
     """Count a request to a tracked link and return where it leads.
@@ -367,12 +367,12 @@ async def record_click(
     if delivery is not None:
         who = tracker.memory.message(delivery.id)
     else:
-        who = tracker.memory.browser(request.client, request.user_agent)
+        who = tracker.memory.browser(visit.client, visit.user_agent)
     swept: list[int] = []
     discarded: Discard | None = None
-    if request.method == "HEAD":
+    if visit.method == "HEAD":
         discarded = Discard.HEAD
-    elif tracker.is_scanner_agent(request.user_agent):
+    elif tracker.is_scanner_agent(visit.user_agent):
         discarded = Discard.AGENT
     elif (
         delivery is not None
@@ -424,7 +424,7 @@ async def record_open(
     tracker: Tracker,
     token: str,
     reader: str | None,
-    request: Visit,
+    visit: Visit,
     now: datetime | None = None,
 ) -> None:
     """Count a load of a digest's image (not for HEAD requests)."""
@@ -434,7 +434,7 @@ async def record_open(
         if not await tracker.send_releases(session, digest_id):
             raise UnknownLink("no such send")
         delivery = await _reader(session, tracker, reader, digest_id)
-    if request.method == "HEAD" or not tracker.settings.tracking.opens:
+    if visit.method == "HEAD" or not tracker.settings.tracking.opens:
         return
     async with database.transaction() as session:
         session.add(
