@@ -3,6 +3,8 @@ its open image. The rules and what is stored are in mailer.engagement."""
 
 from __future__ import annotations
 
+import logging
+
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -62,6 +64,26 @@ async def open_image(request: Request) -> Response:
     except engagement.UnknownLink:
         raise HTTPException(404, "There is no image at this address.") from None
     return Response(engagement.PIXEL_GIF, media_type="image/gif", headers=NO_STORE)
+
+
+TRACKED_PREFIXES = ("/r/", "/o/")
+
+
+class AnonymousTrackingAccessLog(logging.Filter):
+    """uvicorn's access log writes each request's client address beside its path: for
+    /r/ and /o/ that would keep a reader's IP address with what they clicked, which
+    tracking promises not to keep. Those lines lose the address; the rest stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (
+            isinstance(args, tuple)
+            and len(args) >= 3
+            and isinstance(args[2], str)
+            and args[2].startswith(TRACKED_PREFIXES)
+        ):
+            record.args = ("-", *args[1:])
+        return True
 
 
 def routes() -> list[BaseRoute]:

@@ -182,3 +182,27 @@ async def test_engagement_pages_need_an_account(tracked: TrackedSite) -> None:
     async with tracked.client() as program:
         response = await program.get("/api/engagement/releases")
         assert response.status_code == 401
+
+
+def test_the_access_log_keeps_no_address_beside_a_tracked_link() -> None:
+    import logging
+
+    from mailer.web.tracking import AnonymousTrackingAccessLog
+
+    def line(path: str) -> str:
+        # The arguments uvicorn's access logger is called with.
+        record = logging.LogRecord(
+            "uvicorn.access",
+            logging.INFO,
+            __file__,
+            1,
+            '%s - "%s %s HTTP/%s" %d',
+            ("198.51.100.7:51234", "GET", path, "1.1", 302),
+            None,
+        )
+        assert AnonymousTrackingAccessLog().filter(record)
+        return record.getMessage()
+
+    assert line("/r/WzEsMl0.abc") == '- - "GET /r/WzEsMl0.abc HTTP/1.1" 302'
+    assert line("/o/WzFd.abc/3.0123456789abcdef").startswith('- - "GET /o/')
+    assert line("/releases").startswith("198.51.100.7:51234 - ")
