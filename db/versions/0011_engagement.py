@@ -1,7 +1,7 @@
 """engagement: clicks on tracked links and opens (approximate), per send and release
 
 Revision ID: 0011
-Revises: 0007
+Revises: 0013
 Create Date: 2026-12-02 00:20:00
 
 Both tables are empty until tracking.clicks or tracking.opens is switched on; their
@@ -16,7 +16,7 @@ from alembic import op
 import mailer.models
 
 revision: str = "0011"
-down_revision: str | None = "0007"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
