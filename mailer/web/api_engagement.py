@@ -3,15 +3,13 @@ they appear in /api/openapi.json); the figures come from mailer.engagement."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
 from mailer import engagement
 from mailer.accounts import Identity, Role
-from mailer.web.api import Operation, Strict, error, ok
+from mailer.web.api import Operation, Strict, _iso, error, ok
 from mailer.web.app import web_state
 
 
@@ -72,10 +70,6 @@ class TopicWeeks(BaseModel):
 class TopicTrendOut(BaseModel):
     weeks: list[str] = Field(description="The Monday each week starts on (UTC), oldest first.")
     topics: list[TopicWeeks]
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 def _release(row: engagement.ReleaseClicks) -> ReleaseClicksOut:
