@@ -531,6 +531,8 @@ class MessageComposer:
             if self.digest_id is not None and (tracking.clicks or tracking.opens)
             else None
         )
+        # Only individual tracking names the message in its links.
+        self._readers = self._tracked if tracking.individual else None
         self.renders = 0  # how many bodies were rendered (the rest came from the cache)
 
     @classmethod
@@ -770,8 +772,8 @@ class MessageComposer:
             "unsubscribe_url": unsubscribe,
             "preferences_url": preferences,
             "reader": (
-                "/" + self._tracked.reader(delivery_id)
-                if self._tracked is not None and subscriber_id is not None and delivery_id
+                "/" + self._readers.reader(delivery_id)
+                if self._readers is not None and subscriber_id is not None and delivery_id
                 else ""
             ),
         }
