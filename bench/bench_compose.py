@@ -1,6 +1,6 @@
 """How fast MessageComposer.compose fills in one recipient (run by hand).
 
-    python bench/bench_compose.py [--messages 20000] [--dkim]
+    python bench/bench_compose.py [--messages 20000] [--dkim] [--tracking clicks]
 
 Builds a digest of realistic releases whose HTML part is about 30 KB, renders it
 once, then composes messages for distinct recipients and reports messages/second.
@@ -24,6 +24,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=14)
     parser.add_argument("--dkim", action="store_true")
+    # clicks: tracked links, the same for every reader; individual: plus each message's
+    # signed delivery segment (mailer.engagement).
+    parser.add_argument("--tracking", choices=("off", "clicks", "individual"), default="off")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp())
@@ -40,6 +43,12 @@ def main() -> None:
             "domain": "example.org",
             "selector": "s1",
             "private_key_file": str(folder / "dkim.pem"),
+        }
+    if args.tracking != "off":
+        raw["tracking"] = {
+            "clicks": True,
+            "opens": True,
+            "individual": args.tracking == "individual",
         }
     settings = settings_from_mapping(raw, config_path=folder / "config.yaml", environ={})
 
@@ -61,7 +70,7 @@ def main() -> None:
         )
         for n in range(1, args.items + 1)
     }
-    composer = MessageComposer(settings, items)
+    composer = MessageComposer(settings, items, digest_id=1)
     ids = list(items)
     first = composer.compose(1, 1, "reader1@example.org", "Reader One", ids, link_key="test-key")
     html_size = composer.content(ids).html_bytes
@@ -76,7 +85,8 @@ def main() -> None:
     print(
         f"{args.messages:,} messages in {elapsed:.2f}s: {args.messages / elapsed:,.0f} messages/s, "
         f"{args.messages / cpu:,.0f} per CPU second "
-        f"({'with' if args.dkim else 'without'} DKIM; bodies rendered: {composer.renders})"
+        f"({'with' if args.dkim else 'without'} DKIM, tracking {args.tracking}; "
+        f"bodies rendered: {composer.renders})"
     )
 
 

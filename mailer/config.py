@@ -48,6 +48,10 @@ _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w
 _HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
+# Appended to signup.consent_version while tracking.individual is on.
+INDIVIDUAL_TRACKING_VERSION = "+individual-tracking"
+
+
 class ConfigError(Exception):
     """A configuration problem, already phrased as the one line a user should read."""
 
@@ -501,6 +505,28 @@ class ArchiveConfig(Section):
     feed_items: int = Field(50, ge=1, le=500)
 
 
+class TrackingConfig(Section):
+    # What mailer records about what readers do with a digest (docs/deliverability.md,
+    # "Engagement", says exactly what each setting stores; so does /privacy).
+    # Links to releases go through /r/<signed token>, which counts a click per send
+    # and release and redirects to the release.
+    clicks: bool = False
+    # A 1x1 image counts openings of the HTML part. Image proxies and Apple Mail
+    # Privacy Protection fetch it without anyone reading: shown as approximate only.
+    opens: bool = False
+    # Opt-in: tie clicks and opens to the reader (their data export lists them,
+    # erasure removes the link). Only where the consent wording covers it; switching
+    # it on adds "+individual-tracking" to signup.consent_version.
+    individual: bool = False
+    # A link scanner fetches every link of a message within seconds: several releases
+    # of one send within this window from one browser (or one reader's message), or a
+    # click this soon after the message was delivered, is counted as a scanner's.
+    scanner_window: Duration = Field(timedelta(seconds=10), ge=timedelta(seconds=1))
+    # Added to the built-in list of security gateways' user agents (case-insensitive
+    # substrings) whose requests are never counted as clicks.
+    scanner_agents: list[str] = Field(default_factory=list)
+
+
 class DkimConfig(Section):
     domain: str
     selector: str
@@ -559,6 +585,7 @@ class Settings(Section):
     admin: AdminConfig = AdminConfig()
     collector: CollectorConfig = CollectorConfig()
     archive: ArchiveConfig = ArchiveConfig()
+    tracking: TrackingConfig = TrackingConfig()
     # Holds the SQLite database, the generated secret key and the caught mail.
     data_dir: Path = Path("data")
     # Prefer MAILER_SECRET_KEY; if neither is set one is generated into data_dir.
@@ -577,6 +604,18 @@ class Settings(Section):
                 if name in seen:
                     raise ValueError(f"{label}: {name!r} is listed twice")
                 seen.add(name)
+        return self
+
+    @model_validator(mode="after")
+    def _consent_covers_tracking(self) -> Settings:
+        # Consent given before individual tracking was switched on did not cover it:
+        # a new wording version tells those records apart from the new ones.
+        version = self.signup.consent_version
+        if self.tracking.individual and not version.endswith(INDIVIDUAL_TRACKING_VERSION):
+            signup = self.signup.model_copy(
+                update={"consent_version": version + INDIVIDUAL_TRACKING_VERSION}
+            )
+            object.__setattr__(self, "signup", signup)
         return self
 
     @property

@@ -40,7 +40,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from email.header import Header
 from email.headerregistry import Address
@@ -58,6 +58,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailer import tokens
 from mailer.config import Settings
 from mailer.dkim import DkimSigner, PieceMemo, load_signer
+from mailer.engagement import LinkSigner
 from mailer.models import Digest, Release, SubscriberTopic, Topic
 from mailer.templating import template_environment
 from mailer.tokens import MailTokenKind, MailTokenSigner, Purpose, address_extension, link
@@ -338,7 +339,9 @@ def site_context(settings: Settings) -> dict[str, Any]:
 # --- the cut-and-splice machinery ---------------------------------------------------
 
 # Per-recipient values the templates can use, as attributes of ``recipient``.
-SLOTS = ("greeting", "name", "email", "unsubscribe_url", "preferences_url")
+# ``reader`` is empty unless tracking.individual: then "/<signed delivery>" after
+# every tracked link (see mailer.engagement).
+SLOTS = ("greeting", "name", "email", "unsubscribe_url", "preferences_url", "reader")
 
 
 class _Markers:
@@ -493,6 +496,8 @@ class MessageComposer:
     cache_size: int = CONTENT_CACHE_SIZE
     # The digest's web version ("View in browser"); None when the archive is private.
     web_url: str | None = None
+    # The send: tracked links and the open image name it (tracking.clicks/opens).
+    digest_id: int | None = None
 
     def __post_init__(self) -> None:
         self._items: dict[int, DigestItem] = {
@@ -517,6 +522,17 @@ class MessageComposer:
         # The mailto unsubscribe is advertised only where mailer reads that mail.
         self._mailto_unsubscribe = self.settings.bounces.enabled
         self._missing: set[int] = set()
+        tracking = self.settings.tracking
+        # The send an unsubscribe link came from, for the send's report (not signed:
+        # a reader can only move their own unsubscribe to another send of theirs).
+        self._from_send = f"?send={self.digest_id}" if self.digest_id is not None else ""
+        self._tracked = (
+            LinkSigner(self.settings)
+            if self.digest_id is not None and (tracking.clicks or tracking.opens)
+            else None
+        )
+        # Only individual tracking names the message in its links.
+        self._readers = self._tracked if tracking.individual else None
         self.renders = 0  # how many bodies were rendered (the rest came from the cache)
 
     @classmethod
@@ -548,7 +564,12 @@ class MessageComposer:
             if public_id is not None:
                 web_url = f"{settings.site.base_url}/digests/{public_id}"
         return cls(
-            settings, releases, topic_choices=choices, topic_names=topic_names, web_url=web_url
+            settings,
+            releases,
+            topic_choices=choices,
+            topic_names=topic_names,
+            web_url=web_url,
+            digest_id=digest_id,
         )
 
     def has_releases(self, release_ids: Iterable[int]) -> bool:
@@ -624,6 +645,7 @@ class MessageComposer:
         self, items: list[DigestItem], grouping: tuple[int, ...], test: bool = False
     ) -> _Content:
         self.renders += 1
+        items, open_image = self._with_tracking(items)
         groups = self._groups(items, grouping)
         ordered = [item for group in groups for item in group.items]
         subject = self.subject_for(ordered)
@@ -640,6 +662,7 @@ class MessageComposer:
             "recipient": self._markers.by_slot,
             "test": test,
             "web_url": self.web_url,
+            "open_image": open_image,
         }
         text = self._environment.get_template("email/digest.txt.j2").render(context)
         html, html_pieces, html_bytes = self._render_html(context, groups, ordered)
@@ -663,6 +686,23 @@ class MessageComposer:
             html_bytes=html_bytes,
             item_count=len(ordered),
         )
+
+    def _with_tracking(self, items: list[DigestItem]) -> tuple[list[DigestItem], str | None]:
+        """Release links through /r/ and the open image, per content: the URLs name
+        the send and the release only, plus the reader slot under individual tracking."""
+        if self._tracked is None or self.digest_id is None:
+            return items, None
+        tracking = self.settings.tracking
+        reader = self._markers.by_slot["reader"] if tracking.individual else ""
+        if tracking.clicks:
+            items = [
+                replace(item, url=self._tracked.click_url(self.digest_id, item.id) + reader)
+                if item.url
+                else item
+                for item in items
+            ]
+        open_image = self._tracked.open_url(self.digest_id) + reader if tracking.opens else None
+        return items, open_image
 
     def _render_html(
         self, context: dict[str, Any], groups: list[TopicGroup], ordered: list[DigestItem]
@@ -710,6 +750,7 @@ class MessageComposer:
         address: str,
         name: str | None,
         link_key: str | None = None,
+        delivery_id: int | None = None,
     ) -> dict[str, str]:
         """The plain-text values of the per-recipient slots. A subscriber's links
         carry their ``link_key`` (see mailer.tokens), so it must be given."""
@@ -722,6 +763,7 @@ class MessageComposer:
             raise MessageError(f"subscriber {subscriber_id} has no link key; cannot link them")
         else:
             unsubscribe = self._links[Purpose.UNSUBSCRIBE].url(subscriber_id, link_key)
+            unsubscribe += self._from_send
             preferences = self._links[Purpose.MANAGE].url(subscriber_id, link_key)
         return {
             "greeting": greeting,
@@ -729,6 +771,11 @@ class MessageComposer:
             "email": address,
             "unsubscribe_url": unsubscribe,
             "preferences_url": preferences,
+            "reader": (
+                "/" + self._readers.reader(delivery_id)
+                if self._readers is not None and subscriber_id is not None and delivery_id
+                else ""
+            ),
         }
 
     def compose(
@@ -747,7 +794,7 @@ class MessageComposer:
         content = self.content(
             release_ids, self.grouping_for(subscriber_id), test=subscriber_id is None
         )
-        values = self.recipient_values(subscriber_id, address, name, link_key)
+        values = self.recipient_values(subscriber_id, address, name, link_key, delivery_id)
         encoded: dict[tuple[str, str], bytes] = {}
         for part, slot in content.slots:
             value = values[slot]

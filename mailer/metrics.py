@@ -4,7 +4,8 @@ Two kinds:
 
 * Read from the database at each scrape (so they are right whichever process did
   the work, and survive restarts): deliveries by status, queue depth, send rate
-  over the last minute, subscribers by status, signups, sources by health.
+  over the last minute, subscribers by status, signups, sources by health, clicks
+  (counted and discarded), unique clicks and opens (approximate).
 * Counted in this process (prometheus-client counters): collection runs and
   failures per source, as the scheduler's jobs and the admin's "collect now" run
   them in ``mailer serve``.
@@ -22,6 +23,7 @@ from sqlalchemy import func, select
 
 from mailer.collect.store import source_release_counts
 from mailer.db import Database
+from mailer.engagement import engagement_metrics
 from mailer.models import (
     ConsentEvent,
     Delivery,
@@ -113,6 +115,7 @@ async def database_metrics(database: Database, now: datetime | None = None) -> l
             )
         ).all()
         release_counts = await source_release_counts(session)
+        engagement = await engagement_metrics(session)
 
     by_status = GaugeMetricFamily(
         "mailer_deliveries",
@@ -177,6 +180,7 @@ async def database_metrics(database: Database, now: datetime | None = None) -> l
         failing,
         success,
         releases,
+        *engagement,
     ]
 
 

@@ -487,6 +487,46 @@ class Bounce(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# --- engagement (mailer.engagement) ------------------------------------------------
+
+
+class Click(Base):
+    """One request to a digest's tracked link (/r/<token>): a send and a release.
+
+    ``subscriber_id`` is set only under ``tracking.individual``; with the defaults
+    nothing here points to a reader (no subscriber, no IP address, no browser)."""
+
+    __tablename__ = "clicks"
+    __table_args__ = (Index("ix_clicks_digest_release", "digest_id", "release_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest_id: Mapped[int] = mapped_column(ForeignKey("digests.id", ondelete="CASCADE"))
+    release_id: Mapped[int] = mapped_column(
+        ForeignKey("releases.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Why it does not count (mailer.engagement.Discard), or None for a reader's click.
+    discarded: Mapped[str | None] = mapped_column(String(20))
+    # The first counted click on this release from this message (or browser).
+    first: Mapped[bool] = mapped_column(default=True)
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+
+
+class Open(Base):
+    """One load of a digest's 1x1 image: approximate by nature (image proxies)."""
+
+    __tablename__ = "opens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest_id: Mapped[int] = mapped_column(ForeignKey("digests.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+
+
 # --- administration ---------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ def serve(ctx: click.Context, host: str, port: int, no_background: bool, log_lev
     import uvicorn
 
     from mailer.web.app import create_app
+    from mailer.web.tracking import AnonymousTrackingAccessLog
 
     app_context: AppContext = ctx.find_object(AppContext)
     settings = app_context.settings
@@ -89,6 +90,8 @@ def serve(ctx: click.Context, host: str, port: int, no_background: bool, log_lev
         # Long enough for a confirmation mail in a background task to finish.
         timeout_graceful_shutdown=30,
     )
+    # After uvicorn.Config, which sets up its loggers.
+    logging.getLogger("uvicorn.access").addFilter(AnonymousTrackingAccessLog())
     server = uvicorn.Server(config)
     where = (
         f"caught in {settings.mail_dir}"

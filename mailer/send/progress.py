@@ -14,6 +14,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.db import Database
+from mailer.engagement import unsubscribes_per_send
 from mailer.models import (
     Audience,
     Delivery,
@@ -21,7 +22,6 @@ from mailer.models import (
     Digest,
     DigestKind,
     DigestStatus,
-    Subscriber,
     utcnow,
 )
 from mailer.send.control import NoSuchSend
@@ -53,7 +53,8 @@ class DigestProgress:
     pause_reason: str | None
     test_address: str | None
     bounced: int = 0
-    # Recipients who unsubscribed after it reached them.
+    # Unsubscribes with this send's link, or after it as the reader's last message
+    # (mailer.engagement.unsubscribes_per_send: one count everywhere).
     unsubscribes: int = 0
 
     @property
@@ -128,18 +129,7 @@ async def sends_progress(session: AsyncSession, digests: Sequence[Digest]) -> li
             .group_by(Delivery.digest_id)
         )
         bounced = {digest_id: number for digest_id, number in rows}
-        rows = await session.execute(
-            select(Delivery.digest_id, func.count())
-            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-            .where(
-                Delivery.digest_id.in_(ids),
-                Delivery.status == DeliveryStatus.SENT,
-                Subscriber.unsubscribed_at.is_not(None),
-                Subscriber.unsubscribed_at >= Delivery.sent_at,
-            )
-            .group_by(Delivery.digest_id)
-        )
-        unsubscribed = {digest_id: number for digest_id, number in rows}
+        unsubscribed = await unsubscribes_per_send(session, ids)
     return [
         DigestProgress(
             id=d.id,

@@ -394,9 +394,13 @@ async def unsubscribe(
     *,
     origin: Origin | None = None,
     method: str = "link",
+    send: int | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """Unsubscribe and suppress the address. False when it was already unsubscribed."""
+    """Unsubscribe and suppress the address. False when it was already unsubscribed.
+
+    ``send`` is the digest whose unsubscribe link was used; recorded when the reader
+    was one of its recipients, so that the send's report counts the unsubscribe."""
     now = now or utcnow()
     async with database.transaction() as session:
         subscriber = await session.get(Subscriber, subscriber_id, with_for_update=True)
@@ -411,9 +415,16 @@ async def unsubscribe(
         # A notice still queued was about the subscription that just ended.
         subscriber.notice_due = None
         await _cancel_pending_deliveries(session, subscriber_id, now)
+        details: dict[str, Any] = {"method": method}
+        if send is not None and await session.scalar(
+            select(Delivery.id)
+            .where(Delivery.digest_id == send, Delivery.subscriber_id == subscriber_id)
+            .limit(1)
+        ):
+            details["send"] = send
         await session.execute(
             insert(ConsentEvent),
-            [_consent(subscriber_id, "unsubscribe", settings, origin, now, {"method": method})],
+            [_consent(subscriber_id, "unsubscribe", settings, origin, now, details)],
         )
         await operator_audit(session, origin, "subscriber.unsubscribe", subscriber_id, {}, now)
         return True

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import Settings
 from mailer.db import Database
+from mailer.engagement import forget_reader, reader_activity
 from mailer.models import (
     Bounce,
     ConsentEvent,
@@ -123,6 +124,8 @@ async def export_data(database: Database, settings: Settings, subscriber_id: int
             )
         ).all()
         suppressed = await is_suppressed(session, settings, subscriber.email)
+        # Stored only under tracking.individual; empty lists otherwise.
+        activity = await reader_activity(session, subscriber_id)
     return {
         "exported_at": utcnow().isoformat(),
         "site": settings.site.name,
@@ -178,6 +181,8 @@ async def export_data(database: Database, settings: Settings, subscriber_id: int
             }
             for b in bounces
         ],
+        "clicks": activity["clicks"],
+        "opens": activity["opens"],
     }
 
 
@@ -195,7 +200,8 @@ async def erase(
     consent records stay as proof that consent was given and withdrawn, but lose
     their personal fields (IP, browser, form URL, free-form details). Queued mail is
     cancelled and the address removed from the outbox rows; bounce diagnostics,
-    which quote the address, are blanked.
+    which quote the address, are blanked. Clicks and opens recorded under individual
+    tracking lose the reader and remain only as anonymous counts.
     """
     now = now or utcnow()
     async with database.transaction() as session:
@@ -232,6 +238,7 @@ async def _erase_row(
     await session.execute(
         delete(SubscriberRelease).where(SubscriberRelease.subscriber_id == subscriber_id)
     )
+    await forget_reader(session, subscriber_id)
     await session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))
     # No subscriber to point to any more: the record says only that an erasure happened.
     actor = {"actor": origin.actor} if origin and origin.actor else {}

@@ -807,6 +807,12 @@ OPERATIONS: list[Operation] = [
 ]
 
 
+# Declared beside their domain; imported here, after Operation exists, to be listed once.
+from mailer.web import api_engagement  # noqa: E402
+
+OPERATIONS += api_engagement.OPERATIONS
+
+
 async def openapi_document(request: Request) -> Response:
     from mailer.web.openapi import build_document
 

@@ -50,6 +50,7 @@ ROUTE_MODULES = (
     "mailer.web.api",
     "mailer.web.webhooks",
     "mailer.web.metrics",
+    "mailer.web.tracking",
 )
 
 SECURITY_HEADERS = {

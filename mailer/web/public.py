@@ -260,7 +260,9 @@ async def privacy(request: Request) -> Response:
     paragraphs = [
         p.strip() for p in state.settings.signup.privacy_notice.split("\n\n") if p.strip()
     ]
-    return render(request, "privacy.html", {"paragraphs": paragraphs})
+    return render(
+        request, "privacy.html", {"paragraphs": paragraphs, "tracking": state.settings.tracking}
+    )
 
 
 # --- confirm --------------------------------------------------------------------------
@@ -449,7 +451,17 @@ async def unsubscribe_page(request: Request) -> Response:
     token, subscriber = await _unsubscribe_target(request)
     if subscriber is None:
         return render(request, "unsubscribed.html", {"erased": True})
-    return render(request, "unsubscribe.html", {"subscriber": subscriber, "token": token})
+    return render(
+        request,
+        "unsubscribe.html",
+        {"subscriber": subscriber, "token": token, "send": _from_send(request)},
+    )
+
+
+def _from_send(request: Request) -> int | None:
+    """The send whose link this is (``?send=`` in digests' unsubscribe links)."""
+    raw = request.query_params.get("send", "")
+    return int(raw) if raw.isdigit() and 0 < int(raw) < 2**31 else None
 
 
 async def _unsubscribe_target(request: Request) -> tuple[str, store.SubscriberView | None]:
@@ -485,6 +497,7 @@ async def unsubscribe_submit(request: Request) -> Response:
             subscriber.id,
             origin=origin_of(request, state),
             method=method,
+            send=_from_send(request),
             now=state.now(),
         )
     except store.NotFound:

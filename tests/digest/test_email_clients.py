@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer.config import Settings
+from mailer.config import Settings, TrackingConfig
 from mailer.message import (
     ComposedMessage,
     DigestItem,
@@ -116,7 +116,7 @@ def _html(message: ComposedMessage) -> str:
     return str(part.get_content())
 
 
-def _digest(settings: Settings) -> str:
+def _digest(settings: Settings, digest_id: int | None = None) -> str:
     def item(number: int, topic: int, image: bool = False) -> DigestItem:
         url = f"https://gov.example.lt/press/releases/2026/{number}"
         return DigestItem(
@@ -135,7 +135,7 @@ def _digest(settings: Settings) -> str:
         )
 
     releases = {1: item(1, 1, image=True), 2: item(2, 2), 3: item(3, 3)}
-    composer = MessageComposer(settings, releases)
+    composer = MessageComposer(settings, releases, digest_id=digest_id)
     return _html(composer.compose(1, 1, "reader@example.org", "Rūta", [1, 2, 3], link_key="k"))
 
 
@@ -147,6 +147,13 @@ def _emails(settings: Settings) -> dict[str, str]:
             )
         ),
         "digest": _digest(settings),
+        # Tracked links and the 1x1 open image (tracking.*): the same checks hold.
+        "digest, tracked": _digest(
+            settings.model_copy(
+                update={"tracking": TrackingConfig(clicks=True, opens=True, individual=True)}
+            ),
+            digest_id=1,
+        ),
     }
     for kind in ("unsubscribed", "already-subscribed", "preferences-updated"):
         mails[kind] = _html(

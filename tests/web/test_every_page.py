@@ -53,6 +53,13 @@ NOT_PAGES = {
     "/admin/digests/{id:int}/progress": "JSON polled by the progress page",
     "/admin/digests/preview/html": "the digest email itself, checked as an email below",
     "/admin/subscribers/export.csv": "a CSV download",
+    "/admin/engagement/releases.csv": "a CSV download",
+    "/admin/engagement/topics.csv": "a CSV download",
+    "/admin/engagement/sends/{id:int}.csv": "a CSV download",
+    "/r/{token}": "a redirect to a release (tests/engagement)",
+    "/r/{token}/{reader}": "a redirect to a release (tests/engagement)",
+    "/o/{token}": "the open image (tests/engagement)",
+    "/o/{token}/{reader}": "the open image (tests/engagement)",
     "/preferences/{token}/data.json": "a JSON download",
     "/releases.atom": "an Atom feed (validated in test_feeds.py)",
     "/releases.json": "a JSON Feed (validated in test_feeds.py)",
@@ -175,6 +182,8 @@ def site(tmp_path: Path, sqlite_url: str, smtp_server: SmtpServer) -> Iterator[S
         site={"base_url": url},
         smtp={"embedded": False, "host": "127.0.0.1", "port": smtp_server.port},
         sources=[{"name": "Drop folder", "kind": "folder", "path": str(folder)}],
+        # The digest email is checked with its tracked links and open image.
+        tracking={"clicks": True, "opens": True},
     )
 
     body = (
@@ -326,6 +335,13 @@ def _visit_admin_pages(audit: Audit, page: Any, site: Site, smtp_server: SmtpSer
     audit.visit(page, base + "/")
     audit.visit(page, base + "/digests")
     audit.visit(page, finished_send)
+    # A click on the test digest's release, so the engagement pages have figures.
+    tracked = re.search(r'href="([^"]+/r/[^"]+)"', digest_html)
+    assert tracked, "the digest has no tracked link"
+    page.request.get(tracked.group(1), max_redirects=0)
+    audit.visit(page, base + "/engagement")
+    send_id = finished_send.rstrip("/").rsplit("/", 1)[1]
+    audit.visit(page, base + f"/engagement/sends/{send_id}", "a send's engagement")
     audit.visit(page, base + "/digests/send?frequency=all", "a send about to start")
     audit.visit(page, base + "/digests/send?frequency=weekly", "a send that would reach nobody")
     audit.visit(page, base + "/digests/preview", "the preview of a sample")

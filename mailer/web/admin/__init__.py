@@ -11,7 +11,16 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from mailer.web.admin import auth, dashboard, digests, manage, releases, sources, subscribers
+from mailer.web.admin import (
+    auth,
+    dashboard,
+    digests,
+    engagement,
+    manage,
+    releases,
+    sources,
+    subscribers,
+)
 
 
 async def _to_dashboard(request: Request) -> Response:
@@ -26,6 +35,7 @@ def routes() -> list[BaseRoute]:
         Route("/logout-everywhere", auth.logout_everywhere, methods=["POST"]),
         *dashboard.routes(),
         *digests.routes(),
+        *engagement.routes(),
         *releases.routes(),
         *subscribers.routes(),
         *sources.routes(),

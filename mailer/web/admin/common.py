@@ -34,6 +34,7 @@ PAGE_SIZE = 50
 NAVIGATION = (
     ("/admin/", "Dashboard", Role.EDITOR),
     ("/admin/digests", "Digests", Role.EDITOR),
+    ("/admin/engagement", "Engagement", Role.EDITOR),
     ("/admin/releases", "Releases", Role.EDITOR),
     ("/admin/subscribers", "Subscribers", Role.ADMIN),
     ("/admin/sources", "Sources", Role.ADMIN),
