@@ -17,7 +17,6 @@ import email.policy
 import functools
 import io
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -34,7 +33,7 @@ from sqlalchemy import func, or_, select
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Route
 
 from mailer import accounts, releases
 from mailer import subscribers as store
@@ -55,8 +54,9 @@ from mailer.send import (
     set_digest_state,
     start_queued_digest,
 )
-from mailer.web.app import web_state
 from mailer.web.jsonbody import BadJSON, parse_json
+from mailer.web.openapi import Handler, Operation, build_document
+from mailer.web.state import web_state
 
 MAX_BODY_BYTES = 1024 * 1024
 # Ids are 32-bit INTEGER columns on PostgreSQL; anything larger cannot exist.
@@ -80,9 +80,6 @@ class Strict(BaseModel):
 # --- models -------------------------------------------------------------------------------
 
 
-class Error(BaseModel):
-    error: str
-    details: list[dict[str, Any]] | None = None
 
 
 class SubscriberQuery(Strict):
@@ -270,29 +267,6 @@ class PreviewOut(BaseModel):
 
 
 # --- plumbing -------------------------------------------------------------------------------
-
-Handler = Callable[..., Awaitable[Response]]
-
-
-@dataclass
-class Operation:
-    method: str
-    path: str
-    role: Role
-    summary: str
-    handler: Handler
-    response: type[BaseModel]
-    status: int = 200
-    query: type[BaseModel] | None = None
-    body: type[BaseModel] | None = None
-    path_params: tuple[str, ...] = ()
-    errors: tuple[int, ...] = ()
-    tag: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def operation_id(self) -> str:
-        return self.handler.__name__
 
 
 def error(status: int, message: str, **headers: str) -> JSONResponse:
@@ -814,14 +788,13 @@ OPERATIONS += api_engagement.OPERATIONS
 
 
 async def openapi_document(request: Request) -> Response:
-    from mailer.web.openapi import build_document
-
     return JSONResponse(build_document(OPERATIONS, web_state(request).settings))
 
 
 def routes() -> list[BaseRoute]:
+    """The API's routes, relative to /api: one per operation, and the document."""
     api_routes: list[BaseRoute] = [
         Route(op.path, _wrap(op), methods=[op.method]) for op in OPERATIONS
     ]
     api_routes.append(Route("/openapi.json", openapi_document, methods=["GET"]))
-    return [Mount("/api", routes=api_routes)]
+    return api_routes

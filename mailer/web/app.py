@@ -1,130 +1,36 @@
 """The web application: one Starlette app for the public pages, the admin and the API.
 
-``create_app`` collects routes from every module listed in ``ROUTE_MODULES`` that
-exists: each exposes ``routes() -> list[BaseRoute]`` (the admin returns a Mount
-under /admin, the API one under /api). Shared pieces live here: the lifespan that
-opens the database and starts the scheduler and delivery worker, security headers
-on every response, and error pages that never show a traceback.
+``create_app`` serves the route tables of mailer.web.routes and adds what every
+response shares: the lifespan that opens the database and starts the scheduler and
+delivery worker, security headers (mailer.web.headers), and error pages that never
+show a traceback. What handlers use (WebState, render) is in mailer.web.state.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import Any
 
-from jinja2 import Environment
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Mount
-from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from mailer.config import Settings
 from mailer.context import AppContext
-from mailer.db import Database
 from mailer.models import utcnow
+from mailer.schedule import start_background
 from mailer.templating import template_environment
-from mailer.web import csrf
+from mailer.web.headers import SecurityHeadersMiddleware
 from mailer.web.proxies import TrustedProxyMiddleware
 from mailer.web.ratelimit import RateLimiter
+from mailer.web.routes import all_routes
+from mailer.web.state import WebState, render
 
 log = logging.getLogger(__name__)
-
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-ROUTE_MODULES = (
-    "mailer.web.public",
-    "mailer.web.archive",
-    "mailer.web.admin",
-    "mailer.web.api",
-    "mailer.web.webhooks",
-    "mailer.web.metrics",
-    "mailer.web.tracking",
-)
-
-SECURITY_HEADERS = {
-    # Everything is served from this origin; no inline script or style is used.
-    "content-security-policy": (
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
-    ),
-    "x-content-type-options": "nosniff",
-    "x-frame-options": "DENY",
-    # Links carry signed tokens in their path; never hand them to another site.
-    "referrer-policy": "no-referrer",
-    "cross-origin-opener-policy": "same-origin",
-    "permissions-policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
-}
-
-
-@dataclass
-class WebState:
-    """What request handlers need, reachable as ``request.app.state.web``."""
-
-    context: AppContext
-    settings: Settings
-    templates: Environment
-    # Wall-clock time for the domain (consent records, intervals).
-    now: Callable[[], datetime]
-    ip_limiter: RateLimiter
-    address_limiter: RateLimiter
-    database: Database | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def db(self) -> Database:
-        if self.database is None:
-            raise RuntimeError("the database is opened by the app's lifespan")
-        return self.database
-
-
-def web_state(request: Request) -> WebState:
-    return request.app.state.web  # type: ignore[no-any-return]
-
-
-def render(
-    request: Request,
-    template: str,
-    context: Mapping[str, Any] | None = None,
-    *,
-    status_code: int = 200,
-    headers: Mapping[str, str] | None = None,
-) -> HTMLResponse:
-    """Render ``templates/web/<template>`` with the site, CSRF token and signup texts."""
-    state = web_state(request)
-    settings = state.settings
-    # The application's own prefix (behind a proxy), not a Mount's: admin pages
-    # rendered under /admin must still find /static and /privacy.
-    root = request.scope.get("app_root_path", request.scope.get("root_path", ""))
-    page = state.templates.get_template(f"web/{template}").render(
-        {
-            "site": settings.site,
-            "signup": settings.signup,
-            "consent_text": settings.signup.consent_text.replace("{site}", settings.site.name),
-            "privacy_url": settings.signup.privacy_url or f"{root}/privacy",
-            "static_url": f"{root}/static",
-            "root": root,
-            "csrf_field": csrf.FIELD,
-            "csrf_token": csrf.token_for(request, settings),
-            "status_code": status_code,
-            **(context or {}),
-        }
-    )
-    response = HTMLResponse(page, status_code=status_code, headers=dict(headers or {}))
-    response.headers["cache-control"] = "no-store"
-    csrf.set_cookie(request, response, settings)
-    return response
 
 
 def _wants_json(request: Request) -> bool:
@@ -189,45 +95,6 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return _error_page(request, 500, "Something went wrong", message)
 
 
-class SecurityHeadersMiddleware:
-    """Adds SECURITY_HEADERS to every response that did not set them itself."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    if name not in headers:
-                        headers[name] = value
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _collect_routes() -> list[BaseRoute]:
-    routes: list[BaseRoute] = []
-    for name in ROUTE_MODULES:
-        # A module (or package) not written yet is skipped; one that fails to import
-        # is a bug and must stop the start-up, so only "does it exist" is checked.
-        if importlib.util.find_spec(name) is None:
-            continue
-        module = importlib.import_module(name)
-        provide = getattr(module, "routes", None)
-        if provide is None:
-            log.debug("%s has no routes() yet; not mounted", name)
-            continue
-        routes.extend(provide())
-    routes.append(Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"))
-    return routes
-
-
 def create_app(
     app_context: AppContext,
     *,
@@ -248,6 +115,9 @@ def create_app(
         address_limiter=RateLimiter(
             signup.rate_limit_per_address, signup.rate_limit_window, monotonic
         ),
+        login_limiter=RateLimiter(
+            settings.admin.login_rate_limit, settings.admin.login_rate_window, monotonic
+        ),
     )
 
     @asynccontextmanager
@@ -256,8 +126,6 @@ def create_app(
             state.database = database
             background = None
             if run_background:
-                from mailer.schedule import start_background
-
                 background = await start_background(app_context, database)
             try:
                 yield
@@ -267,7 +135,7 @@ def create_app(
                 state.database = None
 
     app = Starlette(
-        routes=_collect_routes(),
+        routes=all_routes(),
         lifespan=lifespan,
         exception_handlers={
             HTTPException: http_error,

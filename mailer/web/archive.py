@@ -16,7 +16,6 @@ from urllib.parse import urlencode
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Route
 
 from mailer import archive, feeds
 from mailer.archive import (
@@ -26,7 +25,8 @@ from mailer.archive import (
     ReleaseMoved,
     ReleaseWithdrawn,
 )
-from mailer.web.app import SECURITY_HEADERS, render, web_state
+from mailer.web.headers import SECURITY_HEADERS
+from mailer.web.state import render, web_state
 
 Handler = Callable[[Request], Awaitable[Response]]
 _RELEASE_REF = re.compile(r"^(\d{1,18})(?:-([a-z0-9-]{0,200}))?$")
@@ -342,20 +342,3 @@ async def robots_txt(request: Request) -> Response:
         f"Sitemap: {base}/sitemap.xml",
     ]
     return PlainTextResponse("\n".join(lines) + "\n")
-
-
-def routes() -> list[BaseRoute]:
-    return [
-        Route("/releases", releases_index, methods=["GET"], name="archive"),
-        Route("/releases.atom", releases_atom, methods=["GET"], name="releases_atom"),
-        Route("/releases.json", releases_json, methods=["GET"], name="releases_json"),
-        Route("/releases/{ref}", release_page, methods=["GET"], name="release"),
-        Route("/topics/{slug}.atom", topic_atom, methods=["GET"], name="topic_atom"),
-        Route("/topics/{slug}.json", topic_json, methods=["GET"], name="topic_json"),
-        Route("/topics/{slug}", topic_index, methods=["GET"], name="topic"),
-        Route("/digests/{public_id}", digest_page, methods=["GET"], name="digest"),
-        Route("/sitemap.xml", sitemap_index, methods=["GET"]),
-        Route("/sitemap-pages.xml", sitemap_pages, methods=["GET"]),
-        Route("/sitemap-releases-{number:int}.xml", sitemap_releases, methods=["GET"]),
-        Route("/robots.txt", robots_txt, methods=["GET"]),
-    ]

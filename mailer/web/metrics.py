@@ -7,10 +7,9 @@ import hmac
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
 
 from mailer.metrics import exposition
-from mailer.web.app import web_state
+from mailer.web.state import web_state
 
 
 async def metrics(request: Request) -> Response:
@@ -28,7 +27,3 @@ async def metrics(request: Request) -> Response:
             )
     body = await exposition(state.db, state.now())
     return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"cache-control": "no-store"})
-
-
-def routes() -> list[BaseRoute]:
-    return [Route("/metrics", metrics, methods=["GET"])]

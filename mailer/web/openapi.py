@@ -1,5 +1,8 @@
 """The OpenAPI 3.1 description of the JSON API, built from the declared operations.
 
+mailer.web.api declares its operations with :class:`Operation` from here and
+answers errors in the :class:`Error` shape; this module imports nothing from it.
+
 Schemas come from the same pydantic models that validate requests, so the
 document and the behaviour cannot disagree (tests/admin/test_api_properties.py
 drives the API with inputs generated from this document).
@@ -8,14 +11,48 @@ drives the API with inputs generated from this document).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
+from starlette.responses import Response
 
+from mailer.accounts import Role
 from mailer.config import Settings
 
-if TYPE_CHECKING:
-    from mailer.web.api import Operation
+Handler = Callable[..., Awaitable[Response]]
+
+
+@dataclass
+class Operation:
+    """One API operation: its address, the role it needs, its handler and the models
+    that validate its input and describe its answer (mailer.web.api.OPERATIONS)."""
+
+    method: str
+    path: str
+    role: Role
+    summary: str
+    handler: Handler
+    response: type[BaseModel]
+    status: int = 200
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    path_params: tuple[str, ...] = ()
+    errors: tuple[int, ...] = ()
+    tag: str = ""
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__
+
+
+class Error(BaseModel):
+    """Every error answer: ``{"error": message}``, plus ``details`` for invalid input."""
+
+    error: str
+    details: list[dict[str, Any]] | None = None
+
 
 REF = "#/components/schemas/{model}"
 _CONVERTER = re.compile(r"\{(\w+):\w+\}")
@@ -62,7 +99,7 @@ def _parameters(model: type[BaseModel], components: dict[str, Any]) -> list[dict
 
 def build_document(operations: list[Operation], settings: Settings) -> dict[str, Any]:
     components: dict[str, Any] = {}
-    error_ref = _schema(_error_model(), components)
+    error_ref = _schema(Error, components)
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         path = "/api" + _CONVERTER.sub(r"{\1}", op.path)
@@ -125,9 +162,3 @@ def build_document(operations: list[Operation], settings: Settings) -> dict[str,
         },
         "paths": paths,
     }
-
-
-def _error_model() -> type[BaseModel]:
-    from mailer.web.api import Error
-
-    return Error

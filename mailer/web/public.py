@@ -24,15 +24,14 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 
 from mailer import subscribers as store
 from mailer.models import Frequency, SubscriberStatus
 from mailer.tokens import Purpose
 from mailer.topics import UnknownTopics, check_topics
 from mailer.web import csrf
-from mailer.web.app import WebState, render, web_state
 from mailer.web.ratelimit import client_key
+from mailer.web.state import WebState, render, web_state
 
 log = logging.getLogger(__name__)
 
@@ -522,23 +521,3 @@ async def _posted_pairs(request: Request) -> dict[str, list[str]]:
     # Some senders' clients post the pair with no or a wrong content type.
     body = await request.body()
     return parse_qs(body.decode("utf-8", "replace"))
-
-
-def routes() -> list[BaseRoute]:
-    limit = {"max_body_size": MAX_FORM_BYTES}
-    return [
-        Route("/", subscribe_form, methods=["GET"], name="home"),
-        Route("/", subscribe_submit, methods=["POST"], **limit),
-        Route("/subscribe", subscribe_form, methods=["GET"], name="subscribe"),
-        Route("/subscribe", subscribe_submit, methods=["POST"], **limit),
-        Route("/privacy", privacy, methods=["GET"], name="privacy"),
-        Route("/confirm/{token}", confirm_page, methods=["GET"], name="confirm"),
-        Route("/confirm/{token}", confirm_submit, methods=["POST"], **limit),
-        Route("/preferences/{token}", preferences_page, methods=["GET"], name="preferences"),
-        Route("/preferences/{token}", preferences_submit, methods=["POST"], **limit),
-        Route("/preferences/{token}/data.json", export_download, methods=["GET"], name="export"),
-        Route("/preferences/{token}/erase", erase_page, methods=["GET"], name="erase"),
-        Route("/preferences/{token}/erase", erase_submit, methods=["POST"], **limit),
-        Route("/unsubscribe/{token}", unsubscribe_page, methods=["GET"], name="unsubscribe"),
-        Route("/unsubscribe/{token}", unsubscribe_submit, methods=["POST"], **limit),
-    ]

@@ -21,13 +21,12 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
 from mailer.bounces import BounceReport, parse_dsn, record_bounce
 from mailer.smtpstatus import Verdict, enhanced_code, permanent_verdict
 from mailer.tokens import address_extension
-from mailer.web.app import web_state
 from mailer.web.jsonbody import TooDeep, parse_json
+from mailer.web.state import web_state
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 
@@ -109,7 +108,3 @@ def _reports_from_json(data: Any) -> list[BounceReport]:
             )
         )
     return reports
-
-
-def routes() -> list[BaseRoute]:
-    return [Route("/webhooks/bounce", bounce_webhook, methods=["POST"], name="bounce_webhook")]

@@ -27,8 +27,8 @@ from mailer import accounts
 from mailer.accounts import Identity, LoginFailure, Role
 from mailer.web import csrf
 from mailer.web.admin.common import PREFIX, page, read_form, redirect, text
-from mailer.web.app import WebState, web_state
-from mailer.web.ratelimit import RateLimiter, client_key
+from mailer.web.ratelimit import client_key
+from mailer.web.state import WebState, web_state
 
 SESSION_COOKIE = csrf.SESSION_COOKIE
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -93,18 +93,6 @@ def requires(role: Role, *, upload_bytes: int | None = None) -> Callable[[Endpoi
 # --- sign in and out --------------------------------------------------------------------
 
 
-def _login_limiter(state: WebState) -> RateLimiter:
-    limiter = state.extra.get("admin_login_limiter")
-    if limiter is None:
-        config = state.settings.admin
-        # The signup limiter's clock: tests inject one clock for every limit.
-        limiter = RateLimiter(
-            config.login_rate_limit, config.login_rate_window, state.ip_limiter.clock
-        )
-        state.extra["admin_login_limiter"] = limiter
-    return limiter
-
-
 def _safe_next(raw: str) -> str:
     """Only a path inside the admin: never an open redirect to another site."""
     parts = urlsplit(raw)
@@ -149,7 +137,7 @@ async def login_submit(request: Request) -> Response:
     username = text(data, "username", limit=200)
     password = text(data, "password", limit=accounts.MAX_PASSWORD_LENGTH)
     address = client_key(request.client.host if request.client else None)
-    retry_after = _login_limiter(state).hit(address)
+    retry_after = state.login_limiter.hit(address)
     if retry_after is not None:
         minutes = max(1, round(retry_after / 60))
         return _login_page(

@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from mailer.accounts import Identity, Role
 from mailer.templating import local_time, publication_date
 from mailer.textsearch import like_patterns as like_patterns  # the subscriber pages use it
-from mailer.web.app import render, web_state
+from mailer.web.state import render, web_state
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import RedirectResponse, Response
 
 from mailer import subscribers as store
 from mailer.accounts import Role
@@ -22,7 +21,7 @@ from mailer.sources import list_sources
 from mailer.subscribers.signups import signups_per_day
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import page
-from mailer.web.app import web_state
+from mailer.web.state import web_state
 
 SIGNUP_DAYS = 30
 CHART_WIDTH = 640
@@ -177,5 +176,6 @@ async def dashboard(request: Request) -> Response:
     )
 
 
-def routes() -> list[Route]:
-    return [Route("/", dashboard, methods=["GET"])]
+async def to_dashboard(request: Request) -> Response:
+    """/admin without the slash."""
+    return RedirectResponse("/admin/", status_code=308)

@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
 
 from mailer.accounts import Role
 from mailer.datewindow import DateOutOfRange, check_send_time
@@ -53,7 +52,7 @@ from mailer.web.admin.common import (
     redirect,
     text,
 )
-from mailer.web.app import web_state
+from mailer.web.state import web_state
 
 DIGEST_ACTIONS = ("pause", "resume", "cancel", "start")
 # The sandboxed preview may show the email's own inline styles and remote images,
@@ -336,22 +335,3 @@ async def digest_action(request: Request) -> Response:
     if action == "start":
         notice = f"Send started for {count_of(digest.recipient_count, 'recipient')}."
     return redirect(request, f"/admin/digests/{digest_id}", notice)
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/digests", digests_index, methods=["GET"]),
-        Route("/digests/preview", preview_page, methods=["GET"]),
-        Route("/digests/preview/html", preview_html, methods=["GET"]),
-        Route("/digests/test", send_test, methods=["POST"]),
-        Route("/digests/send", confirm_send, methods=["GET"]),
-        Route("/digests/send", send_now, methods=["POST"]),
-        Route("/digests/schedule", schedule, methods=["POST"]),
-        Route("/digests/{id:int}", digest_page, methods=["GET"]),
-        Route("/digests/{id:int}/progress", digest_progress_json, methods=["GET"]),
-        Route(
-            "/digests/{id:int}/{action:str}",
-            digest_action,
-            methods=["POST"],
-        ),
-    ]

@@ -9,7 +9,6 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from mailer import accounts, audit
 from mailer.accounts import Role
@@ -25,7 +24,7 @@ from mailer.web.admin.common import (
     redirect,
     text,
 )
-from mailer.web.app import web_state
+from mailer.web.state import web_state
 
 # Keys whose values never appear on the settings page.
 SECRET_KEYS = {"password", "secret_key", "webhook_secret", "metrics_token"}
@@ -197,15 +196,3 @@ async def settings_page(request: Request) -> Response:
             "config_path": str(state.settings.config_path or "(built-in defaults)"),
         },
     )
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/audit", audit_page, methods=["GET"]),
-        Route("/users", users_index, methods=["GET"]),
-        Route("/users/new", user_new, methods=["POST"]),
-        Route("/users/{id:int}", user_update, methods=["POST"]),
-        Route("/tokens/new", token_new, methods=["POST"]),
-        Route("/tokens/{id:int}/revoke", token_revoke, methods=["POST"]),
-        Route("/settings", settings_page, methods=["GET"]),
-    ]

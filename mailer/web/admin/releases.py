@@ -10,7 +10,6 @@ from zoneinfo import ZoneInfo
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from mailer import archive, releases
 from mailer.accounts import Role
@@ -31,7 +30,7 @@ from mailer.web.admin.common import (
     texts,
 )
 from mailer.web.admin.digests import parse_local_time
-from mailer.web.app import web_state
+from mailer.web.state import web_state
 
 TITLE_LIMIT = releases.TITLE_LIMIT
 SUMMARY_LIMIT = releases.SUMMARY_LIMIT
@@ -275,17 +274,3 @@ async def release_new_submit(request: Request) -> Response:
         "merged": "This release was already stored; your copy was linked to it.",
     }.get(outcome, f"Release stored ({outcome}).")
     return redirect(request, f"/admin/releases/{release_id}", notice)
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/releases", releases_index, methods=["GET"]),
-        Route("/releases/new", release_new_form, methods=["GET"]),
-        Route("/releases/new", release_new_submit, methods=["POST"]),
-        Route("/releases/{id:int}", release_view, methods=["GET"]),
-        Route("/releases/{id:int}", release_save, methods=["POST"]),
-        Route("/releases/{id:int}/exclude", release_exclude, methods=["POST"]),
-        Route("/releases/{id:int}/withdraw", release_withdraw, methods=["POST"]),
-        Route("/releases/{id:int}/restore", release_restore, methods=["POST"]),
-        Route("/releases/{id:int}/embargo", release_embargo, methods=["POST"]),
-    ]

@@ -11,7 +11,6 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from mailer import sources as domain
 from mailer.accounts import Role
@@ -19,7 +18,7 @@ from mailer.models import Source
 from mailer.sources import KINDS, NoSuchSource, SourceInputError, source_config
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import form, identity, page, path_id, redirect, text
-from mailer.web.app import WebState, web_state
+from mailer.web.state import WebState, web_state
 
 
 def _values_of(source: Source) -> dict[str, str]:
@@ -170,15 +169,3 @@ async def source_collect(request: Request) -> Response:
         domain.collect_now, state.db, state.settings, source.name, actor=actor
     )
     return response
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/sources", sources_index, methods=["GET"]),
-        Route("/sources/new", source_new_form, methods=["GET"]),
-        Route("/sources/new", source_new_submit, methods=["POST"]),
-        Route("/sources/{id:int}", source_view, methods=["GET"]),
-        Route("/sources/{id:int}", source_save, methods=["POST"]),
-        Route("/sources/{id:int}/enabled", source_toggle, methods=["POST"]),
-        Route("/sources/{id:int}/collect", source_collect, methods=["POST"]),
-    ]

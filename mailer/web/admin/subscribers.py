@@ -11,7 +11,6 @@ from sqlalchemy import func, or_, select
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from mailer import subscribers as store
 from mailer.accounts import Role
@@ -30,7 +29,7 @@ from mailer.web.admin.common import (
     texts,
     upload,
 )
-from mailer.web.app import web_state
+from mailer.web.state import web_state
 
 SHOWN_ERRORS = 1000
 
@@ -337,18 +336,3 @@ async def import_confirm(request: Request) -> Response:
         f"Imported {filename}: {report.imported} new, {report.updated} updated, "
         f"{report.unchanged} unchanged, {report.rejected} rejected.",
     )
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/subscribers", subscribers_index, methods=["GET"]),
-        Route("/subscribers/new", subscriber_new_form, methods=["GET"]),
-        Route("/subscribers/new", subscriber_new_submit, methods=["POST"]),
-        Route("/subscribers/export.csv", subscribers_export, methods=["GET"]),
-        Route("/subscribers/import", import_form, methods=["GET"]),
-        Route("/subscribers/import", import_preview, methods=["POST"]),
-        Route("/subscribers/import/confirm", import_confirm, methods=["POST"]),
-        Route("/subscribers/{id:int}", subscriber_view, methods=["GET"]),
-        Route("/subscribers/{id:int}/unsubscribe", subscriber_unsubscribe, methods=["POST"]),
-        Route("/subscribers/{id:int}/erase", subscriber_erase, methods=["POST"]),
-    ]
