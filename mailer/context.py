@@ -16,6 +16,9 @@ from mailer.migrate import ensure_schema
 class AppContext:
     def __init__(self, config_path: str | Path | None = None, settings: Settings | None = None):
         self._config_path = config_path
+        # The file is read once per process, so its topics and sources are brought
+        # into the database once: at the first open (see mailer.catalog).
+        self._catalog_synced = False
         if settings is not None:
             self.__dict__["settings"] = settings
 
@@ -29,12 +32,15 @@ class AppContext:
     @asynccontextmanager
     async def database(self, *, prepare: bool = True) -> AsyncIterator[Database]:
         """An open database whose schema is current and whose topics and sources
-        match the configuration (see mailer.migrate for the out-of-date policy)."""
+        match the configuration (see mailer.migrate for the out-of-date policy).
+        ``prepare=False`` opens it as it is (``mailer db``)."""
         database = self.make_database()
         try:
             if prepare:
                 await ensure_schema(database)
-                await sync_catalog(database, self.settings)
+                if not self._catalog_synced:
+                    await sync_catalog(database, self.settings)
+                    self._catalog_synced = True
             yield database
         finally:
             await database.dispose()

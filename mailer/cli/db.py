@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import click
 
+from mailer.catalog import sync_catalog
 from mailer.cli import run
 from mailer.context import AppContext
 from mailer.migrate import current_revision, head_revision, upgrade
@@ -16,17 +17,22 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 @click.pass_context
 def db_upgrade(ctx: click.Context, revision: str) -> None:
-    """Create the schema or bring it up to date."""
+    """Create the schema or bring it up to date, then bring the topics and sources
+    tables in step with the configuration file."""
 
-    async def work(app: AppContext) -> tuple[str | None, str]:
+    async def work(app: AppContext) -> tuple[str | None, str, list[str]]:
         async with app.database(prepare=False) as database:
-            return await upgrade(database, revision)
+            before, after = await upgrade(database, revision)
+            changes = await sync_catalog(database, app.settings) if after == head_revision() else []
+            return before, after, changes
 
-    before, after = run(ctx, work)
+    before, after, changes = run(ctx, work)
     if before == after:
         click.echo(f"Schema is current ({after}).")
     else:
         click.echo(f"Schema upgraded from {before or 'empty'} to {after}.")
+    for change in changes:
+        click.echo(f"Configuration: {change}.")
 
 
 @db.command("status")
