@@ -267,7 +267,6 @@ class Source(Base):
     # Folder sources: fingerprint of each file seen, so only new or changed ones are read.
     seen_files: Mapped[dict[str, Any]] = mapped_column(default=dict)
     last_counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    total_releases: Mapped[int] = mapped_column(default=0)
 
 
 class Release(Base):

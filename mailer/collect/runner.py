@@ -600,7 +600,6 @@ async def _store_in_transaction(
                 )
             if gathered.seen_files is not None:
                 row.seen_files = gathered.seen_files
-            row.total_releases = (row.total_releases or 0) + final.new
             row.last_counts = final.counts()
     # Only a committed transaction's counts are the run's.
     result.__dict__.update(final.__dict__)
