@@ -17,6 +17,7 @@ from sqlalchemy import select
 from mailer.config import Settings
 from mailer.db import Database
 from mailer.models import Digest, Frequency, Subscriber, SubscriberStatus
+from mailer.send import start_digest
 
 
 async def releases_arrived(
@@ -29,8 +30,6 @@ async def releases_arrived(
     """Queue the "as soon as published" send for newly arrived releases; returns
     it (None: nothing arrived, or nobody chose "as soon as published"). A send
     that finds nothing new for anyone is recorded as done with no recipients."""
-    from mailer.send import start_digest
-
     if not release_ids:
         return None
     async with database.session() as session:

@@ -49,6 +49,7 @@ from mailer.config import BounceConfig, MailboxConfig, Settings
 from mailer.db import Database
 from mailer.models import Bounce, Delivery, Subscriber, utcnow
 from mailer.smtpstatus import Verdict, enhanced_code, permanent_verdict
+from mailer.subscribers import NotFound, Origin, link_key_of, unsubscribe
 from mailer.suppression import email_hash, email_key, suppress
 from mailer.tokens import MailTokenKind, MailTokenSigner, address_extension
 
@@ -278,8 +279,6 @@ async def _unsubscribe_by_mail(
     database: Database, settings: Settings, msg: Message
 ) -> Handled | None:
     """The List-Unsubscribe mailto: a message to ``…+u<id>.<signature>@…``."""
-    from mailer.subscribers import NotFound, Origin, link_key_of, unsubscribe
-
     signer = MailTokenSigner(settings)
     for extension in recipient_tokens(msg):
         token = signer.read(extension)

@@ -8,9 +8,12 @@ that the same configuration works from any working directory.
 
 from __future__ import annotations
 
+import codecs
+import ipaddress
 import os
 import re
 import secrets
+import unicodedata
 from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
@@ -124,8 +127,6 @@ class SiteConfig(Section):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, values: list[str]) -> list[str]:
-        import ipaddress
-
         for value in values:
             try:
                 ipaddress.ip_network(value.strip(), strict=False)
@@ -238,6 +239,7 @@ class DigestSchedule(Section):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
+        # Lazy: apscheduler would add ~70 ms CPU to every command's start (bench/startup.py).
         from apscheduler.triggers.cron import CronTrigger
 
         try:
@@ -302,8 +304,6 @@ class SourceConfig(Section):
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str | None) -> str | None:
-        import codecs
-
         if value is not None:
             try:
                 codecs.lookup(value)
@@ -480,8 +480,6 @@ class CollectorConfig(Section):
     @field_validator("allow_private_hosts")
     @classmethod
     def _hosts(cls, values: list[str]) -> list[str]:
-        import ipaddress
-
         for value in values:
             text = value.strip()
             if "/" in text:
@@ -660,8 +658,6 @@ class Settings(Section):
 
 
 def slugify(text: str) -> str:
-    import unicodedata
-
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")[:63] or "topic"
 
@@ -736,6 +732,8 @@ def _check_folders(settings: Settings, shown: str) -> None:
             raise ConfigError(f"{shown}: collector.folder_roots: {folder} is not a folder")
     located = [(n, s) for n, s in enumerate(settings.sources) if s.path is not None]
     if located:
+        # Lazy: mailer.collect imports this module (a cycle at the top), and would add
+        # ~540 ms CPU to every command's start (bench/startup.py).
         from mailer.collect.guard import OutsideFolderRoots, inside_roots
 
         for number, source in located:

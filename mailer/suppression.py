@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -54,8 +54,6 @@ async def suppress(
 
 async def unsuppress(session: AsyncSession, settings: Settings, address: str) -> None:
     """Lift suppression: only for an address that signed up and confirmed anew."""
-    from sqlalchemy import delete
-
     await session.execute(
         delete(Suppression).where(Suppression.email_hash == email_hash(settings, address))
     )

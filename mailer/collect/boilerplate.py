@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 
-from mailer.collect.blocks import Block
+from mailer.collect.blocks import Block, clean_line
 from mailer.collect.dates import Published, is_date_label, parse_published
 from mailer.collect.sanitize import visible_text
 
@@ -259,7 +259,6 @@ def clean_title(title: str | None, site_names: list[str | None] = ()) -> str | N
     """Strip a trailing "| Site name" and boilerplate; None when nothing real is left."""
     if not title:
         return None
-    from mailer.collect.blocks import clean_line
 
     if "<" in title:
         # Titles are plain text; markup in them (feeds do this) is dropped, and what

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from email.utils import parsedate_to_datetime
 
 # How far in the future a parsed date may lie before it is taken to be a misreading
@@ -85,7 +85,6 @@ def _zone_from(text: str | None, default: tzinfo) -> tzinfo:
         return UTC if text else default
     sign = -1 if text[0] == "-" else 1
     digits = text[1:].replace(":", "")
-    from datetime import timezone
 
     return timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:4])))
 

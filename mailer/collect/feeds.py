@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
+from urllib.parse import urljoin
 
 import charset_normalizer
 import feedparser
@@ -178,8 +179,6 @@ def _html_instead_of_feed(content: bytes, url: str | None, content_type: str | N
         if any(word in kind for word in ("rss", "atom", "feed+json")):
             found = link.get("href")
             if url:
-                from urllib.parse import urljoin
-
                 found = urljoin(url, found)
             return f"{message}; the page links to a feed at {found}"
     return message

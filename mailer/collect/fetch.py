@@ -9,6 +9,8 @@ import logging
 import random
 import weakref
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import urlsplit
 
 import httpx
@@ -94,8 +96,6 @@ class FetchResult:
 
 
 def user_agent(base_url: str | None = None) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         release = version("mailer")
     except PackageNotFoundError:
@@ -279,6 +279,5 @@ def _retry_after(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    from datetime import UTC, datetime
 
     return max(0.0, min((when - datetime.now(UTC)).total_seconds(), _RETRY_AFTER_CAP))
