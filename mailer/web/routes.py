@@ -8,8 +8,8 @@ operation also carries the models that validate it and describe it in OpenAPI.
 
 A handler is served only when it is listed here: a renamed or new module fails at
 import or is missing from this file in plain sight, never dropped silently.
-README.md ("Web addresses") and docs/api.md document each path; tests/test_docs.py
-fails when one is not.
+Public paths are documented in README.md ("Web"), admin and API paths in docs/web.md;
+tests/test_docs.py fails when one is not.
 """
 
 from __future__ import annotations
