@@ -25,6 +25,8 @@ CASES = {
         f"mailer.cli.{m}"
         for m in ("db", "subscribers", "collect", "digest", "send", "dkim", "admin", "serve")
     ),
+    "subscribers commands": f"{BASE}, mailer.cli.subscribers",
+    "subscribers + the mail modules": f"{BASE}, mailer.cli.subscribers, mailer.message",
     "db status + mailer.templating": f"{BASE}, mailer.cli.db, mailer.templating",
     "db status + apscheduler cron": f"{BASE}, mailer.cli.db, apscheduler.triggers.cron",
     "db status + mailer.collect.guard": f"{BASE}, mailer.cli.db, mailer.collect.guard",

@@ -56,7 +56,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer import tokens
-from mailer.collect.boilerplate import is_bare_host
 from mailer.config import Settings
 from mailer.dkim import DkimSigner, PieceMemo, load_signer
 from mailer.engagement import LinkSigner
@@ -193,6 +192,10 @@ _CREDIT_LABEL = re.compile(
 
 
 def _publisher(publisher: str | None) -> str | None:
+    # Lazy: any mailer.collect module runs the package's __init__, which reaches
+    # ingest -> arrivals -> send -> digest -> this module (a cycle at the top).
+    from mailer.collect.boilerplate import is_bare_host
+
     name = one_line(publisher)
     return name if name and not is_bare_host(name) else None
 

@@ -21,6 +21,7 @@ from mailer.config import Settings
 from mailer.db import Database
 from mailer.destinations import DomainQueues, DomainSlot, DomainSlots, recipient_domain
 from mailer.journal import Journal, orphan_journals
+from mailer.message import MessageComposer
 from mailer.models import (
     Bounce,
     Delivery,
@@ -427,8 +428,6 @@ class Worker:
 
     async def _composer(self, claimed: Claimed) -> Any:
         """The digest's composer, loaded once even when many senders ask at once."""
-        from mailer.message import MessageComposer
-
         composer = self._composers.get(claimed.digest_id)
         if composer is not None and composer.has_releases(claimed.release_ids):
             return composer

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from mailer.models import (
     Frequency,
@@ -245,8 +245,6 @@ def normalize_address(raw: str, *, allow_special_use: bool = False) -> str:
 def _with_test_domain(address: str) -> str:
     """email-validator's test_environment allows only .test: other special-use
     suffixes (.localhost, .invalid, ...) are validated as if they were .test."""
-    from email_validator import SPECIAL_USE_DOMAIN_NAMES
-
     local, _, domain = address.rpartition("@")
     lowered = domain.lower()
     for name in SPECIAL_USE_DOMAIN_NAMES:
