@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import Settings
 from mailer.db import Database
-from mailer.models import Source, SourceStatus, Topic
+from mailer.models import Source, SourceKind, SourceStatus, Topic
 
 
 async def sync_catalog(database: Database, settings: Settings) -> list[str]:
@@ -53,7 +53,7 @@ async def _reconcile(session: AsyncSession, settings: Settings) -> list[str]:
 
         for config in settings.sources:
             values: dict[str, Any] = {
-                "kind": config.kind,
+                "kind": SourceKind(config.kind),
                 "url": config.url,
                 "path": str(settings.resolve(config.path)) if config.path else None,
                 "interval_seconds": int(config.interval.total_seconds()),

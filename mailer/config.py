@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -239,9 +240,6 @@ class DigestSchedule(Section):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        # Lazy: apscheduler would add ~70 ms CPU to every command's start (bench/startup.py).
-        from apscheduler.triggers.cron import CronTrigger
-
         try:
             CronTrigger.from_crontab(value)
         except ValueError as exc:
@@ -733,7 +731,7 @@ def _check_folders(settings: Settings, shown: str) -> None:
     located = [(n, s) for n, s in enumerate(settings.sources) if s.path is not None]
     if located:
         # Lazy: mailer.collect imports this module (a cycle at the top), and would add
-        # ~540 ms CPU to every command's start (bench/startup.py).
+        # ~440 ms CPU to every command's start (bench/startup.py).
         from mailer.collect.guard import OutsideFolderRoots, inside_roots
 
         for number, source in located:

@@ -31,12 +31,17 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import select
 
+from mailer.arrivals import releases_arrived
+from mailer.bounces import poll_mailboxes
+from mailer.collect import collect_source
 from mailer.config import Settings
 from mailer.context import AppContext
 from mailer.db import Database
 from mailer.locks import Leadership
+from mailer.metrics import record_collection
 from mailer.models import Source, utcnow
 from mailer.send import Worker, new_worker_id, start_digest, start_due_digests
+from mailer.subscribers import retry_queued_mail
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +95,6 @@ def _leader_only(
 
 
 async def collect_and_notify(database: Database, settings: Settings, source_name: str) -> None:
-    from mailer.arrivals import releases_arrived
-    from mailer.collect import collect_source
-    from mailer.metrics import record_collection
-
     result = await collect_source(database, settings, source_name)
     record_collection(source_name, ok=result.ok, skipped=result.skipped)
     await releases_arrived(database, settings, result.new_release_ids)
@@ -107,14 +108,10 @@ async def scheduled_digest(database: Database, settings: Settings, frequency: st
 
 
 async def retry_mail(database: Database, settings: Settings) -> None:
-    from mailer.subscribers import retry_queued_mail
-
     await retry_queued_mail(database, settings)
 
 
 async def poll_bounces(database: Database, settings: Settings) -> None:
-    from mailer.bounces import poll_mailboxes
-
     await poll_mailboxes(database, settings)
 
 

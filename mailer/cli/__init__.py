@@ -68,7 +68,7 @@ def site_zone(ctx: click.Context) -> str:
 def when(ctx: click.Context, value: datetime | None, empty: str = "—") -> str:
     """A moment in the configured timezone, labelled with the zone, as the admin
     shows it (``2025-10-23 15:10 EEST``)."""
-    # Lazy: jinja2 would add ~60 ms CPU to `mailer db status` (bench/startup.py).
+    # Lazy: jinja2 would add ~50 ms to `mailer db status` (bench/startup.py).
     from mailer.templating import local_time
 
     return local_time(value, site_zone(ctx)) if value is not None else empty

@@ -28,7 +28,7 @@ LAZY_COMMANDS: dict[str, str] = {
 
 def digest_group() -> click.Group:
     """`mailer digest`: preview (digest module) plus the sending commands."""
-    # Lazy like every command here: all command modules at start cost ~770 ms CPU
+    # Lazy like every command here: all command modules at start cost ~800 ms CPU
     # more than `mailer db status` needs (bench/startup.py).
     from mailer.cli.digest import digest
     from mailer.cli.send import SEND_COMMANDS

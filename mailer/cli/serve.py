@@ -45,7 +45,7 @@ def serve(ctx: click.Context, host: str, port: int, no_background: bool, log_lev
     outbox in the database and goes out on the next start.
     """
     # Lazy: `mailer --help` imports every command module to list it; the web app and
-    # uvicorn would add ~1,100 ms CPU to that (bench/startup.py).
+    # uvicorn would add ~800 ms CPU to that (bench/startup.py).
     import uvicorn
 
     from mailer.web.app import create_app

@@ -14,10 +14,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer import audit
+from mailer.arrivals import releases_arrived
 from mailer.collect.dates import Published, parse_published
-from mailer.collect.extract import Candidate, EntryError
+from mailer.collect.extract import Candidate, EntryError, build_candidate
 from mailer.collect.files import SUPPORTED_SUFFIXES, is_supported, read_release_file
+from mailer.collect.runner import store_lock
 from mailer.collect.store import Outcome, Stored, store_candidates
+from mailer.collect.topics import retag_release
 from mailer.config import Settings
 from mailer.db import Database
 from mailer.models import Digest, Release, Source, SourceKind, SourceStatus, utcnow
@@ -189,8 +192,6 @@ async def ingest_paths(
         return report
     if database is None:
         raise ValueError("a database is needed unless dry_run is set")
-    from mailer.arrivals import releases_arrived
-    from mailer.collect.runner import store_lock
 
     try:
         async with store_lock(database), database.transaction() as session:
@@ -286,11 +287,6 @@ async def add_release(
     False (then it is stored excluded from digests), and its arrival follows the
     one rule for "as soon as published" readers (:mod:`mailer.arrivals`).
     """
-    from mailer.arrivals import releases_arrived
-    from mailer.collect.extract import build_candidate
-    from mailer.collect.runner import store_lock
-    from mailer.collect.topics import retag_release
-
     if not title.strip():
         raise ReleaseInputError("A release needs a title.")
     if url and not url.startswith(("http://", "https://")):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailer import audit
 from mailer.config import Settings
 from mailer.db import Database
+from mailer.digest import SelectionReport, plan_digest
 from mailer.models import (
     Audience,
     Delivery,
@@ -26,10 +27,6 @@ from mailer.models import (
 )
 
 log = logging.getLogger(__name__)
-
-
-if TYPE_CHECKING:
-    from mailer.digest import SelectionReport
 
 
 class SendError(Exception):
@@ -84,8 +81,6 @@ async def start_digest(
     recipients (nothing new for anyone) is created already done. ``report`` is
     filled in with who the send reaches and why not more. With a ``requester`` the
     audit entry ("digest.send", or "digest.test") is part of the transaction."""
-    from mailer.digest import plan_digest
-
     now = now or utcnow()
     async with database.transaction() as session:
         digest = Digest(
@@ -121,8 +116,6 @@ async def count_recipients(
     now: datetime | None = None,
 ) -> int:
     """What a send would address now, without writing anything (``--dry-run``)."""
-    from mailer.digest import plan_digest
-
     async with database.transaction() as session:
         digest = Digest(
             kind=DigestKind.MANUAL, frequency=audience(frequency), status=DigestStatus.SENDING
@@ -182,8 +175,6 @@ async def start_queued_digest(
 ) -> Digest:
     """Plan a queued send now: its time came, or an operator (``requester``, who
     gets a "digest.start" audit entry) chose to send it at once."""
-    from mailer.digest import plan_digest
-
     now = now or utcnow()
     async with database.transaction() as session:
         digest = await session.get(Digest, digest_id, with_for_update=True)

@@ -80,8 +80,6 @@ class Strict(BaseModel):
 # --- models -------------------------------------------------------------------------------
 
 
-
-
 class SubscriberQuery(Strict):
     status: SubscriberStatus | None = None
     q: Text | None = Field(None, max_length=200, description="Part of the address or name.")
