@@ -336,6 +336,7 @@ async def record_click(
 
     Raises UnknownLink (a 404) for a token this site did not make, a release that was
     not in that send or has no link; the destination is always the release's own."""
+    # Lazy: mailer.message imports this module (LinkSigner), a cycle at the top.
     from mailer.message import DigestItem
 
     now = now or utcnow()

@@ -1,7 +1,7 @@
 """sources.total_releases dropped: nothing read it
 
 Revision ID: 0010
-Revises: 0013
+Revises: 0011
 Create Date: 2026-12-02 00:30:00
 
 The collector added each run's new releases to it, but every count shown (CLI,
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | None = "0013"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

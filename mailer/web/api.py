@@ -779,20 +779,15 @@ OPERATIONS: list[Operation] = [
 ]
 
 
-# Declared beside their domain; imported here, after Operation exists, to be listed once.
-from mailer.web import api_engagement  # noqa: E402
+def routes(operations: list[Operation]) -> list[BaseRoute]:
+    """The API's routes, relative to /api: one per operation, and the OpenAPI
+    document describing them (mailer.web.routes.API_OPERATIONS lists them all)."""
 
-OPERATIONS += api_engagement.OPERATIONS
+    async def openapi_document(request: Request) -> Response:
+        return JSONResponse(build_document(operations, web_state(request).settings))
 
-
-async def openapi_document(request: Request) -> Response:
-    return JSONResponse(build_document(OPERATIONS, web_state(request).settings))
-
-
-def routes() -> list[BaseRoute]:
-    """The API's routes, relative to /api: one per operation, and the document."""
     api_routes: list[BaseRoute] = [
-        Route(op.path, _wrap(op), methods=[op.method]) for op in OPERATIONS
+        Route(op.path, _wrap(op), methods=[op.method]) for op in operations
     ]
     api_routes.append(Route("/openapi.json", openapi_document, methods=["GET"]))
     return api_routes

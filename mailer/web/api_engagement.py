@@ -10,7 +10,7 @@ from starlette.responses import Response
 from mailer import engagement
 from mailer.accounts import Identity, Role
 from mailer.web.api import Operation, Strict, _iso, error, ok
-from mailer.web.app import web_state
+from mailer.web.state import web_state
 
 
 class ReleaseClicksOut(BaseModel):

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from mailer.context import AppContext
+from mailer.engagement import Tracker
 from mailer.models import utcnow
 from mailer.schedule import start_background
 from mailer.templating import template_environment
@@ -118,6 +119,7 @@ def create_app(
         login_limiter=RateLimiter(
             settings.admin.login_rate_limit, settings.admin.login_rate_window, monotonic
         ),
+        tracker=Tracker(settings),
     )
 
     @asynccontextmanager

@@ -27,7 +27,7 @@ Handler = Callable[..., Awaitable[Response]]
 @dataclass
 class Operation:
     """One API operation: its address, the role it needs, its handler and the models
-    that validate its input and describe its answer (mailer.web.api.OPERATIONS)."""
+    that validate its input and describe its answer (mailer.web.routes.API_OPERATIONS)."""
 
     method: str
     path: str

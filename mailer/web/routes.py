@@ -3,8 +3,9 @@
 ``PUBLIC``: the pages strangers use, the archive and its feeds, the bounce webhook
 and /metrics. ``ADMIN``: the admin under /admin; every endpoint there is wrapped in
 :func:`mailer.web.admin.auth.requires` (tests/admin/test_access.py walks this table
-to prove it). The API's table is ``mailer.web.api.OPERATIONS``, because each
-operation also carries the models that validate it and describe it in OpenAPI.
+to prove it). ``API_OPERATIONS``: the API under /api; each operation is declared
+beside its handler (mailer.web.api, mailer.web.api_engagement) with the models that
+validate it and describe it in /api/openapi.json.
 
 A handler is served only when it is listed here: a renamed or new module fails at
 import or is missing from this file in plain sight, never dropped silently.
@@ -19,8 +20,18 @@ from pathlib import Path
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from mailer.web import api, archive, metrics, public, webhooks
-from mailer.web.admin import auth, dashboard, digests, manage, releases, sources, subscribers
+from mailer.web import api, api_engagement, archive, metrics, public, tracking, webhooks
+from mailer.web.admin import (
+    auth,
+    dashboard,
+    digests,
+    engagement,
+    manage,
+    releases,
+    sources,
+    subscribers,
+)
+from mailer.web.openapi import Operation
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Form posts are small; anything bigger is refused before it is parsed.
@@ -55,6 +66,11 @@ PUBLIC: list[BaseRoute] = [
     Route("/sitemap-pages.xml", archive.sitemap_pages, methods=["GET"]),
     Route("/sitemap-releases-{number:int}.xml", archive.sitemap_releases, methods=["GET"]),
     Route("/robots.txt", archive.robots_txt, methods=["GET"]),
+    # mailer.web.tracking: tracked links and the open image (tracking.clicks / opens)
+    Route("/r/{token}", tracking.follow, methods=["GET"]),
+    Route("/r/{token}/{reader}", tracking.follow, methods=["GET"]),
+    Route("/o/{token}", tracking.open_image, methods=["GET"]),
+    Route("/o/{token}/{reader}", tracking.open_image, methods=["GET"]),
     # mailer.web.webhooks and mailer.web.metrics
     Route("/webhooks/bounce", webhooks.bounce_webhook, methods=["POST"], name="bounce_webhook"),
     Route("/metrics", metrics.metrics, methods=["GET"]),
@@ -80,6 +96,12 @@ ADMIN: list[BaseRoute] = [
     Route("/digests/{id:int}", digests.digest_page, methods=["GET"]),
     Route("/digests/{id:int}/progress", digests.digest_progress_json, methods=["GET"]),
     Route("/digests/{id:int}/{action:str}", digests.digest_action, methods=["POST"]),
+    # mailer.web.admin.engagement: clicks and opens per send, release and topic
+    Route("/engagement", engagement.overview, methods=["GET"]),
+    Route("/engagement/releases.csv", engagement.releases_csv, methods=["GET"]),
+    Route("/engagement/topics.csv", engagement.topics_csv, methods=["GET"]),
+    Route("/engagement/sends/{id:int}", engagement.send, methods=["GET"]),
+    Route("/engagement/sends/{id:int}.csv", engagement.send_csv, methods=["GET"]),
     # mailer.web.admin.releases
     Route("/releases", releases.releases_index, methods=["GET"]),
     Route("/releases/new", releases.release_new_form, methods=["GET"]),
@@ -121,6 +143,8 @@ ADMIN: list[BaseRoute] = [
     Route("/settings", manage.settings_page, methods=["GET"]),
 ]
 
+API_OPERATIONS: list[Operation] = [*api.OPERATIONS, *api_engagement.OPERATIONS]
+
 
 def all_routes() -> list[BaseRoute]:
     """The app's routes: the three tables mounted, plus the static files."""
@@ -128,6 +152,6 @@ def all_routes() -> list[BaseRoute]:
         *PUBLIC,
         Route("/admin", dashboard.to_dashboard, methods=["GET"]),
         Mount("/admin", routes=ADMIN),
-        Mount("/api", routes=api.routes()),
+        Mount("/api", routes=api.routes(API_OPERATIONS)),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]

@@ -18,6 +18,7 @@ from starlette.responses import HTMLResponse
 from mailer.config import Settings
 from mailer.context import AppContext
 from mailer.db import Database
+from mailer.engagement import Tracker
 from mailer.web import csrf
 from mailer.web.ratelimit import RateLimiter
 
@@ -36,6 +37,8 @@ class WebState:
     address_limiter: RateLimiter
     # Admin sign-in attempts per client address (admin.login_rate_*).
     login_limiter: RateLimiter
+    # The signer of tracked links and the scanner memory that /r/ and /o/ share.
+    tracker: Tracker
     database: Database | None = None
 
     @property

@@ -8,20 +8,11 @@ import logging
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import BaseRoute, Route
 
 from mailer import engagement
-from mailer.web.app import web_state
+from mailer.web.state import web_state
 
 NO_STORE = {"cache-control": "no-store, private"}
-
-
-def _tracker(request: Request) -> engagement.Tracker:
-    state = web_state(request)
-    tracker = state.extra.get("tracker")
-    if tracker is None:
-        tracker = state.extra["tracker"] = engagement.Tracker(state.settings)
-    return tracker  # type: ignore[no-any-return]
 
 
 def _visit(request: Request) -> engagement.Visit:
@@ -37,7 +28,7 @@ async def follow(request: Request) -> Response:
     try:
         target = await engagement.record_click(
             state.db,
-            _tracker(request),
+            web_state(request).tracker,
             request.path_params["token"],
             request.path_params.get("reader"),
             _visit(request),
@@ -55,7 +46,7 @@ async def open_image(request: Request) -> Response:
     try:
         await engagement.record_open(
             state.db,
-            _tracker(request),
+            web_state(request).tracker,
             request.path_params["token"],
             request.path_params.get("reader"),
             _visit(request),
@@ -84,12 +75,3 @@ class AnonymousTrackingAccessLog(logging.Filter):
         ):
             record.args = ("-", *args[1:])
         return True
-
-
-def routes() -> list[BaseRoute]:
-    return [
-        Route("/r/{token}", follow, methods=["GET"]),
-        Route("/r/{token}/{reader}", follow, methods=["GET"]),
-        Route("/o/{token}", open_image, methods=["GET"]),
-        Route("/o/{token}/{reader}", open_image, methods=["GET"]),
-    ]

@@ -161,7 +161,7 @@ async def test_clicks_switched_off_after_the_send_still_lead_on_uncounted(
         update={"tracking": tracked.settings.tracking.model_copy(update={"clicks": False})}
     )
     tracked.app.state.web.settings = off
-    tracked.app.state.web.extra.clear()
+    tracked.app.state.web.tracker = engagement.Tracker(off)
     async with tracked.client() as browser:
         response = await browser.get(link)
     assert response.status_code == 302

@@ -8,14 +8,13 @@ from dataclasses import replace
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from mailer import engagement
 from mailer.accounts import Role
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import page, path_id
 from mailer.web.admin.dashboard import Chart, bar_chart
-from mailer.web.app import web_state
+from mailer.web.state import web_state
 
 CHART_TOPICS = 4
 TITLE_CHARS = 40
@@ -116,13 +115,3 @@ async def topics_csv(request: Request) -> Response:
     state = web_state(request)
     trend = await engagement.topic_trend(state.db, state.now())
     return _csv(engagement.topic_trend_csv(trend), "topic-clicks-per-week.csv")
-
-
-def routes() -> list[Route]:
-    return [
-        Route("/engagement", overview, methods=["GET"]),
-        Route("/engagement/releases.csv", releases_csv, methods=["GET"]),
-        Route("/engagement/topics.csv", topics_csv, methods=["GET"]),
-        Route("/engagement/sends/{id:int}", send, methods=["GET"]),
-        Route("/engagement/sends/{id:int}.csv", send_csv, methods=["GET"]),
-    ]
