@@ -2,8 +2,9 @@
 page and feed.
 
 One function builds the data of each page (:func:`list_releases`,
-:func:`release_detail`, :func:`digest_view`, :func:`feed`, :func:`sitemap_entries`);
-the web shell renders it as HTML, Atom or JSON Feed and adds nothing of its own.
+:func:`release_detail`, :func:`digest_view`, :func:`feed`, :func:`sitemap_entries`),
+each in a read session of its own; the web shell renders it as HTML, Atom or JSON
+Feed and adds nothing of its own.
 
 A release is public when it is not merged into another (the survivor stands for
 it), not excluded from digests (exclusion is how editors drop what the collector
@@ -35,6 +36,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 from text_unidecode import unidecode
 
+from mailer.db import Database
 from mailer.message import SourceLink, content_key, credit_line, shown_publication
 from mailer.models import (
     SEARCH_COLUMN,
@@ -165,6 +167,8 @@ class ArchivePage:
     # Ids for the ?after= (newer) and ?before= (older) links; None: no such page.
     newer_after: int | None
     older_before: int | None
+    # Why a filter the reader typed could not be used (then there are no releases).
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -342,7 +346,13 @@ async def _topic(session: AsyncSession, slug: str) -> tuple[TopicRef, ColumnElem
     return TopicRef(row.slug, row.name), in_topic
 
 
-async def active_topics(session: AsyncSession) -> list[TopicRef]:
+async def active_topics(database: Database) -> list[TopicRef]:
+    """The topics a reader can browse, by name."""
+    async with database.session() as session:
+        return await _active_topics(session)
+
+
+async def _active_topics(session: AsyncSession) -> list[TopicRef]:
     rows = await session.execute(
         select(Topic.slug, Topic.name).where(Topic.active.is_(True)).order_by(Topic.name)
     )
@@ -395,7 +405,7 @@ async def _summaries(session: AsyncSession, rows: Sequence[Any]) -> list[Release
 
 
 async def list_releases(
-    session: AsyncSession,
+    database: Database,
     query: ArchiveQuery,
     *,
     now: datetime,
@@ -403,7 +413,24 @@ async def list_releases(
     timezone: str,
 ) -> ArchivePage:
     """One page of the archive, newest first, by keyset on (published_at, id): a
-    page deep in the archive costs what the first one does."""
+    page deep in the archive costs what the first one does.
+
+    A filter that cannot be used (a bad month, too long a search, a page that is
+    gone) gives a page with ``error`` set and no releases; an unknown topic raises
+    NotPublic.
+    """
+    async with database.session() as session:
+        try:
+            return await _list_releases(session, query, now, page_size, timezone)
+        except ArchiveInputError as exc:
+            error = str(exc)
+        topics = await _active_topics(session)
+    return ArchivePage(query, [], topics, None, None, None, error=error)
+
+
+async def _list_releases(
+    session: AsyncSession, query: ArchiveQuery, now: datetime, page_size: int, timezone: str
+) -> ArchivePage:
     conditions = list(public_conditions(now))
     topic = None
     if query.topic:
@@ -451,7 +478,7 @@ async def list_releases(
     return ArchivePage(
         query=query,
         releases=releases,
-        topics=await active_topics(session),
+        topics=await _active_topics(session),
         topic=topic,
         newer_after=newer,
         older_before=older,
@@ -501,10 +528,17 @@ def _detail(
 
 
 async def release_detail(
-    session: AsyncSession, release_id: int, slug: str | None, *, now: datetime
+    database: Database, release_id: int, slug: str | None, *, now: datetime
 ) -> ReleaseDetail:
     """The release page's data. Raises NotPublic, ReleaseWithdrawn, or ReleaseMoved
     (a merged duplicate or a wrong slug: one address per release)."""
+    async with database.session() as session:
+        return await _release_detail(session, release_id, slug, now)
+
+
+async def _release_detail(
+    session: AsyncSession, release_id: int, slug: str | None, now: datetime
+) -> ReleaseDetail:
     release = await session.get(Release, release_id)
     if release is None:
         raise NotPublic("There is no release at this address.")
@@ -525,9 +559,14 @@ async def release_detail(
     return _detail(release, topics.get(release.id, ()), await _sources(session, release.id))
 
 
-async def digest_view(session: AsyncSession, public_id: str, *, now: datetime) -> DigestView:
+async def digest_view(database: Database, public_id: str, *, now: datetime) -> DigestView:
     """The web version of a digest: the releases its sent messages carried (every
     reader's selection together), newest first, without anything personal."""
+    async with database.session() as session:
+        return await _digest_view(session, public_id, now)
+
+
+async def _digest_view(session: AsyncSession, public_id: str, now: datetime) -> DigestView:
     digest = (
         await session.execute(
             select(Digest.id, Digest.status, Digest.started_at, Digest.created_at).where(
@@ -601,8 +640,13 @@ async def _carried_releases(
     return result
 
 
-async def feed(session: AsyncSession, topic_slug: str | None, *, now: datetime, limit: int) -> Feed:
+async def feed(database: Database, topic_slug: str | None, *, now: datetime, limit: int) -> Feed:
     """The newest public releases (of one topic), with full content, for Atom and JSON Feed."""
+    async with database.session() as session:
+        return await _feed(session, topic_slug, now, limit)
+
+
+async def _feed(session: AsyncSession, topic_slug: str | None, now: datetime, limit: int) -> Feed:
     conditions = list(public_conditions(now))
     topic = None
     if topic_slug is not None:
@@ -632,27 +676,33 @@ async def feed(session: AsyncSession, topic_slug: str | None, *, now: datetime, 
     return Feed(topic=topic, entries=entries, updated=updated, etag=f'"{fingerprint}"')
 
 
-async def sitemap_files(session: AsyncSession, *, now: datetime) -> int:
+async def sitemap_files(database: Database, *, now: datetime) -> int:
     """How many release sitemap files there are (id ranges of SITEMAP_CHUNK)."""
+    async with database.session() as session:
+        return await _sitemap_files(session, now)
+
+
+async def _sitemap_files(session: AsyncSession, now: datetime) -> int:
     highest = await session.scalar(select(func.max(Release.id)).where(*public_conditions(now)))
     return 0 if highest is None else highest // SITEMAP_CHUNK + 1
 
 
-async def sitemap_entries(
-    session: AsyncSession, number: int, *, now: datetime
-) -> list[SitemapEntry]:
+async def sitemap_entries(database: Database, number: int, *, now: datetime) -> list[SitemapEntry]:
     """The release pages of sitemap file ``number``; NotPublic past the last file."""
-    if number < 0 or number >= await sitemap_files(session, now=now):
-        raise NotPublic("There is no such sitemap.")
-    rows = await session.execute(
-        select(Release.id, Release.title, Release.updated_at, Release.embargo_until)
-        .where(
-            Release.id >= number * SITEMAP_CHUNK,
-            Release.id < (number + 1) * SITEMAP_CHUNK,
-            *public_conditions(now),
-        )
-        .order_by(Release.id)
-    )
+    async with database.session() as session:
+        if number < 0 or number >= await _sitemap_files(session, now):
+            raise NotPublic("There is no such sitemap.")
+        rows = (
+            await session.execute(
+                select(Release.id, Release.title, Release.updated_at, Release.embargo_until)
+                .where(
+                    Release.id >= number * SITEMAP_CHUNK,
+                    Release.id < (number + 1) * SITEMAP_CHUNK,
+                    *public_conditions(now),
+                )
+                .order_by(Release.id)
+            )
+        ).all()
     return [
         SitemapEntry(
             release_path(row.id, row.title),

@@ -78,27 +78,24 @@ async def _archive_page(request: Request, query: ArchiveQuery, path: str) -> Res
     state = web_state(request)
     settings = state.settings
     try:
-        async with state.db.session() as session:
-            data = await archive.list_releases(
-                session,
-                query,
-                now=state.now(),
-                page_size=settings.archive.page_size,
-                timezone=settings.digest.timezone,
-            )
+        data = await archive.list_releases(
+            state.db,
+            query,
+            now=state.now(),
+            page_size=settings.archive.page_size,
+            timezone=settings.digest.timezone,
+        )
     except NotPublic as exc:
         raise HTTPException(404, str(exc)) from None
-    except ArchiveInputError as exc:
-        async with state.db.session() as session:
-            topics = await archive.active_topics(session)
+    if data.error is not None:
         return render(
             request,
             "archive/releases.html",
             {
                 "query": query,
-                "error": str(exc),
+                "error": data.error,
                 "releases": [],
-                "topics": topics,
+                "topics": data.topics,
                 "topic": None,
                 "action": path,
                 "noindex": True,
@@ -159,10 +156,9 @@ async def release_page(request: Request) -> Response:
     if match is None:
         raise HTTPException(404)
     try:
-        async with state.db.session() as session:
-            release = await archive.release_detail(
-                session, int(match.group(1)), match.group(2), now=state.now()
-            )
+        release = await archive.release_detail(
+            state.db, int(match.group(1)), match.group(2), now=state.now()
+        )
     except NotPublic as exc:
         raise HTTPException(404, str(exc)) from None
     except ReleaseMoved as moved:
@@ -196,8 +192,7 @@ async def digest_page(request: Request) -> Response:
     if len(public_id) > 32:
         raise HTTPException(404)
     try:
-        async with state.db.session() as session:
-            digest = await archive.digest_view(session, public_id, now=state.now())
+        digest = await archive.digest_view(state.db, public_id, now=state.now())
     except NotPublic as exc:
         raise HTTPException(404, str(exc)) from None
     return render(
@@ -233,8 +228,7 @@ async def _feed(request: Request, topic: str | None, kind: str) -> Response:
     settings = state.settings
     now = state.now()
     try:
-        async with state.db.session() as session:
-            data = await archive.feed(session, topic, now=now, limit=settings.archive.feed_items)
+        data = await archive.feed(state.db, topic, now=now, limit=settings.archive.feed_items)
     except NotPublic as exc:
         raise HTTPException(404, str(exc)) from None
     headers = {"etag": data.etag, "cache-control": FEED_CACHE}
@@ -279,8 +273,7 @@ XML_TYPE = "application/xml; charset=utf-8"
 async def sitemap_index(request: Request) -> Response:
     state = web_state(request)
     base = state.settings.site.base_url
-    async with state.db.session() as session:
-        files = await archive.sitemap_files(session, now=state.now())
+    files = await archive.sitemap_files(state.db, now=state.now())
     locations = [f"{base}/sitemap-pages.xml"]
     locations += [f"{base}/sitemap-releases-{number}.xml" for number in range(files)]
     entries = "".join(f"<sitemap><loc>{feeds.escape_xml(loc)}</loc></sitemap>" for loc in locations)
@@ -291,8 +284,7 @@ async def sitemap_index(request: Request) -> Response:
 async def sitemap_pages(request: Request) -> Response:
     state = web_state(request)
     base = state.settings.site.base_url
-    async with state.db.session() as session:
-        topics = await archive.active_topics(session)
+    topics = await archive.active_topics(state.db)
     paths = ["/", "/releases", *(f"/topics/{topic.slug}" for topic in topics)]
     return _urlset([(base + path, None) for path in paths])
 
@@ -302,10 +294,9 @@ async def sitemap_releases(request: Request) -> Response:
     state = web_state(request)
     base = state.settings.site.base_url
     try:
-        async with state.db.session() as session:
-            entries = await archive.sitemap_entries(
-                session, request.path_params["number"], now=state.now()
-            )
+        entries = await archive.sitemap_entries(
+            state.db, request.path_params["number"], now=state.now()
+        )
     except NotPublic as exc:
         raise HTTPException(404, str(exc)) from None
     return _urlset([(base + entry.path, entry.updated) for entry in entries])
