@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -26,6 +27,11 @@ from sqlalchemy.ext.asyncio import (
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE_OPTION = "mailer_write_transaction"
+
+
+# Any error the database layer raises: shells map it to "try again" without
+# importing the ORM themselves.
+DatabaseError = SQLAlchemyError
 
 
 class DatabaseURLError(ValueError):

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from mailer.context import AppContext
+from mailer.db import DatabaseError
 from mailer.engagement import Tracker
 from mailer.models import utcnow
 from mailer.schedule import start_background
@@ -141,7 +141,7 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={
             HTTPException: http_error,
-            SQLAlchemyError: database_unavailable,
+            DatabaseError: database_unavailable,
             Exception: server_error,
         },
     )
