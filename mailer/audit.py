@@ -9,6 +9,7 @@ does not write its own entry yet.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -112,17 +113,8 @@ async def record(
         await record_in(session, actor, action, target_type, target_id, details, at=at)
 
 
-async def query(
-    database: Database,
-    *,
-    search: str | None = None,
-    actor: str | None = None,
-    action: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
-) -> tuple[list[AuditView], int]:
-    """Newest first; returns one page and the total number of matching entries."""
-    conditions = []
+def _conditions(search: str | None, actor: str | None, action: str | None) -> list[Any]:
+    conditions: list[Any] = []
     if actor:
         conditions.append(AuditEntry.actor == actor)
     if action:
@@ -137,26 +129,61 @@ async def query(
                 func.lower(AuditEntry.target_id).like(pattern),
             )
         )
-    async with database.session() as session:
-        total = await session.scalar(select(func.count(AuditEntry.id)).where(*conditions))
-        rows = (
-            await session.scalars(
-                select(AuditEntry)
-                .where(*conditions)
-                .order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
-                .limit(limit)
-                .offset(offset)
-            )
-        ).all()
-    views = [
+    return conditions
+
+
+async def _entries(
+    session: AsyncSession, conditions: list[Any], limit: int, offset: int
+) -> list[AuditView]:
+    rows = await session.scalars(
+        select(AuditEntry)
+        .where(*conditions)
+        .order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return [
         AuditView(r.id, r.at, r.actor, r.action, r.target_type, r.target_id, dict(r.details or {}))
         for r in rows
     ]
-    return views, total or 0
 
 
-async def actions(database: Database) -> list[str]:
-    """Every action name in the log, for the filter menu."""
+async def query(
+    database: Database,
+    *,
+    search: str | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[AuditView], int]:
+    """Newest first; returns one page and the total number of matching entries."""
+    conditions = _conditions(search, actor, action)
     async with database.session() as session:
-        rows = await session.scalars(select(AuditEntry.action).distinct().order_by("action"))
-        return list(rows)
+        total = await session.scalar(select(func.count(AuditEntry.id)).where(*conditions))
+        return await _entries(session, conditions, limit, offset), total or 0
+
+
+@dataclass(frozen=True)
+class AuditLog:
+    """One page of the log as the admin shows it."""
+
+    entries: list[AuditView]
+    # Entries matching in all, and the page shown (a page past the end shows the last).
+    total: int
+    page: int
+    # Every action name in the log, for the filter menu.
+    actions: list[str]
+
+
+async def log_page(
+    database: Database, *, search: str = "", action: str = "", page: int = 1, size: int = 50
+) -> AuditLog:
+    """Page ``page`` (from 1) of the entries matching ``search`` and ``action``, newest first."""
+    conditions = _conditions(search, None, action)
+    async with database.session() as session:
+        total = await session.scalar(select(func.count(AuditEntry.id)).where(*conditions)) or 0
+        page = min(max(page, 1), max(1, math.ceil(total / size)))
+        entries = await _entries(session, conditions, size, (page - 1) * size)
+        actions = await session.scalars(select(AuditEntry.action).distinct().order_by("action"))
+        return AuditLog(entries, total, page, list(actions))

@@ -29,6 +29,8 @@ FLASH_COOKIE = "mailer_admin_flash"
 MAX_FIELD_CHARS = 100_000
 MAX_FORM_BYTES = 1024 * 1024
 PAGE_SIZE = 50
+# The highest ?page= taken as asked; the domain shows the last page past the end.
+MAX_PAGE = 10**6
 
 # (path, label, role needed): the navigation shows what the role may open.
 NAVIGATION = (
@@ -240,9 +242,16 @@ class Paging:
 
 
 def paging(
-    request: Request, total: int, params: Mapping[str, str], size: int = PAGE_SIZE
+    request: Request,
+    total: int,
+    params: Mapping[str, str],
+    size: int = PAGE_SIZE,
+    *,
+    page: int | None = None,
 ) -> Paging:
+    """The page asked for (?page=, kept within the pages there are), or ``page`` where
+    the domain function already chose it."""
     pages = max(1, math.ceil(total / size))
-    number = query_int(request, "page", 1, 1, pages)
+    number = page if page is not None else query_int(request, "page", 1, 1, pages)
     kept = {k: v for k, v in params.items() if v}
     return Paging(number, size, total, request.url.path, kept)

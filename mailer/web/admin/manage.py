@@ -15,11 +15,14 @@ from mailer.accounts import Role
 from mailer.config import format_duration
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import (
+    MAX_PAGE,
+    PAGE_SIZE,
     form,
     identity,
     page,
     paging,
     path_id,
+    query_int,
     query_text,
     redirect,
     text,
@@ -34,20 +37,22 @@ SECRET_KEYS = {"password", "secret_key", "webhook_secret", "metrics_token"}
 async def audit_page(request: Request) -> Response:
     state = web_state(request)
     search, action = query_text(request, "q"), query_text(request, "action")
-    _, total = await audit.query(state.db, search=search, action=action, limit=1)
-    pages = paging(request, total, {"q": search, "action": action})
-    entries, _ = await audit.query(
-        state.db, search=search, action=action, limit=pages.size, offset=pages.offset
+    log = await audit.log_page(
+        state.db,
+        search=search,
+        action=action,
+        page=query_int(request, "page", 1, 1, MAX_PAGE),
+        size=PAGE_SIZE,
     )
     return page(
         request,
         "audit.html",
         {
-            "entries": entries,
-            "paging": pages,
+            "entries": log.entries,
+            "paging": paging(request, log.total, {"q": search, "action": action}, page=log.page),
             "search": search,
             "action": action,
-            "actions": await audit.actions(state.db),
+            "actions": log.actions,
         },
     )
 
