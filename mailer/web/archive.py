@@ -87,44 +87,27 @@ async def _archive_page(request: Request, query: ArchiveQuery, path: str) -> Res
         )
     except NotPublic as exc:
         raise HTTPException(404, str(exc)) from None
-    if data.error is not None:
-        return render(
-            request,
-            "archive/releases.html",
-            {
-                "query": query,
-                "error": data.error,
-                "releases": [],
-                "topics": data.topics,
-                "topic": None,
-                "action": path,
-                "noindex": True,
-            },
-            status_code=400,
-        )
     filters = query.filters()
     if path != "/releases":
         filters.pop("topic", None)
+    newer, older = data.newer_after, data.older_before
     return render(
         request,
         "archive/releases.html",
         {
             "query": query,
+            "error": data.error,
             "releases": data.releases,
             "topics": data.topics,
             "topic": data.topic,
-            "newer_link": _link(path, filters, after=data.newer_after)
-            if data.newer_after is not None
-            else None,
-            "older_link": _link(path, filters, before=data.older_before)
-            if data.older_before is not None
-            else None,
-            "feeds": feeds.feed_paths(archive.Feed(data.topic, [], None, "")),
-            # Searches and filtered lists are not pages to index.
-            "noindex": bool(query.text or query.month or query.before or query.after),
+            "newer_link": _link(path, filters, after=newer) if newer is not None else None,
+            "older_link": _link(path, filters, before=older) if older is not None else None,
+            # Searches, filtered lists and refused filters are not pages to index.
+            "noindex": bool(data.error or query.text or query.month or query.before or query.after),
             "timezone": settings.digest.timezone,
             "action": path,
         },
+        status_code=400 if data.error else 200,
     )
 
 

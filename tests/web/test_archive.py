@@ -120,6 +120,11 @@ async def test_topic_and_month_filters(make_site: SiteFactory) -> None:
     bad_month = await site.client.get("/releases", params={"month": "March"})
     assert bad_month.status_code == 400
     assert "is not a month; use the form 2024-03" in bad_month.text
+    # The refused page still offers every topic to search again, and is not indexed.
+    assert '<option value="economy">' in bad_month.text
+    assert '<meta name="robots" content="noindex">' in bad_month.text
+    gone = await site.client.get("/releases", params={"before": "987654"})
+    assert gone.status_code == 400 and "does not exist any more" in gone.text
     assert (await site.client.get("/releases", params={"topic": "sport"})).status_code == 404
     assert (await site.client.get("/releases", params={"before": "x1"})).status_code == 400
 
