@@ -44,11 +44,19 @@ def confirm_at_terminal(question: str, without_terminal: str) -> None:
         raise click.Abort()
 
 
-def run(ctx: click.Context, work: Callable[[AppContext], Awaitable[T]]) -> T:
-    """Run one async unit of work with the shared error-to-exit-code mapping."""
+def run(
+    ctx: click.Context,
+    work: Callable[[AppContext], Awaitable[T]],
+    *,
+    refused: tuple[type[Exception], ...] = (),
+) -> T:
+    """Run one async unit of work with the shared error-to-exit-code mapping;
+    ``refused``: the domain's errors for input it will not take (exit 2)."""
     app: AppContext = ctx.find_object(AppContext)
     try:
         return asyncio.run(work(app))
+    except refused as exc:
+        raise BadInput(str(exc)) from None
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     except DatabaseURLError as exc:

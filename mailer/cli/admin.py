@@ -17,13 +17,7 @@ CLI_ACTOR = "cli"
 
 
 def _run(ctx: click.Context, work: Callable[[AppContext], Awaitable[T]]) -> T:
-    async def guarded(app: AppContext) -> T:
-        try:
-            return await work(app)
-        except accounts.AccountError as exc:
-            raise BadInput(str(exc)) from None
-
-    return run(ctx, guarded)
+    return run(ctx, work, refused=(accounts.AccountError,))
 
 
 def _read_password(password_stdin: bool) -> str:

@@ -18,7 +18,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mailer.cli import (
-    BadInput,
     OperationalError,
     confirm_at_terminal,
     echo_json,
@@ -278,10 +277,7 @@ def digest_status(ctx: click.Context, digest_id: int | None, as_json: bool) -> N
                 return [await send_progress(database, digest_id)]
             return await recent_sends(database, limit=10)
 
-    try:
-        rows = run(ctx, work)
-    except SendError as exc:
-        raise BadInput(str(exc)) from None
+    rows = run(ctx, work, refused=(SendError,))
     if as_json:
         for p in rows:
             echo_json(p.as_json())
@@ -326,10 +322,7 @@ def _state_command(action: str, help_text: str) -> click.Command:
             async with app.database() as database:
                 return await set_digest_state(database, digest_id, action, requester=CLI)
 
-        try:
-            digest = run(ctx, work)
-        except SendError as exc:
-            raise BadInput(str(exc)) from None
+        digest = run(ctx, work, refused=(SendError,))
         click.echo(f"Digest {digest.id} is now {digest.status.value}.")
 
     return command

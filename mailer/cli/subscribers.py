@@ -22,15 +22,7 @@ CLI_ORIGIN = store.Origin(actor="cli")
 
 
 def _run(ctx: click.Context, work: Callable[[AppContext], Awaitable[T]]) -> T:
-    """run() with the store's refusals reported as bad input (exit 2)."""
-
-    async def guarded(app: AppContext) -> T:
-        try:
-            return await work(app)
-        except store.SubscriberError as exc:
-            raise BadInput(str(exc)) from None
-
-    return run(ctx, guarded)
+    return run(ctx, work, refused=(store.SubscriberError,))
 
 
 @click.group()
