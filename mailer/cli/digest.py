@@ -9,16 +9,11 @@ from pathlib import Path
 
 import click
 
-from mailer.cli import BadInput, run
+from mailer.cli import run
 from mailer.context import AppContext
-from mailer.digest import (
-    DigestPreview,
-    PreviewError,
-    SelectionReport,
-    explain_digest,
-    preview_digest,
-)
+from mailer.digest import PreviewError
 from mailer.message import MessageError
+from mailer.preview import PreviewResult, preview_now
 
 
 @click.group()
@@ -46,44 +41,34 @@ def digest_preview(ctx: click.Context, subscriber_email: str | None, out_dir: Pa
     Nothing is sent and nothing is marked as sent.
     """
 
-    async def work(app: AppContext) -> tuple[DigestPreview | None, SelectionReport | None]:
+    async def work(app: AppContext) -> PreviewResult:
         async with app.database() as database:
-            try:
-                preview = await preview_digest(database, app.settings, subscriber_email)
-                if preview is not None:
-                    return preview, preview.selection
-                explained = await explain_digest(
-                    database, app.settings, subscriber_email=subscriber_email
-                )
-                return None, explained
-            except (PreviewError, MessageError) as exc:
-                raise BadInput(str(exc)) from None
+            return await preview_now(database, app.settings, subscriber_email)
 
-    preview, selection = run(ctx, work)
-    who = subscriber_email or "the sample reader"
-    if preview is None:
+    result = run(ctx, work, refused=(PreviewError, MessageError))
+    digest, selection = result.digest, result.selection
+    if digest is None:
+        who = subscriber_email or "the sample reader"
         click.echo(f"No digest would be sent to {who} now:")
-        for reason in selection.reasons() if selection else ():
+        for reason in result.reasons():
             click.echo(f"  {reason}")
         return
     app: AppContext = ctx.find_object(AppContext)
     folder = out_dir or app.settings.data_path / "preview"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = "digest-" + (
-        re.sub(r"[^a-z0-9]+", "-", preview.recipient.lower()).strip("-") or "sample"
-    )
+    stem = "digest-" + (re.sub(r"[^a-z0-9]+", "-", digest.recipient.lower()).strip("-") or "sample")
     eml_path, html_path = folder / f"{stem}.eml", folder / f"{stem}.html"
-    eml_path.write_bytes(preview.message.data)
-    html_path.write_text(preview.html, encoding="utf-8")
-    click.echo(f"To:       {preview.recipient}")
-    click.echo(f"Subject:  {preview.subject}")
-    click.echo(f"Releases: {preview.release_count}")
-    click.echo(f"Size:     {len(preview.message.data):,} bytes")
+    eml_path.write_bytes(digest.message.data)
+    html_path.write_text(digest.html, encoding="utf-8")
+    click.echo(f"To:       {digest.recipient}")
+    click.echo(f"Subject:  {digest.subject}")
+    click.echo(f"Releases: {digest.release_count}")
+    click.echo(f"Size:     {len(digest.message.data):,} bytes")
     click.echo(f"Wrote {eml_path}")
     click.echo(f"Wrote {html_path}")
-    if selection is not None and subscriber_email is None:
+    if subscriber_email is None:
         # The sample shows the newest releases; a real send follows the rules.
         click.echo(f"A send now would reach {selection.summary()}")
-    elif selection is not None:
+    else:
         for reason in selection.reasons():
             click.echo(f"  {reason}")

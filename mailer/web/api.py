@@ -12,8 +12,6 @@ fitting status: 400 unreadable, 401 no or bad token, 403 role, 404, 409 conflict
 
 from __future__ import annotations
 
-import email
-import email.policy
 import functools
 import io
 from collections.abc import Awaitable, Callable
@@ -41,9 +39,10 @@ from mailer.accounts import Identity, Role
 from mailer.collect.extract import published_text
 from mailer.collect.ingest import API_SOURCE, editor_date
 from mailer.datewindow import DateOutOfRange, check_date, check_send_time
-from mailer.digest import PreviewError, explain_digest, preview_digest
+from mailer.digest import PreviewError, explain_digest
 from mailer.message import MessageError
 from mailer.models import Audience, DigestKind, Frequency, Release, Subscriber, SubscriberStatus
+from mailer.preview import preview_now
 from mailer.releases import ReleaseInputError
 from mailer.send import (
     NoSuchSend,
@@ -604,30 +603,23 @@ async def preview(request: Request, who: Identity, query: PreviewQuery) -> Respo
     if query.subscriber and not who.is_admin:
         return error(403, "Only an admin token can preview a particular subscriber's digest.")
     try:
-        result = await preview_digest(
+        result = await preview_now(
             state.db, state.settings, query.subscriber or None, now=state.now()
         )
     except (PreviewError, MessageError) as exc:
         return error(422, str(exc))
-    if result is None:
-        try:
-            report = await explain_digest(
-                state.db, state.settings, now=state.now(), subscriber_email=query.subscriber or None
-            )
-        except PreviewError as exc:
-            return error(422, str(exc))
-        return ok(PreviewOut(would_send=False, reasons=report.reasons()))
-    parsed = email.message_from_bytes(result.message.data, policy=email.policy.default)
-    text_part = parsed.get_body(("plain",))  # type: ignore[attr-defined]
+    digest = result.digest
+    if digest is None:
+        return ok(PreviewOut(would_send=False, reasons=result.reasons()))
     return ok(
         PreviewOut(
             would_send=True,
-            reasons=result.selection.reasons() if result.selection else [],
-            recipient=result.recipient,
-            subject=result.subject,
-            release_count=result.release_count,
-            html=result.html,
-            text=text_part.get_content() if text_part is not None else None,
+            reasons=result.reasons(),
+            recipient=digest.recipient,
+            subject=digest.subject,
+            release_count=digest.release_count,
+            html=digest.html,
+            text=result.text,
         )
     )
 

@@ -4,6 +4,7 @@ they are three shells over one domain function each (mailer.releases, mailer.sen
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
 from collections.abc import AsyncIterator
@@ -47,7 +48,12 @@ def cli_config(site: AdminSite, tmp_path: Path) -> Path:
                 "data_dir": str(settings.data_path),
                 "database": {"url": settings.database.url},
                 "secret_key": "test-secret-key-0123456789abcdef",
-                "site": {"base_url": BASE},
+                "site": {
+                    "base_url": BASE,
+                    "name": settings.site.name,
+                    "postal_address": settings.site.postal_address,
+                },
+                "sender": {"from": "Press Office <press@example.org>"},
                 "topics": [
                     {"name": "Economy", "keywords": ["budget", "tax"]},
                     {"name": "Health", "keywords": ["hospital", "vaccine"]},
@@ -186,3 +192,46 @@ async def test_a_sends_progress_is_the_same_everywhere(
     # The admin's send page shows the same numbers as its live progress.
     page = (await editor_client.get(f"/admin/digests/{digest.id}")).text
     assert "550 no such user" in page and "451 try later" in page
+
+
+async def _cli_lines(config: Path, *args: str) -> list[str]:
+    result = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(config), *args])
+    assert result.exit_code == 0, result.output
+    return result.stdout.splitlines()
+
+
+def _admin_reasons(page: str) -> list[str]:
+    box = page.split('id="selection-reasons"', 1)[1].split("</div>", 1)[0]
+    return [html.unescape(item) for item in re.findall(r"<li>(.*?)</li>", box)]
+
+
+async def test_a_preview_is_the_same_everywhere(
+    site: AdminSite,
+    editor_client: httpx.AsyncClient,
+    api: httpx.AsyncClient,
+    cli_config: Path,
+    tmp_path: Path,
+) -> None:
+    # Nothing to send yet: each shell says so, with the same reasons.
+    admin = (await editor_client.get("/admin/digests/preview")).text
+    answer = (await api.get("/api/digests/preview")).json()
+    cli = await _cli_lines(cli_config, "digest", "preview", "--out", str(tmp_path))
+    assert "No digest would be sent now" in admin
+    assert answer["would_send"] is False and answer["reasons"]
+    assert cli[0] == "No digest would be sent to the sample reader now:"
+    assert _admin_reasons(admin) == answer["reasons"] == [line.strip() for line in cli[1:]]
+
+    await store.add(site.db, site.settings, "reader@example.org", confirmed=True)
+    await _releases(site)
+    admin = (await editor_client.get("/admin/digests/preview")).text
+    answer = (await api.get("/api/digests/preview")).json()
+    cli = await _cli_lines(cli_config, "digest", "preview", "--out", str(tmp_path))
+    assert answer["would_send"] is True and answer["release_count"] == 4
+    subject = html.unescape(admin.split('id="preview-subject">', 1)[1].split("<", 1)[0])
+    assert subject == answer["subject"]
+    assert f"Subject:  {answer['subject']}" in cli and "Releases: 4" in cli
+    plain = html.unescape(admin.split('id="preview-text"', 1)[1].split(">", 1)[1])
+    # Each preview is planned afresh: its "view in browser" link has a new id.
+    plain, text = (re.sub(r"/digests/[\w-]+", "/digests/ID", t) for t in (plain, answer["text"]))
+    assert plain.split("</pre>", 1)[0] == text
+    assert "Budget for 2026 adopted" in answer["text"]

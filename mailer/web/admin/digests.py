@@ -5,8 +5,6 @@ serve`` runs delivers them."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,6 +24,7 @@ from mailer.digest import (
 )
 from mailer.message import MessageError
 from mailer.models import Audience, DigestKind
+from mailer.preview import preview_now
 from mailer.send import (
     DigestProgress,
     Requester,
@@ -115,39 +114,26 @@ async def _preview(request: Request, subscriber: str | None) -> DigestPreview | 
 
 @requires(Role.EDITOR)
 async def preview_page(request: Request) -> Response:
+    state = web_state(request)
     subscriber = _preview_subscriber(request)
-    error = None
-    preview = None
     try:
-        preview = await _preview(request, subscriber)
-    except HTTPException as exc:
-        if exc.status_code != 422:
-            raise
-        error = exc.detail
-    plain = ""
-    selection = preview.selection if preview is not None else None
-    if preview is None and error is None:
-        selection = await explain_digest(
-            web_state(request).db,
-            web_state(request).settings,
-            now=web_state(request).now(),
-            subscriber_email=subscriber,
-        )
-    if preview is not None:
-        parsed = email.message_from_bytes(preview.message.data, policy=email.policy.default)
-        text_part = parsed.get_body(("plain",))  # type: ignore[attr-defined]
-        plain = text_part.get_content() if text_part is not None else ""
+        result = await preview_now(state.db, state.settings, subscriber, now=state.now())
+    except (PreviewError, MessageError) as exc:
+        result, error = None, str(exc)
+    else:
+        error = None
+    digest = result.digest if result is not None else None
     return page(
         request,
         "digest_preview.html",
         {
-            "preview": preview,
-            "plain": plain,
+            "preview": digest,
+            "plain": result.text if result is not None else "",
             "subscriber": subscriber or "",
             "error": error,
-            "selection": selection,
-            "reasons": selection.reasons() if selection else [],
-            "size": len(preview.message.data) if preview else 0,
+            "selection": result.selection if result is not None else None,
+            "reasons": result.reasons() if result is not None else [],
+            "size": len(digest.message.data) if digest is not None else 0,
         },
         status_code=422 if error else 200,
     )
