@@ -8,6 +8,7 @@ writes its audit entry in the transaction that makes it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -110,27 +111,63 @@ async def list_releases(
     database: Database, wanted: ReleaseFilter, *, limit: int | None = 50, offset: int = 0
 ) -> ReleasePage:
     """``limit`` None: every match."""
+    async with database.session() as session:
+        return await _page(session, wanted.conditions(), limit, offset)
+
+
+async def _page(
+    session: AsyncSession, conditions: list[ColumnElement[bool]], limit: int | None, offset: int
+) -> ReleasePage:
+    total = await _count(session, conditions)
+    return ReleasePage(await _items(session, conditions, limit, offset), total)
+
+
+async def _count(session: AsyncSession, conditions: list[ColumnElement[bool]]) -> int:
+    return await session.scalar(select(func.count(Release.id)).where(*conditions)) or 0
+
+
+async def _items(
+    session: AsyncSession, conditions: list[ColumnElement[bool]], limit: int | None, offset: int
+) -> list[Release]:
+    query = (
+        select(Release)
+        .where(*conditions)
+        .order_by(Release.published_at.desc(), Release.id.desc())
+        .offset(offset)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return list((await session.scalars(query)).all())
+
+
+@dataclass(frozen=True)
+class ReleaseListing(ReleasePage):
+    """The admin's list of releases: one page, the page it is, the topics to filter by."""
+
+    page: int = 1
+    topics: list[Topic] = field(default_factory=list)
+
+
+async def release_listing(
+    database: Database, wanted: ReleaseFilter, *, page: int, size: int
+) -> ReleaseListing:
+    """Page ``page`` (from 1) of the releases ``wanted``; past the end, the last page."""
     conditions = wanted.conditions()
     async with database.session() as session:
-        total = await session.scalar(select(func.count(Release.id)).where(*conditions)) or 0
-        query = (
-            select(Release)
-            .where(*conditions)
-            .order_by(Release.published_at.desc(), Release.id.desc())
-            .offset(offset)
-        )
-        if limit is not None:
-            query = query.limit(limit)
-        items = list((await session.scalars(query)).all())
-    return ReleasePage(items, total)
+        total = await _count(session, conditions)
+        page = min(max(page, 1), max(1, math.ceil(total / size)))
+        items = await _items(session, conditions, size, (page - 1) * size)
+        return ReleaseListing(items, total, page, await _active_topics(session))
 
 
 async def active_topics(database: Database) -> list[Topic]:
     """The topics an editor can give a release, in configuration order."""
     async with database.session() as session:
-        return list(
-            (await session.scalars(select(Topic).where(Topic.active).order_by(Topic.id))).all()
-        )
+        return await _active_topics(session)
+
+
+async def _active_topics(session: AsyncSession) -> list[Topic]:
+    return list((await session.scalars(select(Topic).where(Topic.active).order_by(Topic.id))).all())
 
 
 async def get_release(database: Database, release_id: int) -> Release:

@@ -17,6 +17,7 @@ from mailer.collect.ingest import editor_date
 from mailer.releases import NoSuchRelease, ReleaseFilter, ReleaseInputError
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import (
+    MAX_PAGE,
     PAGE_SIZE,
     form,
     identity,
@@ -35,8 +36,6 @@ from mailer.web.state import web_state
 TITLE_LIMIT = releases.TITLE_LIMIT
 SUMMARY_LIMIT = releases.SUMMARY_LIMIT
 TEXT_LIMIT = 200_000
-# Far past any real listing; a larger ?page= is shown as the last page.
-MAX_PAGE = 10**6
 
 
 # --- pages ------------------------------------------------------------------------------
@@ -51,21 +50,19 @@ async def releases_index(request: Request) -> Response:
         show=query_text(request, "show"),
     )
     params = {"q": wanted.search, "topic": wanted.topic, "show": wanted.show}
-    offset = (query_int(request, "page", 1, 1, MAX_PAGE) - 1) * PAGE_SIZE
-    found = await releases.list_releases(state.db, wanted, limit=PAGE_SIZE, offset=offset)
-    pages = paging(request, found.total, params)
-    if pages.offset != offset:  # past the last page: show the last one
-        found = await releases.list_releases(state.db, wanted, limit=PAGE_SIZE, offset=pages.offset)
+    found = await releases.release_listing(
+        state.db, wanted, page=query_int(request, "page", 1, 1, MAX_PAGE), size=PAGE_SIZE
+    )
     return page(
         request,
         "releases.html",
         {
             "releases": found.items,
-            "paging": pages,
+            "paging": paging(request, found.total, params, page=found.page),
             "search": wanted.search,
             "topic": wanted.topic,
             "show": wanted.show,
-            "topics": await releases.active_topics(state.db),
+            "topics": found.topics,
         },
     )
 

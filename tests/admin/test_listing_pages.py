@@ -1,4 +1,4 @@
-"""The audit log page: filters, the action menu, and paging past the end."""
+"""The admin's listings (audit log, releases): filters, menus, and paging past the end."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from datetime import timedelta
 import httpx
 
 from mailer import audit
+from mailer.releases import add_release
 from tests.admin.conftest import AdminSite
 
 
@@ -50,3 +51,24 @@ async def test_the_action_menu_lists_every_action_and_keeps_the_choice(
     assert "1 in all." in page.text
     searched = await admin_client.get("/admin/audit", params={"q": "LIST-001"})
     assert "list-001.csv" in searched.text and "list-000.csv" not in searched.text
+
+
+async def test_a_release_page_past_the_end_shows_the_oldest_releases(
+    site: AdminSite, editor_client: httpx.AsyncClient
+) -> None:
+    for number in range(52):
+        site.clock.advance(timedelta(minutes=1))
+        await add_release(
+            site.db,
+            site.settings,
+            title=f"Budget notice number {number:03}",
+            body=f"Budget notice {number} of the ministry.",
+            published=site.clock.now(),
+            added_by="test",
+            now=site.clock.now(),
+        )
+    page = await editor_client.get("/admin/releases", params={"q": "budget", "page": 7})
+    assert page.status_code == 200
+    assert "Page 2 of 2 (52 in all)" in page.text
+    assert re.findall(r"Budget notice number (\d{3})", page.text) == ["001", "000"]
+    assert '<option value="economy"' in page.text
