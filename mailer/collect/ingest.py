@@ -264,7 +264,7 @@ async def add_release(
     title: str,
     body: str,
     url: str | None = None,
-    published: datetime | None = None,
+    published: datetime | str | None = None,
     published_date_only: bool = False,
     topics: list[str] | None = None,
     added_by: str,
@@ -276,9 +276,10 @@ async def add_release(
     audit_details: Mapping[str, Any] | None = None,
 ) -> tuple[int, str]:
     """Store a release typed in by an editor (admin or API); returns (release id,
-    outcome). ``embargo_until`` holds a new release back (neither mailed nor shown
-    in the archive) until then; a copy of a release already stored keeps that
-    release's visibility. With ``audit_details`` the "release.add" audit entry
+    outcome). ``published`` given as text is read as an editor's date (see
+    :func:`editor_date`). ``embargo_until`` holds a new release back (neither mailed
+    nor shown in the archive) until then; a copy of a release already stored keeps
+    that release's visibility. With ``audit_details`` the "release.add" audit entry
     (actor ``added_by``) is written in the same transaction.
 
     The text goes through the same cleaning and matching as a collected release;
@@ -291,6 +292,9 @@ async def add_release(
         raise ReleaseInputError("A release needs a title.")
     if url and not url.startswith(("http://", "https://")):
         raise ReleaseInputError("The link must start with http:// or https://.")
+    if isinstance(published, str):
+        typed = editor_date(published, settings.digest.timezone)
+        published, published_date_only = (typed.at, typed.date_only) if typed else (None, False)
     try:
         candidate = build_candidate(
             label="the new release",

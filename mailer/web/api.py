@@ -37,7 +37,7 @@ from mailer import accounts, releases
 from mailer import subscribers as store
 from mailer.accounts import Identity, Role
 from mailer.collect.extract import published_text
-from mailer.collect.ingest import API_SOURCE, editor_date
+from mailer.collect.ingest import API_SOURCE
 from mailer.datewindow import DateOutOfRange, check_date, check_send_time
 from mailer.digest import PreviewError, explain_digest
 from mailer.message import MessageError
@@ -502,15 +502,13 @@ def _release_out(release: Release) -> ReleaseOut:
 async def create_release(request: Request, who: Identity, body: ReleaseCreate) -> Response:
     state = web_state(request)
     try:
-        published = editor_date(body.published or "", state.settings.digest.timezone)
         release_id, outcome = await releases.add_release(
             state.db,
             state.settings,
             title=body.title,
             body=body.text,
             url=body.url or None,
-            published=published.at if published else None,
-            published_date_only=bool(published and published.date_only),
+            published=body.published or "",
             topics=body.topics,
             added_by=who.actor,
             send=body.send,

@@ -13,7 +13,6 @@ from starlette.responses import Response
 
 from mailer import archive, releases
 from mailer.accounts import Role
-from mailer.collect.ingest import editor_date
 from mailer.releases import NoSuchRelease, ReleaseFilter, ReleaseInputError
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import (
@@ -238,7 +237,6 @@ async def release_new_submit(request: Request) -> Response:
     }
     timezone = state.settings.digest.timezone
     try:
-        published = editor_date(values["published"], state.settings.digest.timezone)
         embargo_until = (
             parse_local_time(values["embargo_until"], timezone) if values["embargo_until"] else None
         )
@@ -248,8 +246,7 @@ async def release_new_submit(request: Request) -> Response:
             title=values["title"],
             body=values["body"],
             url=values["url"] or None,
-            published=published.at if published else None,
-            published_date_only=bool(published and published.date_only),
+            published=values["published"],
             topics=values["topics"] or None,
             added_by=identity(request).actor,
             send=not values["no_send"],
