@@ -12,7 +12,13 @@ from functools import cached_property
 from mailer.collect.blocks import Body, Image, blocks_from_html, blocks_from_text, clean_line
 from mailer.collect.boilerplate import clean_blocks, clean_title, is_bare_host, photo_credit_of
 from mailer.collect.dates import Published, parse_published
-from mailer.collect.dedupe import content_hash, simhash, to_signed
+from mailer.collect.dedupe import (
+    Comparable,
+    content_hash_of_normalised,
+    simhash_of_normalised,
+    to_signed,
+    word_count,
+)
 from mailer.collect.sanitize import is_tracking_pixel, sanitize_html
 from mailer.collect.summary import cut_at_sentence, lead_summary
 from mailer.collect.urls import canonical_url
@@ -45,13 +51,23 @@ class Candidate:
     published_date_only: bool = False
 
     @cached_property
+    def comparable(self) -> Comparable:
+        """The text (the title when there is none) as dedupe compares it."""
+        return Comparable.of(self.text or self.title)
+
+    @cached_property
+    def words(self) -> int:
+        """Words in the text (the title does not count)."""
+        return word_count(self.text)
+
+    @cached_property
     def content_hash(self) -> str:
-        return content_hash(self.text or self.title)
+        return content_hash_of_normalised(self.comparable.normalised)
 
     @cached_property
     def simhash(self) -> int:
         """Signed, as the BIGINT column stores it."""
-        return to_signed(simhash(self.text or self.title))
+        return to_signed(simhash_of_normalised(self.comparable.normalised))
 
     def as_json(self, source: str) -> dict[str, object]:
         return {

@@ -36,7 +36,7 @@ from mailer.collect.fetch import Fetcher, FetchError, FetchPolicy, user_agent
 from mailer.collect.files import is_supported, read_release_file
 from mailer.collect.guard import AddressPolicy, OutsideFolderRoots, inside_roots
 from mailer.collect.pages import extract_page, listing_links
-from mailer.collect.store import Outcome, store_candidates
+from mailer.collect.store import Outcome, RecentReleases, store_candidates
 from mailer.config import Settings
 from mailer.db import Database
 from mailer.models import Lock, ReleaseLink, Source, SourceKind, SourceStatus, utcnow
@@ -158,8 +158,11 @@ async def collect_source(
     name: str,
     *,
     fetcher: Fetcher | None = None,
+    recent: RecentReleases | None = None,
 ) -> SourceRunResult:
-    """Collect one enabled source now and record its health on the Source row."""
+    """Collect one enabled source now and record its health on the Source row.
+
+    ``recent``: the near-duplicate index of a run of several sources (collect_all)."""
     started = time.monotonic()
     result = SourceRunResult(source=name)
     running = _running_set()
@@ -182,7 +185,7 @@ async def collect_source(
             result.error = "skipped: another process is collecting this source"
             return result
         try:
-            await _run(database, settings, source, result, fetcher)
+            await _run(database, settings, source, result, fetcher, recent)
         finally:
             await _drop_lease(database, name, holder)
     finally:
@@ -210,6 +213,7 @@ async def collect_all(
             query = query.where(Source.name == only)
         names = list((await session.scalars(query.order_by(Source.name))).all())
     slots = asyncio.Semaphore(max(1, concurrency))
+    recent = RecentReleases()
     async with Fetcher(
         agent=user_agent(settings.site.base_url), addresses=address_policy(settings)
     ) as fetcher:
@@ -219,7 +223,9 @@ async def collect_all(
                 if progress:
                     progress(name, None)
                 try:
-                    outcome = await collect_source(database, settings, name, fetcher=fetcher)
+                    outcome = await collect_source(
+                        database, settings, name, fetcher=fetcher, recent=recent
+                    )
                 except Exception as exc:
                     # Only a database failure gets here; the other sources still run.
                     log.exception("collecting %s failed", name)
@@ -280,6 +286,7 @@ async def _run(
     source: Source,
     result: SourceRunResult,
     fetcher: Fetcher | None,
+    recent: RecentReleases | None,
 ) -> None:
     options = dict(source.options or {})
     policy = FetchPolicy().with_options(options)
@@ -312,7 +319,7 @@ async def _run(
     result.failed += len(gathered.errors)
     result.unchanged += gathered.unchanged
     result.not_modified = gathered.not_modified
-    await _store_and_record(database, source, gathered, result)
+    await _store_and_record(database, source, gathered, result, recent)
 
 
 def address_policy(settings: Settings) -> AddressPolicy:
@@ -529,22 +536,30 @@ async def _gather_pages(
 
 
 async def _store_and_record(
-    database: Database, source: Source, gathered: _Gathered, result: SourceRunResult
+    database: Database,
+    source: Source,
+    gathered: _Gathered,
+    result: SourceRunResult,
+    recent: RecentReleases | None = None,
 ) -> None:
     async with store_lock(database):
-        await _store_and_record_locked(database, source, gathered, result)
+        await _store_and_record_locked(database, source, gathered, result, recent)
 
 
 async def _store_and_record_locked(
-    database: Database, source: Source, gathered: _Gathered, result: SourceRunResult
+    database: Database,
+    source: Source,
+    gathered: _Gathered,
+    result: SourceRunResult,
+    recent: RecentReleases | None,
 ) -> None:
     try:
-        await _store_in_transaction(database, source, gathered, result, isolate=False)
+        await _store_in_transaction(database, source, gathered, result, recent, isolate=False)
     except Exception:
         # Something in the batch cannot be stored (the transaction is gone): do it
         # again one savepoint per release, so only that release is lost.
         log.exception("source %s: storing the batch failed; retrying one by one", source.name)
-        await _store_in_transaction(database, source, gathered, result, isolate=True)
+        await _store_in_transaction(database, source, gathered, result, recent, isolate=True)
 
 
 async def _store_in_transaction(
@@ -552,6 +567,7 @@ async def _store_in_transaction(
     source: Source,
     gathered: _Gathered,
     result: SourceRunResult,
+    recent: RecentReleases | None,
     *,
     isolate: bool,
 ) -> None:
@@ -566,6 +582,7 @@ async def _store_in_transaction(
                 candidates=gathered.candidates,
                 now=now,
                 isolate=isolate,
+                recent=recent,
             )
             for candidate, stored in zip(gathered.candidates, stored_all, strict=True):
                 if isinstance(stored, Exception):

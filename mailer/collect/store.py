@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 
 from sqlalchemy import delete, distinct, func, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -22,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import raiseload
 
-from mailer.collect.dedupe import SimhashIndex, is_near_duplicate, word_count
+from mailer.collect.dedupe import Comparable, SimhashIndex, to_unsigned
 from mailer.collect.extract import Candidate
 from mailer.collect.topics import TopicRules
 from mailer.models import Release, ReleaseLink, ReleaseTopic, SubscriberRelease, utcnow
@@ -32,6 +33,8 @@ NEAR_DUPLICATE_WINDOW = timedelta(days=45)
 # Exact text matches need at least this many words to mean "the same release".
 EXACT_MATCH_MIN_WORDS = 8
 _CHUNK = 500
+# Stored releases whose text a candidate is compared with, closest fingerprints first.
+_COMPARED = 8
 # Serialises the matching-and-storing step across processes on PostgreSQL (SQLite
 # already serialises writers with BEGIN IMMEDIATE).
 _STORE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mailer.collect.store").digest()[:8], "big") >> 1
@@ -59,8 +62,125 @@ def _fit_guid(guid: str) -> str:
     return guid if len(guid) <= 2000 else "sha256:" + hashlib.sha256(guid.encode()).hexdigest()
 
 
+class RecentReleases:
+    """SimHash fingerprints of the live releases published since ``since``: where
+    near-duplicates are looked for.
+
+    One collection run shares one of these among its sources: it is loaded once and
+    then brought up to date at each source's turn with the releases stored since
+    (``id > max_id``, in commit order as every store holds the store lock), while
+    the store updates it for the releases it changes itself. Loading the whole
+    window again for every source cost as much as everything else together once
+    a run had a few thousand releases. A fingerprint is only a lead: each one is
+    checked against the release's current row before its text is compared."""
+
+    def __init__(self) -> None:
+        self.index = SimhashIndex()
+        self.published: dict[int, datetime] = {}
+        self.since: datetime | None = None
+        self.max_id = 0
+
+    async def bring_up_to_date(self, session: AsyncSession, since: datetime) -> None:
+        columns = (Release.id, Release.simhash, Release.published_at)
+        live = Release.merged_into_id.is_(None)
+        if self.since is None:
+            self.max_id = await session.scalar(select(func.max(Release.id))) or 0
+            rows = await session.execute(
+                select(*columns).where(live, Release.published_at >= since)
+            )
+            self.since = since
+            self._add_all(rows)
+            return
+        if since < self.since:
+            rows = await session.execute(
+                select(*columns).where(
+                    live,
+                    Release.published_at >= since,
+                    Release.published_at < self.since,
+                    Release.id <= self.max_id,
+                )
+            )
+            self.since = since
+            self._add_all(rows)
+        rows = await session.execute(
+            select(*columns, Release.merged_into_id).where(Release.id > self.max_id)
+        )
+        for release_id, fingerprint, published, merged_into in rows:
+            self.max_id = max(self.max_id, release_id)
+            if merged_into is None and published >= self.since:
+                self.put(release_id, fingerprint, published)
+            else:
+                self.forget(release_id)
+
+    def _add_all(self, rows: Iterable[tuple[int, int, datetime]]) -> None:
+        for release_id, fingerprint, published in rows:
+            self.put(release_id, fingerprint, published)
+
+    def put(self, release_id: int, fingerprint: int, published: datetime) -> None:
+        self.index.add(release_id, fingerprint)
+        self.published[release_id] = published
+
+    def forget(self, release_id: int) -> None:
+        self.index.remove(release_id)
+        self.published.pop(release_id, None)
+
+    def rename(self, old: int, new: int) -> None:
+        fingerprint = self.index.value(old)
+        published = self.published.get(old)
+        self.forget(old)
+        if fingerprint is not None and published is not None:
+            self.put(new, fingerprint, published)
+
+    def near(self, fingerprint: int, since: datetime) -> list[int]:
+        """Releases published since ``since`` whose fingerprint is close, closest first."""
+        return [
+            release_id
+            for release_id in self.index.candidates(fingerprint)
+            if self.published.get(release_id, since) >= since
+        ]
+
+
+@dataclass
+class _NewLink:
+    """A link of this batch not yet written (see ReleaseStore.write)."""
+
+    release_id: int
+    source_id: int | None
+    source_name: str
+    url: str | None
+    guid: str
+    title: str | None
+    published_at: datetime | None
+    content_hash: str | None
+    first_seen_at: datetime
+
+    def row(self, real: dict[int, int]) -> dict[str, object]:
+        values = dict(self.__dict__)
+        values["release_id"] = real.get(self.release_id, self.release_id)
+        return values
+
+
+class _NewRelease(SimpleNamespace):
+    """A release of this batch not yet written: it has a provisional negative id
+    until ReleaseStore.write inserts it with the others."""
+
+    id: int
+
+    def row(self) -> dict[str, object]:
+        return {name: value for name, value in vars(self).items() if name != "id"}
+
+
+# A link this batch wrote: read back from the database if the same GUID comes again.
+_WRITTEN = None
+
+
 class ReleaseStore:
-    """Matches and stores the candidates of one source run, inside one transaction."""
+    """Matches and stores the candidates of one source run, inside one transaction.
+
+    Matching happens in memory against what ``prepare`` loaded in a few queries;
+    new releases, links and topics are written together by ``write`` (a bulk
+    INSERT each), not one round trip per release. Until then a new release has a
+    provisional negative id; ``real_id`` tells the one it got."""
 
     def __init__(
         self,
@@ -70,18 +190,28 @@ class ReleaseStore:
         source_name: str,
         rules: TopicRules,
         now: datetime | None = None,
+        recent: RecentReleases | None = None,
     ) -> None:
         self.session = session
         self.source_id = source_id
         self.source_name = source_name[:200]
         self.rules = rules
         self.now = now or utcnow()
-        self.index = SimhashIndex()
-        self._links: dict[str, ReleaseLink] = {}
+        self.recent = recent if recent is not None else RecentReleases()
+        self.since = self.now - NEAR_DUPLICATE_WINDOW
+        self._links: dict[str, ReleaseLink | _NewLink | None] = {}
         self._by_url: dict[str, set[int]] = {}
         self._by_hash: dict[str, set[int]] = {}
-        self._texts: dict[int, str] = {}
+        # Texts as dedupe compares them (None: no text to compare), by release id.
+        self._comparables: dict[int, Comparable | None] = {}
         self._merged_into: dict[int, int] = {}
+        self._loaded: dict[int, Release] = {}
+        self._topics: dict[int, set[int]] = {}
+        self._new: dict[int, _NewRelease] = {}
+        self._new_links: list[_NewLink] = []
+        self._new_topics: list[tuple[int, int]] = []
+        self._next_key = -1
+        self._real: dict[int, int] = {}
 
     async def prepare(self, candidates: Sequence[Candidate]) -> None:
         """Load what matching needs in a few queries instead of several per candidate."""
@@ -95,6 +225,8 @@ class ReleaseStore:
                 select(ReleaseLink).where(self._link_owner(), ReleaseLink.guid.in_(chunk))
             )
             self._links.update({link.guid: link for link in rows})
+        # The releases these links belong to: a feed read again is matched in memory.
+        await self._load({link.release_id for link in self._links.values() if link})
         urls = sorted({c.url for c in candidates if c.url})
         for chunk in _chunks(urls):
             rows = await self.session.execute(
@@ -119,14 +251,22 @@ class ReleaseStore:
             for digest, release_id in rows:
                 self._by_hash.setdefault(digest, set()).add(release_id)
         dates = [c.published for c in candidates if c.published] + [self.now]
-        since = min(dates) - NEAR_DUPLICATE_WINDOW
-        rows = await self.session.execute(
-            select(Release.id, Release.simhash).where(
-                Release.merged_into_id.is_(None), Release.published_at >= since
-            )
+        self.since = min(dates) - NEAR_DUPLICATE_WINDOW
+        await self.recent.bring_up_to_date(self.session, self.since)
+        # The texts the candidates that nothing else matches will be compared with.
+        wanted: set[int] = set()
+        for candidate in candidates:
+            if self._known(candidate) or candidate.words < EXACT_MATCH_MIN_WORDS:
+                continue
+            wanted.update(self.recent.near(candidate.simhash, self.since)[:_COMPARED])
+        await self._fetch_comparables(sorted(wanted - self._comparables.keys()))
+
+    def _known(self, candidate: Candidate) -> bool:
+        return (
+            _fit_guid(candidate.guid) in self._links
+            or bool(candidate.url and self._by_url.get(candidate.url))
+            or bool(self._by_hash.get(candidate.content_hash))
         )
-        for release_id, fingerprint in rows:
-            self.index.add(release_id, fingerprint)
 
     def _link_owner(self):  # type: ignore[no-untyped-def]
         if self.source_id is not None:
@@ -134,34 +274,52 @@ class ReleaseStore:
         return (ReleaseLink.source_id.is_(None)) & (ReleaseLink.source_name == self.source_name)
 
     def _live(self, release_id: int) -> int:
+        release_id = self._real.get(release_id, release_id)
         while release_id in self._merged_into:
             release_id = self._merged_into[release_id]
         return release_id
+
+    def real_id(self, release_id: int) -> int:
+        """The id a release got when written (ids of stored releases stay as they are)."""
+        return self._real.get(release_id, release_id)
+
+    async def _link(self, guid: str) -> ReleaseLink | _NewLink | None:
+        if guid in self._links and self._links[guid] is _WRITTEN:
+            self._links[guid] = await self.session.scalar(
+                select(ReleaseLink).where(self._link_owner(), ReleaseLink.guid == guid)
+            )
+        return self._links.get(guid)
 
     async def store(self, candidate: Candidate) -> Stored:
         guid = _fit_guid(candidate.guid)
         url = candidate.url if candidate.url and len(candidate.url) <= 2000 else None
         digest = candidate.content_hash
         fingerprint = candidate.simhash
-        link = self._links.get(guid)
+        link = await self._link(guid)
 
         matched: list[int] = []
         if link is not None:
             matched.append(link.release_id)
         if url:
             matched.extend(sorted(self._by_url.get(url, ())))
-        if word_count(candidate.text) >= EXACT_MATCH_MIN_WORDS:
+        if candidate.words >= EXACT_MATCH_MIN_WORDS:
             matched.extend(sorted(self._by_hash.get(digest, ())))
         matched = list(dict.fromkeys(self._live(i) for i in matched))
         if not matched:
             matched = await self._near_duplicates(candidate, fingerprint)
-
-        if not matched:
-            release_id = await self._create(candidate, guid, url, digest, fingerprint)
-            return Stored(Outcome.NEW, release_id)
+        if len(matched) > 1:
+            # Folding works on written rows.
+            await self.write()
+            matched = list(dict.fromkeys(self._live(i) for i in matched))
+            link = await self._link(guid)
 
         releases = await self._load(matched)
-        survivor = min(releases, key=lambda r: (r.published_at, r.id))
+        if not releases:
+            release_id = self._create(candidate, guid, url, digest, fingerprint)
+            return Stored(Outcome.NEW, release_id)
+
+        # The earliest publication wins; between equal dates, the first stored.
+        survivor = min(releases, key=lambda r: (r.published_at, r.id < 0, abs(r.id)))
         folded = False
         for other in releases:
             if other.id != survivor.id:
@@ -173,6 +331,7 @@ class ReleaseStore:
             self._remember(survivor.id, url, digest)
             _take_best_date(survivor, candidate.published, _precision_of(candidate))
             _fill_missing(survivor, candidate, url)
+            self._dated(survivor)
             await self._add_topics(survivor.id, self.rules.match(candidate.title, candidate.text))
             return Stored(Outcome.MERGED, survivor.id)
 
@@ -181,6 +340,7 @@ class ReleaseStore:
         if candidate.published is not None:
             link.published_at = candidate.published
             _take_best_date(survivor, candidate.published, _precision_of(candidate))
+            self._dated(survivor)
         if unchanged:
             return Stored(Outcome.UPDATED if folded else Outcome.UNCHANGED, survivor.id)
         # The release shows this source's text only if that is where its text came from.
@@ -194,41 +354,84 @@ class ReleaseStore:
         if supplies_body:
             _apply_body(survivor, candidate, digest, fingerprint)
             survivor.updated_at = self.now
-            self.index.add(survivor.id, fingerprint)
-            self._texts[survivor.id] = candidate.text
+            self.recent.put(survivor.id, fingerprint, survivor.published_at)
+            self._comparables[survivor.id] = _comparable(candidate)
             self._remember(survivor.id, url, digest)
             await self._add_topics(survivor.id, self.rules.match(candidate.title, candidate.text))
         return Stored(Outcome.UPDATED, survivor.id)
 
+    def _dated(self, release: Release | _NewRelease) -> None:
+        if release.id in self.recent.published:
+            self.recent.published[release.id] = release.published_at
+
     async def _near_duplicates(self, candidate: Candidate, fingerprint: int) -> list[int]:
-        if word_count(candidate.text) < EXACT_MATCH_MIN_WORDS:
+        if candidate.words < EXACT_MATCH_MIN_WORDS:
             return []
-        for release_id in self.index.candidates(fingerprint)[:8]:
-            stored_text = self._texts.get(release_id)
-            if stored_text is None:
-                stored_text = await self.session.scalar(
-                    select(Release.text).where(Release.id == release_id)
-                )
-                self._texts[release_id] = stored_text or ""
-            if stored_text and is_near_duplicate(candidate.text, stored_text):
+        for release_id in self.recent.near(fingerprint, self.since)[:_COMPARED]:
+            if release_id not in self._comparables:
+                await self._fetch_comparables([release_id])
+            stored = self._comparables.get(release_id)
+            if stored is not None and candidate.comparable.is_near_duplicate(stored):
                 return [self._live(release_id)]
         return []
 
-    async def _load(self, ids: Iterable[int]) -> list[Release]:
-        rows = await self.session.scalars(
-            select(Release).where(Release.id.in_(list(ids))).options(raiseload("*"))
-        )
-        return list(rows)
+    async def _fetch_comparables(self, ids: Sequence[int]) -> None:
+        """The current text of stored releases the index points at. An index entry
+        that is out of date (the release was merged, changed or is gone) is mended
+        here, and only a text whose fingerprint is still close is kept."""
+        stored_ids = [i for i in ids if i > 0]
+        found: set[int] = set()
+        for chunk in _chunks(stored_ids):
+            rows = await self.session.execute(
+                select(Release.id, Release.text, Release.simhash, Release.merged_into_id).where(
+                    Release.id.in_(chunk)
+                )
+            )
+            for release_id, stored_text, fingerprint, merged_into in rows:
+                found.add(release_id)
+                indexed = self.recent.index.value(release_id)
+                if merged_into is not None:
+                    self.recent.forget(release_id)
+                    self._comparables[release_id] = None
+                    continue
+                if indexed is not None and indexed != to_unsigned(fingerprint):
+                    published = self.recent.published[release_id]
+                    self.recent.put(release_id, fingerprint, published)
+                self._comparables[release_id] = Comparable.of(stored_text) if stored_text else None
+        for release_id in ids:
+            if release_id not in found and release_id not in self._new:
+                self.recent.forget(release_id)
+                self._comparables.setdefault(release_id, None)
+
+    async def _load(self, ids: Iterable[int]) -> list[Release | _NewRelease]:
+        ids = list(ids)
+        missing = [i for i in ids if i > 0 and i not in self._loaded]
+        for chunk in _chunks(missing):
+            rows = await self.session.scalars(
+                select(Release).where(Release.id.in_(chunk)).options(raiseload("*"))
+            )
+            self._loaded.update({release.id: release for release in rows})
+        found: list[Release | _NewRelease] = []
+        for release_id in ids:
+            release = self._new.get(release_id) or self._loaded.get(release_id)
+            if release is not None:
+                found.append(release)
+        return found
 
     async def _sole_link(self, release_id: int) -> bool:
-        count = await self.session.scalar(
-            select(ReleaseLink.id).where(ReleaseLink.release_id == release_id).offset(1).limit(1)
+        pending = sum(1 for link in self._new_links if link.release_id == release_id)
+        if release_id in self._new:
+            return pending <= 1
+        stored = await self.session.scalars(
+            select(ReleaseLink.id).where(ReleaseLink.release_id == release_id).limit(2)
         )
-        return count is None
+        return len(stored.all()) + pending <= 1
 
-    async def _create(
+    def _create(
         self, candidate: Candidate, guid: str, url: str | None, digest: str, fingerprint: int
     ) -> int:
+        key = self._next_key
+        self._next_key -= 1
         values = _body_values(candidate, digest, fingerprint)
         values.update(
             published_at=candidate.published or self.now,
@@ -239,27 +442,21 @@ class ReleaseStore:
             canonical_url=url,
             excluded=False,
         )
-        # A Core INSERT … RETURNING: one round trip, without a unit-of-work flush per
-        # release (the links and topics below go out together at the next flush).
-        with self.session.no_autoflush:
-            release_id = await self.session.scalar(
-                insert(Release).values(**values).returning(Release.id)
-            )
-        assert release_id is not None
-        release = _NewRelease(release_id)
-        self._add_link(release.id, candidate, url, guid, digest)
-        for topic_id in self.rules.match(candidate.title, candidate.text):
-            self.session.add(ReleaseTopic(release_id=release.id, topic_id=topic_id))
-        self.index.add(release.id, fingerprint)
-        self._texts[release.id] = candidate.text
-        self._remember(release.id, url, digest)
-        return release.id
+        release = _NewRelease(id=key, **values)
+        self._new[key] = release
+        self._add_link(key, candidate, url, guid, digest)
+        self._topics[key] = set()
+        self._add_new_topics(key, self.rules.match(candidate.title, candidate.text))
+        self.recent.put(key, fingerprint, release.published_at)
+        self._comparables[key] = _comparable(candidate)
+        self._remember(key, url, digest)
+        return key
 
     def _add_link(
         self, release_id: int, candidate: Candidate, url: str | None, guid: str, digest: str
     ) -> None:
         """This source's copy of a release: where it was found and under which id."""
-        link = ReleaseLink(
+        link = _NewLink(
             release_id=release_id,
             source_id=self.source_id,
             source_name=self.source_name,
@@ -270,7 +467,7 @@ class ReleaseStore:
             content_hash=digest,
             first_seen_at=self.now,
         )
-        self.session.add(link)
+        self._new_links.append(link)
         self._links[guid] = link
 
     def _remember(self, release_id: int, url: str | None, digest: str) -> None:
@@ -282,17 +479,66 @@ class ReleaseStore:
         wanted = set(topic_ids)
         if not wanted:
             return
-        have = set(
-            await self.session.scalars(
-                select(ReleaseTopic.topic_id).where(ReleaseTopic.release_id == release_id)
+        if release_id not in self._topics:
+            self._topics[release_id] = set(
+                await self.session.scalars(
+                    select(ReleaseTopic.topic_id).where(ReleaseTopic.release_id == release_id)
+                )
             )
-        )
-        for topic_id in sorted(wanted - have):
-            self.session.add(ReleaseTopic(release_id=release_id, topic_id=topic_id))
+        self._add_new_topics(release_id, wanted)
+
+    def _add_new_topics(self, release_id: int, topic_ids: Iterable[int]) -> None:
+        have = self._topics[release_id]
+        for topic_id in sorted(set(topic_ids) - have):
+            have.add(topic_id)
+            self._new_topics.append((release_id, topic_id))
+
+    async def write(self) -> None:
+        """Insert this batch's new releases, links and topics, a statement each."""
+        new, self._new = self._new, {}
+        links, self._new_links = self._new_links, []
+        topics, self._new_topics = self._new_topics, []
+        if new:
+            ids = await self.session.scalars(
+                insert(Release.__table__).returning(
+                    Release.__table__.c.id, sort_by_parameter_order=True
+                ),
+                [release.row() for release in new.values()],
+            )
+            self._renumber(dict(zip(new, ids.all(), strict=True)))
+        if links:
+            for link in links:
+                self._links[link.guid] = _WRITTEN
+            await self.session.execute(
+                insert(ReleaseLink.__table__), [link.row(self._real) for link in links]
+            )
+        if topics:
+            await self.session.execute(
+                insert(ReleaseTopic.__table__),
+                [
+                    {"release_id": self.real_id(release_id), "topic_id": topic_id}
+                    for release_id, topic_id in topics
+                ],
+            )
+
+    def _renumber(self, real: dict[int, int]) -> None:
+        """Provisional ids become the written ones wherever this store keeps them."""
+        self._real.update(real)
+        for ids in (*self._by_url.values(), *self._by_hash.values()):
+            for old in ids & real.keys():
+                ids.discard(old)
+                ids.add(real[old])
+        for old, new in real.items():
+            self.recent.rename(old, new)
+            if old in self._comparables:
+                self._comparables[new] = self._comparables.pop(old)
+            if old in self._topics:
+                self._topics[new] = self._topics.pop(old)
 
     async def fold(self, survivor: Release, other: Release) -> None:
         """Make ``other`` part of ``survivor``: its links, topics and sent-to rows move."""
         session = self.session
+        await self.write()
         await session.flush()
         await session.execute(
             update(ReleaseLink)
@@ -301,7 +547,7 @@ class ReleaseStore:
             .execution_options(synchronize_session=False)
         )
         for link in self._links.values():
-            if link.release_id == other.id:
+            if link is not None and link.release_id == other.id:
                 link.release_id = survivor.id
         topic_ids = set(
             await session.scalars(
@@ -309,6 +555,7 @@ class ReleaseStore:
             )
         )
         await session.execute(delete(ReleaseTopic).where(ReleaseTopic.release_id == other.id))
+        self._topics.pop(other.id, None)
         await self._add_topics(survivor.id, topic_ids)
         dialect_insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
         await session.execute(
@@ -338,7 +585,8 @@ class ReleaseStore:
             if getattr(survivor, name) is None and getattr(other, name) is not None:
                 setattr(survivor, name, getattr(other, name))
         survivor.updated_at = self.now
-        self.index.remove(other.id)
+        self.recent.forget(other.id)
+        self._dated(survivor)
         self._merged_into[other.id] = survivor.id
         for ids in (*self._by_url.values(), *self._by_hash.values()):
             if other.id in ids:
@@ -346,9 +594,8 @@ class ReleaseStore:
                 ids.add(survivor.id)
 
 
-@dataclass
-class _NewRelease:
-    id: int
+def _comparable(candidate: Candidate) -> Comparable | None:
+    return candidate.comparable if candidate.text else None
 
 
 def _body_values(candidate: Candidate, digest: str, fingerprint: int) -> dict[str, object]:
@@ -434,13 +681,15 @@ async def store_candidates(
     candidates: Sequence[Candidate],
     now: datetime,
     isolate: bool,
+    recent: RecentReleases | None = None,
 ) -> list[Stored | Exception]:
     """Store every candidate; one result per candidate, in order.
 
     ``isolate=False`` is the fast path: any failure propagates and the caller's
     transaction is lost. ``isolate=True`` wraps each candidate in a savepoint so
     that one that cannot be stored is returned as its exception and the others
-    are kept; callers retry with it only after the fast path failed.
+    are kept; callers retry with it only after the fast path failed. ``recent``
+    carries the near-duplicate index from one source's batch to the next.
     """
     store = ReleaseStore(
         session,
@@ -448,6 +697,7 @@ async def store_candidates(
         source_name=source_name,
         rules=await TopicRules.load(session),
         now=now,
+        recent=recent,
     )
     await store.prepare(candidates)
     results: list[Stored | Exception] = []
@@ -457,10 +707,19 @@ async def store_candidates(
             continue
         try:
             async with session.begin_nested():
-                results.append(await store.store(candidate))
+                stored = await store.store(candidate)
+                await store.write()
         except Exception as exc:
             results.append(exc)
-    return results
+        else:
+            results.append(stored)
+    await store.write()
+    return [
+        Stored(result.outcome, store.real_id(result.release_id))
+        if isinstance(result, Stored)
+        else result
+        for result in results
+    ]
 
 
 async def source_release_counts(session: AsyncSession) -> dict[int, int]:

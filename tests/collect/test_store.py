@@ -9,8 +9,7 @@ from sqlalchemy import select
 
 from mailer.collect import collect_source, retag_release
 from mailer.collect.extract import Candidate, build_candidate
-from mailer.collect.store import Outcome, ReleaseStore
-from mailer.collect.topics import TopicRules
+from mailer.collect.store import Outcome, store_candidates
 from mailer.db import Database
 from mailer.models import (
     Delivery,
@@ -21,6 +20,7 @@ from mailer.models import (
     Subscriber,
     SubscriberRelease,
     SubscriberStatus,
+    utcnow,
 )
 from tests.collect.conftest import source, stored_releases
 from tests.collect.server import LocalServer
@@ -44,18 +44,15 @@ async def store_all(
 ) -> list[tuple[Outcome, int]]:
     async with database.transaction() as session:
         row = await session.scalar(select(Source).where(Source.name == source_name))
-        store = ReleaseStore(
+        results = await store_candidates(
             session,
             source_id=row.id if row else None,
             source_name=source_name,
-            rules=await TopicRules.load(session),
+            candidates=candidates,
+            now=utcnow(),
+            isolate=False,
         )
-        await store.prepare(candidates)
-        results = []
-        for candidate in candidates:
-            stored = await store.store(candidate)
-            results.append((stored.outcome, stored.release_id))
-        return results
+    return [(stored.outcome, stored.release_id) for stored in results]  # type: ignore[union-attr]
 
 
 SOURCES = [
