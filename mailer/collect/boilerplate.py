@@ -190,11 +190,15 @@ def is_boilerplate(line: str) -> bool:
         return True
     if len(inner) < 250 and _REPUBLISHER.search(inner.casefold()):
         return True
-    return is_newsletter_prompt(inner)
+    return _is_newsletter_key(key)
 
 
 def is_newsletter_prompt(line: str) -> bool:
-    key = normalise(strip_box(line))
+    return _is_newsletter_key(normalise(line))
+
+
+def _is_newsletter_key(key: str) -> bool:
+    # Box characters are not word characters: normalise() drops them like strip_box.
     return len(key) < 200 and _NEWSLETTER.search(key) is not None
 
 

@@ -172,22 +172,23 @@ async def collect_source(
         result.error = "skipped: a collection of this source is already running"
         return result
     running.add(key)
-    holder = _holder()
+    lease = _Lease(_lock_name(name), _holder())
     try:
-        source = await _enabled_source(database, name)
+        source = await _take_lease(database, name, lease)
         if source is None:
             result.skipped = True
             result.error = f"no enabled source named {name!r}"
             return result
         result.kind = source.kind
-        if not await _take_lease(database, name, holder):
+        if not lease.held:
             result.skipped = True
             result.error = "skipped: another process is collecting this source"
             return result
         try:
-            await _run(database, settings, source, result, fetcher, recent)
+            await _run(database, settings, source, result, fetcher, recent, lease)
         finally:
-            await _drop_lease(database, name, holder)
+            if lease.held:
+                await _drop_lease(database, name, lease)
     finally:
         running.discard(key)
         result.seconds = time.monotonic() - started
@@ -237,37 +238,54 @@ async def collect_all(
         return list(await asyncio.gather(*(one(name) for name in names)))
 
 
-async def _enabled_source(database: Database, name: str) -> Source | None:
-    async with database.session() as session:
-        return await session.scalar(
+@dataclass
+class _Lease:
+    """A run's hold on its source's row in ``locks``. The transaction that records
+    the run's outcome also ends the lease (one transaction fewer per source); only
+    when that fails does a transaction of its own drop it."""
+
+    name: str
+    holder: str
+    held: bool = False
+
+    async def end_in(self, session: AsyncSession) -> None:
+        """Delete the lock row in ``session``'s transaction; the caller clears
+        ``held`` once that has committed."""
+        await session.execute(
+            delete(Lock).where(Lock.name == self.name, Lock.holder == self.holder)
+        )
+
+
+async def _take_lease(database: Database, name: str, lease: _Lease) -> Source | None:
+    """The enabled source named ``name`` (None: there is none) and, in the same
+    transaction, the lease on it (``lease.held`` says whether it was free)."""
+    now = utcnow()
+    insert = sqlite_insert if database.is_sqlite else pg_insert
+    statement = insert(Lock).values(name=lease.name, holder=lease.holder, expires_at=now + LEASE)
+    statement = statement.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"holder": lease.holder, "expires_at": now + LEASE},
+        where=Lock.__table__.c.expires_at < now,
+    )
+    async with _writing(database) as session:
+        source = await session.scalar(
             select(Source).where(
                 Source.name == name, Source.enabled, Source.kind.in_(COLLECTABLE_KINDS)
             )
         )
-
-
-async def _take_lease(database: Database, name: str, holder: str) -> bool:
-    now = utcnow()
-    lock_name = _lock_name(name)
-    insert = sqlite_insert if database.is_sqlite else pg_insert
-    statement = insert(Lock).values(name=lock_name, holder=holder, expires_at=now + LEASE)
-    statement = statement.on_conflict_do_update(
-        index_elements=["name"],
-        set_={"holder": holder, "expires_at": now + LEASE},
-        where=Lock.__table__.c.expires_at < now,
-    )
-    async with _writing(database) as session:
+        if source is None:
+            return None
         await session.execute(statement)
-        current = await session.scalar(select(Lock.holder).where(Lock.name == lock_name))
-    return current == holder
+        current = await session.scalar(select(Lock.holder).where(Lock.name == lease.name))
+    lease.held = current == lease.holder
+    return source
 
 
-async def _drop_lease(database: Database, name: str, holder: str) -> None:
+async def _drop_lease(database: Database, name: str, lease: _Lease) -> None:
     try:
         async with _writing(database) as session:
-            await session.execute(
-                delete(Lock).where(Lock.name == _lock_name(name), Lock.holder == holder)
-            )
+            await lease.end_in(session)
+        lease.held = False
     except Exception:
         # The lease expires by itself; a stuck row only delays the next run.
         log.exception("could not release the collection lease of %s", name)
@@ -287,6 +305,7 @@ async def _run(
     result: SourceRunResult,
     fetcher: Fetcher | None,
     recent: RecentReleases | None,
+    lease: _Lease | None = None,
 ) -> None:
     options = dict(source.options or {})
     policy = FetchPolicy().with_options(options)
@@ -312,14 +331,14 @@ async def _run(
         if own_fetcher is not None:
             await own_fetcher.aclose()
     if gathered is None:
-        await _record_failure(database, source.id, result)
+        await _record_failure(database, source.id, result, lease)
         return
     result.entry_errors.extend(gathered.errors)
     result.warnings.extend(gathered.warnings)
     result.failed += len(gathered.errors)
     result.unchanged += gathered.unchanged
     result.not_modified = gathered.not_modified
-    await _store_and_record(database, source, gathered, result, recent)
+    await _store_and_record(database, source, gathered, result, recent, lease)
 
 
 def address_policy(settings: Settings) -> AddressPolicy:
@@ -541,9 +560,10 @@ async def _store_and_record(
     gathered: _Gathered,
     result: SourceRunResult,
     recent: RecentReleases | None = None,
+    lease: _Lease | None = None,
 ) -> None:
     async with store_lock(database):
-        await _store_and_record_locked(database, source, gathered, result, recent)
+        await _store_and_record_locked(database, source, gathered, result, recent, lease)
 
 
 async def _store_and_record_locked(
@@ -552,14 +572,17 @@ async def _store_and_record_locked(
     gathered: _Gathered,
     result: SourceRunResult,
     recent: RecentReleases | None,
+    lease: _Lease | None,
 ) -> None:
     try:
-        await _store_in_transaction(database, source, gathered, result, recent, isolate=False)
+        await _store_in_transaction(
+            database, source, gathered, result, recent, lease, isolate=False
+        )
     except Exception:
         # Something in the batch cannot be stored (the transaction is gone): do it
         # again one savepoint per release, so only that release is lost.
         log.exception("source %s: storing the batch failed; retrying one by one", source.name)
-        await _store_in_transaction(database, source, gathered, result, recent, isolate=True)
+        await _store_in_transaction(database, source, gathered, result, recent, lease, isolate=True)
 
 
 async def _store_in_transaction(
@@ -568,6 +591,7 @@ async def _store_in_transaction(
     gathered: _Gathered,
     result: SourceRunResult,
     recent: RecentReleases | None,
+    lease: _Lease | None,
     *,
     isolate: bool,
 ) -> None:
@@ -618,24 +642,33 @@ async def _store_in_transaction(
             if gathered.seen_files is not None:
                 row.seen_files = gathered.seen_files
             row.last_counts = final.counts()
+        if lease is not None:
+            await lease.end_in(session)
     # Only a committed transaction's counts are the run's.
     result.__dict__.update(final.__dict__)
+    if lease is not None:
+        lease.held = False
 
 
-async def _record_failure(database: Database, source_id: int, result: SourceRunResult) -> None:
+async def _record_failure(
+    database: Database, source_id: int, result: SourceRunResult, lease: _Lease | None
+) -> None:
     now = utcnow()
     async with _writing(database) as session:
+        if lease is not None:
+            await lease.end_in(session)
         row = await session.get(Source, source_id)
-        if row is None:
-            return
-        row.last_run_at = now
-        row.last_error = (result.error or "")[:5000]
-        row.last_error_at = now
-        row.consecutive_failures = (row.consecutive_failures or 0) + 1
-        if result.disabled:
-            row.enabled = False
-            row.status = SourceStatus.DISABLED
-            row.last_error = f"{result.error}; the source was disabled"
-        else:
-            row.status = SourceStatus.FAILING
-        row.last_counts = result.counts()
+        if row is not None:
+            row.last_run_at = now
+            row.last_error = (result.error or "")[:5000]
+            row.last_error_at = now
+            row.consecutive_failures = (row.consecutive_failures or 0) + 1
+            if result.disabled:
+                row.enabled = False
+                row.status = SourceStatus.DISABLED
+                row.last_error = f"{result.error}; the source was disabled"
+            else:
+                row.status = SourceStatus.FAILING
+            row.last_counts = result.counts()
+    if lease is not None:
+        lease.held = False
