@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from mailer.collect import collect_source, retag_release
+from mailer.collect import collect_all, collect_source, retag_release
 from mailer.collect.extract import Candidate, build_candidate
-from mailer.collect.store import Outcome, store_candidates
+from mailer.collect.store import Outcome, RecentReleases, store_candidates
 from mailer.db import Database
 from mailer.models import (
     Delivery,
@@ -22,7 +22,7 @@ from mailer.models import (
     SubscriberStatus,
     utcnow,
 )
-from tests.collect.conftest import source, stored_releases
+from tests.collect.conftest import rss_feed, source, stored_releases
 from tests.collect.server import LocalServer
 
 BODY = (
@@ -288,3 +288,138 @@ async def test_topics_are_tagged_on_ingest_and_can_be_retagged(
                 assert "unknown topic(s): sport" in str(exc)
             else:
                 raise AssertionError("an unknown topic was accepted")
+
+
+async def test_a_copy_of_a_new_release_and_a_stored_one_in_one_batch_joins_all_three(
+    open_database, database_url: str
+) -> None:
+    # The aggregator's batch brings a release new to mailer, then a copy that has the
+    # new release's address and the ministry's stored text: all three are one release.
+    ministry = release(
+        "m-1",
+        "Summit",
+        BODY,
+        url="https://urm.example.lt/a",
+        published=datetime(2023, 7, 12, tzinfo=UTC),
+    )
+    first_copy = release(
+        "a-1",
+        "Summit (wire)",
+        "A wire summary of the summit that is worded quite differently from the ministry's "
+        "own release, and long enough to stand on its own as a separate text.",
+        url="https://newswire.example.com/a",
+        published=datetime(2023, 7, 13, tzinfo=UTC),
+    )
+    second_copy = release("a-2", "Summit (full text)", BODY, url="https://newswire.example.com/a")
+    async with open_database(database_url, SOURCES) as (_settings, database):
+        [(_, ministry_id)] = await store_all(database, "Ministry", [ministry])
+        results = await store_all(database, "Aggregator", [first_copy, second_copy])
+        releases = await stored_releases(database)
+        async with database.session() as session:
+            merged = (
+                await session.scalars(
+                    select(Release.merged_into_id).where(Release.merged_into_id.is_not(None))
+                )
+            ).all()
+    assert [outcome for outcome, _ in results] == [Outcome.NEW, Outcome.MERGED]
+    assert results[1][1] == ministry_id
+    assert [r.id for r in releases] == [ministry_id]
+    assert merged == [ministry_id]
+    assert sorted(link.guid for link in releases[0].links) == ["a-1", "a-2", "m-1"]
+    assert releases[0].published_at == datetime(2023, 7, 12, tzinfo=UTC)
+
+
+async def test_a_release_that_cannot_be_stored_loses_only_itself(
+    open_database, database_url: str
+) -> None:
+    batch = [
+        release("g-1", "Opening hours", "The office opens at eight from Monday."),
+        release("g-2", "Broken", "A release whose fingerprint does not fit the column."),
+        release("g-3", "Closing hours", "The office closes at five on Fridays."),
+    ]
+    # Wider than the BIGINT column: the database refuses the row.
+    batch[1].__dict__["simhash"] = 1 << 70
+    async with open_database(database_url, SOURCES) as (_settings, database):
+        try:
+            await store_all(database, "Ministry", batch)
+        except Exception:
+            failed_whole = True
+        else:
+            failed_whole = False
+        async with database.transaction() as session:
+            results = await store_candidates(
+                session,
+                source_id=None,
+                source_name="Ministry",
+                candidates=batch,
+                now=utcnow(),
+                isolate=True,
+            )
+        releases = await stored_releases(database)
+    assert failed_whole
+    assert [type(r).__name__ for r in results][::2] == ["Stored", "Stored"]
+    assert isinstance(results[1], Exception)
+    assert sorted(r.title for r in releases) == ["Closing hours", "Opening hours"]
+    assert sorted(r.id for r in releases) == sorted(r.release_id for r in results[::2])  # type: ignore[union-attr]
+
+
+async def test_one_collection_run_merges_a_near_copy_brought_by_another_source(
+    server: LocalServer, open_database, database_url: str
+) -> None:
+    copy = BODY.replace("Prime Minister", "The Prime Minister").replace(
+        "on Friday", "on Friday afternoon"
+    )
+    published = "Wed, 12 Jul 2023 10:00:00 +0300"
+    server.serve(
+        "/ministry",
+        rss_feed("Ministry", "https://urm.example.lt", [("m-1", "Summit", published, BODY)]),
+    )
+    server.serve(
+        "/wire",
+        rss_feed("Wire", "https://newswire.example.com", [("w-1", "Summit", published, copy)]),
+    )
+    sources = [
+        source("Ministry", "feed", url=server.url("/ministry")),
+        source("Wire", "feed", url=server.url("/wire")),
+    ]
+    async with open_database(database_url, sources) as (settings, database):
+        results = await collect_all(database, settings)
+        releases = await stored_releases(database)
+    assert sorted((r.new, r.merged) for r in results) == [(0, 1), (1, 0)]
+    assert len(releases) == 1
+    assert sorted(link.source_name for link in releases[0].links) == ["Ministry", "Wire"]
+
+
+async def test_a_run_sees_releases_another_process_stored_after_it_started(
+    server: LocalServer, open_database, database_url: str
+) -> None:
+    copy = BODY.replace("Prime Minister", "The Prime Minister").replace(
+        "on Friday", "on Friday afternoon"
+    )
+    published = "Wed, 12 Jul 2023 10:00:00 +0300"
+    other_news = (
+        "The ministry opened a consular office in Kraków that serves residents of the region."
+    )
+    server.serve(
+        "/ministry",
+        rss_feed("Ministry", "https://urm.example.lt", [("m-9", "Office", published, other_news)]),
+    )
+    server.serve(
+        "/wire",
+        rss_feed("Wire", "https://newswire.example.com", [("w-1", "Summit", published, copy)]),
+    )
+    sources = [
+        source("Ministry", "feed", url=server.url("/ministry")),
+        source("Wire", "feed", url=server.url("/wire")),
+        source("Aggregator", "feed", url="https://newswire.example.com/atom"),
+    ]
+    async with open_database(database_url, sources) as (settings, database):
+        run = RecentReleases()
+        await collect_source(database, settings, "Ministry", recent=run)
+        # Meanwhile another process stores the summit release.
+        [(_, summit_id)] = await store_all(database, "Aggregator", [release("a-1", "Summit", BODY)])
+        wire = await collect_source(database, settings, "Wire", recent=run)
+        releases = await stored_releases(database)
+    assert (wire.new, wire.merged) == (0, 1)
+    assert sorted(r.id for r in releases if "NATO" in r.text) == [summit_id]
+    assert len(releases) == 2
