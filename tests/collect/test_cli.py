@@ -163,6 +163,9 @@ def test_releases_json_lists_newest_first_with_every_field(
             {"name": "NewsWire", "kind": "feed", "url": server.url("/aggregator")},
         ],
     )
+    # The ministry's copy first: a release keeps the title and address of the copy
+    # stored first, and a plain `collect` reads both sources side by side.
+    assert mailer(config, "collect", "--source", "Ministry")[0] == 0
     assert mailer(config, "collect")[0] == 0
     code, out, _ = mailer(config, "releases", "--json")
     rows = json_lines(out)
