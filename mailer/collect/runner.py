@@ -582,6 +582,8 @@ async def _store_and_record_locked(
         # Something in the batch cannot be stored (the transaction is gone): do it
         # again one savepoint per release, so only that release is lost.
         log.exception("source %s: storing the batch failed; retrying one by one", source.name)
+        if recent is not None:
+            recent.reset()
         await _store_in_transaction(database, source, gathered, result, recent, lease, isolate=True)
 
 

@@ -75,6 +75,11 @@ class RecentReleases:
     checked against the release's current row before its text is compared."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: the next source loads the window again. For after a
+        rolled-back transaction, whose changes the index had taken in."""
         self.index = SimhashIndex()
         self.published: dict[int, datetime] = {}
         self.since: datetime | None = None
