@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import enum
+import re
 import secrets
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,8 +23,9 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -125,15 +128,40 @@ def new_link_key() -> str:
     return secrets.token_urlsafe(16)
 
 
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+def search_key(text: str | None) -> str | None:
+    """Text as searched: its words with case and accents folded, one space apart
+    ("Petras ŠIMONYTĖ-Kairė" -> "petras simonyte kaire"). Computed here, not by the
+    database, so SQLite and PostgreSQL find the same readers."""
+    if not text:
+        return None
+    decomposed = unicodedata.normalize("NFKD", text)
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(_NOT_WORD.sub(" ", bare.casefold()).split()) or None
+
+
 class Subscriber(Base):
     __tablename__ = "subscribers"
-    __table_args__ = NEVER_REUSE_IDS
+    __table_args__ = (
+        # Few readers have unsubscribed: a send's unsubscribe count starts from them.
+        Index(
+            "ix_subscribers_unsubscribed_at",
+            "unsubscribed_at",
+            postgresql_where=text("unsubscribed_at IS NOT NULL"),
+            sqlite_where=text("unsubscribed_at IS NOT NULL"),
+        ),
+        NEVER_REUSE_IDS,
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320))
     # Lower-cased address: the identity used for uniqueness and suppression.
     email_key: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str | None] = mapped_column(String(200))
+    # search_key(name), kept by the validator below (bulk writes set it themselves).
+    name_key: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[SubscriberStatus] = mapped_column(
         _enum(SubscriberStatus, "subscriber_status"), default=SubscriberStatus.PENDING, index=True
     )
@@ -160,6 +188,11 @@ class Subscriber(Base):
     consents: Mapped[list[ConsentEvent]] = relationship(
         back_populates="subscriber", order_by="ConsentEvent.id", passive_deletes=True
     )
+
+    @validates("name")
+    def _keep_name_key(self, _key: str, name: str | None) -> str | None:
+        self.name_key = search_key(name)
+        return name
 
 
 class Topic(Base):
@@ -188,6 +221,8 @@ class ConsentEvent(Base):
     """What a subscriber agreed to, when, and from where. Kept for proof of consent."""
 
     __tablename__ = "consent_events"
+    # The dashboard's signups per day read one action over a month.
+    __table_args__ = (Index("ix_consent_events_action_at", "action", "at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int | None] = mapped_column(
@@ -424,6 +459,15 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("digest_id", "subscriber_id"),
         Index("ix_deliveries_due", "status", "next_attempt_at"),
+        # A send's counts by status and its recent rate, without reading its rows.
+        Index("ix_deliveries_digest_status", "digest_id", "status", "sent_at"),
+        # Bounces are few: counted per send from a small partial index.
+        Index(
+            "ix_deliveries_bounced",
+            "digest_id",
+            postgresql_where=text("bounced"),
+            sqlite_where=text("bounced"),
+        ),
         NEVER_REUSE_IDS,
     )
 
@@ -608,7 +652,12 @@ SEARCH_INDEX = "ix_releases_search"
 SEARCH_COLUMN = "search_vector"
 
 
+# PostgreSQL only (migration 0009): address prefixes and the words of names.
+SUBSCRIBER_SEARCH_INDEXES = ("ix_subscribers_email_prefix", "ix_subscribers_name_words")
+
+
 def is_search_object(name: str | None) -> bool:
     return bool(name) and (
-        name in (SEARCH_INDEX, SEARCH_COLUMN) or str(name).startswith(SEARCH_TABLE)
+        name in (SEARCH_INDEX, SEARCH_COLUMN, *SUBSCRIBER_SEARCH_INDEXES)
+        or str(name).startswith(SEARCH_TABLE)
     )

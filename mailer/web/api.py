@@ -27,7 +27,6 @@ from pydantic import (
     RootModel,
     ValidationError,
 )
-from sqlalchemy import func, or_, select
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -41,7 +40,7 @@ from mailer.collect.ingest import API_SOURCE
 from mailer.datewindow import DateOutOfRange, check_date, check_send_time
 from mailer.digest import PreviewError, explain_digest
 from mailer.message import MessageError
-from mailer.models import Audience, DigestKind, Frequency, Release, Subscriber, SubscriberStatus
+from mailer.models import Audience, DigestKind, Frequency, Release, SubscriberStatus
 from mailer.preview import preview_now
 from mailer.releases import ReleaseInputError
 from mailer.send import (
@@ -81,9 +80,19 @@ class Strict(BaseModel):
 
 class SubscriberQuery(Strict):
     status: SubscriberStatus | None = None
-    q: Text | None = Field(None, max_length=200, description="Part of the address or name.")
+    q: Text | None = Field(
+        None,
+        max_length=200,
+        description="The start of the address, or the start of words of the name (case "
+        "and accents do not matter: simonyte finds Šimonytė).",
+    )
     limit: int = Field(100, ge=1, le=500)
-    offset: int = Field(0, ge=0, le=10**9)
+    after: int | None = Field(
+        None, ge=1, lt=MAX_ID, description="next_after of the previous page: the next page."
+    )
+    offset: int = Field(
+        0, ge=0, le=10**9, description="Rows to skip (slow deep in a large list: use after)."
+    )
 
 
 class SubscriberOut(BaseModel):
@@ -109,6 +118,13 @@ class SubscriberOut(BaseModel):
 class SubscriberList(BaseModel):
     items: list[SubscriberOut]
     total: int
+    total_precision: str = Field(
+        description="exact; about (the database's estimate, on large lists); or more "
+        "than (a search stops counting at 1,000)."
+    )
+    next_after: int | None = Field(
+        description="Pass as `after` for the next page; null on the last page."
+    )
 
 
 class SubscriberCreate(Strict):
@@ -358,28 +374,24 @@ def _subscriber_out(view: store.SubscriberView) -> SubscriberOut:
 
 async def list_subscribers(request: Request, who: Identity, query: SubscriberQuery) -> Response:
     state = web_state(request)
-    conditions: list[Any] = []
-    if query.status is not None:
-        conditions.append(Subscriber.status == SubscriberStatus(query.status.value))
-    if query.q:
-        pattern = f"%{query.q.lower()}%"
-        conditions.append(
-            or_(Subscriber.email_key.like(pattern), func.lower(Subscriber.name).like(pattern))
+    found = await store.search_subscribers(
+        state.db,
+        state.settings,
+        search=query.q or "",
+        status=query.status.value if query.status else None,
+        after=query.after,
+        offset=query.offset,
+        limit=query.limit,
+        newest_first=False,
+    )
+    return ok(
+        SubscriberList(
+            items=[_subscriber_out(v) for v in found.items],
+            total=found.total.value,
+            total_precision=found.total.precision,
+            next_after=found.next_after,
         )
-    async with state.db.session() as session:
-        total = await session.scalar(select(func.count(Subscriber.id)).where(*conditions))
-        ids = list(
-            await session.scalars(
-                select(Subscriber.id)
-                .where(*conditions)
-                .order_by(Subscriber.id)
-                .limit(query.limit)
-                .offset(query.offset)
-            )
-        )
-    views = [await store.get_subscriber(state.db, i, state.settings) for i in ids]
-    items = [_subscriber_out(v) for v in views if v is not None]
-    return ok(SubscriberList(items=items, total=total or 0))
+    )
 
 
 def _origin(request: Request, who: Identity) -> store.Origin:

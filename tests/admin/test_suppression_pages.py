@@ -12,6 +12,7 @@ import pytest
 from mailer import accounts
 from mailer import subscribers as store
 from mailer.config import Settings
+from mailer.subscribers import queries
 from mailer.suppression import suppress
 from tests.admin.conftest import AdminSite, site_settings
 
@@ -64,3 +65,34 @@ async def test_the_api_shows_suppression(site: AdminSite) -> None:
         "confirmed",
         "hard-bounce",
     )
+
+
+async def test_large_lists_skip_suppressed_readers_without_hashing_everyone(
+    site: AdminSite, admin_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above EXACT_COUNT_LIMIT readers a status page filters page by page (hashing
+    only the rows it shows) and says its count is an estimate."""
+    for number in range(7):
+        await store.add(site.db, site.settings, f"r{number}@example.org", confirmed=True)
+    async with site.db.transaction() as session:
+        for number in (1, 2, 3, 5):
+            await suppress(session, site.settings, f"r{number}@example.org", "hard-bounce")
+
+    async def a_million(*_: object) -> int:
+        return 1_000_000
+
+    monkeypatch.setattr(queries, "_estimated_rows", a_million)
+    seen: list[str] = []
+    after = None
+    while True:
+        found = await store.search_subscribers(
+            site.db, site.settings, status="confirmed", after=after, limit=1
+        )
+        assert not found.total.exact
+        seen += [v.email for v in found.items]
+        if found.next_after is None:
+            break
+        after = found.next_after
+    assert seen == ["r6@example.org", "r4@example.org", "r0@example.org"]
+    page = await admin_client.get("/admin/subscribers", params={"status": "confirmed"})
+    assert "r4@example.org" in page.text and "r5@example.org" not in page.text

@@ -142,7 +142,7 @@ def digest_chart(digests: list[DigestProgress]) -> Chart:
 @requires(Role.EDITOR)
 async def dashboard(request: Request) -> Response:
     state = web_state(request)
-    by_status = await store.count_by_status(state.db)
+    by_status = await store.counts_by_status(state.db)
     signups = await signups_per_day(state.db, SIGNUP_DAYS, now=state.now())
     digests = await recent_sends(state.db, limit=12)
     # Every source, hand-added releases' labels included: one count everywhere.
@@ -150,7 +150,7 @@ async def dashboard(request: Request) -> Response:
     sources = [h.source for h in health]
     release_counts = {h.source.id: h.releases for h in health}
     status_chart = bar_chart(
-        [(name, count, f"bar bar-{name}") for name, count in by_status.items()],
+        [(name, count.value, f"bar bar-{name}") for name, count in by_status.items()],
         "Subscribers by status",
     )
     signup_chart = bar_chart(

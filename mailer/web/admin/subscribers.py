@@ -6,23 +6,23 @@ from __future__ import annotations
 
 import io
 from typing import Any
+from urllib.parse import urlencode
 
-from sqlalchemy import func, or_, select
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from mailer import subscribers as store
 from mailer.accounts import Role
-from mailer.models import Frequency, Subscriber, SubscriberStatus
+from mailer.models import Frequency
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import (
+    PAGE_SIZE,
     form,
     identity,
-    like_patterns,
     page,
-    paging,
     path_id,
+    query_int,
     query_text,
     redirect,
     text,
@@ -32,6 +32,8 @@ from mailer.web.admin.common import (
 from mailer.web.state import web_state
 
 SHOWN_ERRORS = 1000
+# Ids are 32-bit INTEGER columns on PostgreSQL.
+MAX_ID = 2**31
 
 
 def _origin(request: Request) -> store.Origin:
@@ -42,66 +44,37 @@ def _origin(request: Request) -> store.Origin:
     )
 
 
-def _conditions(search: str, status: str) -> list[Any]:
-    conditions: list[Any] = []
-    if search:
-        patterns = like_patterns(search)
-        conditions.append(
-            or_(
-                *(Subscriber.email_key.like(p) for p in patterns),
-                *(func.lower(Subscriber.name).like(p) for p in patterns),
-                *(Subscriber.name.like(p) for p in patterns),
-            )
-        )
-    if status in {s.value for s in SubscriberStatus}:
-        conditions.append(Subscriber.status == SubscriberStatus(status))
-    return conditions
-
-
 @requires(Role.ADMIN)
 async def subscribers_index(request: Request) -> Response:
     state = web_state(request)
     search, status = query_text(request, "q"), query_text(request, "status")
-    conditions = _conditions(search, status)
-    order = (Subscriber.created_at.desc(), Subscriber.id.desc())
-    async with state.db.session() as session:
-        if status in store.SHOWN_STATUSES:
-            # A status depends on the suppression list, whose entries are keyed hashes
-            # of addresses: matched by hashing, paged here.
-            ids = await store.subscriber_ids_with_status(session, state.settings, status)
-            if conditions:
-                matching = set(await session.scalars(select(Subscriber.id).where(*conditions)))
-                ids = [i for i in ids if i in matching]
-            pages = paging(request, len(ids), {"q": search, "status": status})
-            chosen = ids[pages.offset : pages.offset + pages.size]
-            query = select(Subscriber).where(Subscriber.id.in_(chosen))
-        else:
-            total = await session.scalar(select(func.count(Subscriber.id)).where(*conditions))
-            pages = paging(request, total or 0, {"q": search, "status": status})
-            query = select(Subscriber).where(*conditions).limit(pages.size).offset(pages.offset)
-        rows = (await session.scalars(query.order_by(*order))).all()
-        suppressions = await store.suppressions_for(
-            session, state.settings, [(row.id, row.email) for row in rows]
+    after = query_int(request, "after", 0, 0, MAX_ID) or None
+    try:
+        found = await store.search_subscribers(
+            state.db,
+            state.settings,
+            search=search,
+            status=status if status in store.SHOWN_STATUSES else None,
+            after=after,
+            limit=PAGE_SIZE,
         )
-    shown = {
-        row.id: (
-            store.shown_status(row.status, suppressions.get(row.id, (None, None))[0]),
-            suppressions.get(row.id, (None, None))[0],
-        )
-        for row in rows
-    }
-    counts = await store.count_by_status(state.db)
+    except store.SubscriberError as exc:
+        raise HTTPException(400, str(exc)) from None
+    kept = {k: v for k, v in {"q": search, "status": status}.items() if v}
     return page(
         request,
         "subscribers.html",
         {
-            "subscribers": rows,
-            "paging": pages,
+            "subscribers": found.items,
+            "total": found.total,
+            "first_link": f"{request.url.path}?{urlencode(kept)}" if after else None,
+            "next_link": f"{request.url.path}?{urlencode({**kept, 'after': found.next_after})}"
+            if found.next_after
+            else None,
             "search": search,
             "status": status,
-            "counts": counts,
+            "counts": await store.counts_by_status(state.db),
             "statuses": store.SHOWN_STATUSES,
-            "shown": shown,
         },
     )
 
