@@ -53,7 +53,14 @@ from mailer.config import load_settings  # noqa: E402
 from mailer.context import AppContext  # noqa: E402
 from mailer.db import Database  # noqa: E402
 from mailer.migrate import upgrade  # noqa: E402
-from mailer.models import Base, Delivery, DeliveryStatus, utcnow  # noqa: E402
+from mailer.models import (  # noqa: E402
+    Audience,
+    Base,
+    Delivery,
+    DeliveryStatus,
+    DigestKind,
+    utcnow,
+)
 from mailer.send import start_digest  # noqa: E402
 from mailer.web.app import create_app  # noqa: E402
 
@@ -257,7 +264,11 @@ async def plan(config: Path) -> tuple[int, int]:
     settings = load_settings(config)
     async with AppContext(settings=settings).database() as database:
         digest = await start_digest(
-            database, settings, frequency="daily", kind="daily", created_by="bench"
+            database,
+            settings,
+            frequency=Audience.DAILY,
+            kind=DigestKind.SCHEDULED,
+            created_by="bench",
         )
         async with database.session() as session:
             queued = await session.scalar(
