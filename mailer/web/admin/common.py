@@ -19,7 +19,6 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from mailer.accounts import Identity, Role
 from mailer.templating import local_time, publication_date
-from mailer.textsearch import like_patterns as like_patterns  # the subscriber pages use it
 from mailer.web.state import render, web_state
 
 log = logging.getLogger(__name__)
