@@ -185,7 +185,15 @@ class Connection:
     def is_open(self) -> bool:
         return self._client is not None and self._client.is_connected
 
-    async def send(self, envelope_from: str, recipients: Sequence[str], data: bytes) -> SendResult:
+    async def send(
+        self,
+        envelope_from: str,
+        recipients: Sequence[str],
+        data: bytes,
+        *,
+        wire: bytes | None = None,
+    ) -> SendResult:
+        """Send ``data``; ``wire``, when given, is it already in wire_format()."""
         addresses = [envelope_from, *recipients]
         try:
             client = await self._ensure()
@@ -205,7 +213,7 @@ class Connection:
                         Outcome.FAILED, None, "server does not support SMTPUTF8 addresses"
                     )
                 options.append("SMTPUTF8")
-            await self._transaction(client, envelope_from, recipients, data, options)
+            await self._transaction(client, envelope_from, recipients, data, options, wire)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             result = classify(exc)
             if result.connection_error:
@@ -223,6 +231,7 @@ class Connection:
         recipients: Sequence[str],
         data: bytes,
         options: list[str],
+        wire: bytes | None = None,
     ) -> None:
         """MAIL, RCPT and DATA through aiosmtplib's command API, with the body sent
         as prepared.
@@ -243,7 +252,7 @@ class Connection:
         protocol = client.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("connection lost before the message")
-        protocol.write(wire_format(data))
+        protocol.write(wire_format(data) if wire is None else wire)
         response = await protocol.read_response(timeout=self.target.timeout)
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
