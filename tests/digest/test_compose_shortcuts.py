@@ -1,7 +1,8 @@
-"""The SMTP DATA payload the composer builds from pre-stuffed pieces is exactly
-what the transport would make of the message (CRLF checked, lines starting with a
-dot doubled, terminated), for signed and unsigned digests, including readers
-whose values start a line with a dot."""
+"""The composer's shortcuts give exactly what the general code gives: the SMTP
+DATA payload built from pre-stuffed pieces is what the transport would make of
+the message (CRLF checked, lines starting with a dot doubled, terminated), for
+signed and unsigned digests and readers whose values start a line with a dot;
+the links signed with the pre-derived key are ``tokens.link``'s."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from mailer.dkim import generate_key
 from mailer.message import MessageComposer
+from mailer.tokens import Purpose, link, read_token
 from mailer.transport import wire_format
 from tests.conftest import make_settings
 from tests.digest.test_message import item
@@ -63,3 +65,21 @@ def test_composer_wire_payload_is_the_transports(
     reader = composer.compose(1, 2, ".dot@example.org", "Dot", [1, 2, 3], link_key="k")
     assert b"\r\n..dot@example.org" in reader.wire
     assert b"\r\n.dot@example.org" in reader.data
+
+
+def test_links_are_the_tokens_modules(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tokens carry the second they were made in: one second for all of them.
+    monkeypatch.setattr("itsdangerous.timed.time.time", lambda: 1_761_211_800.0)
+    settings = make_settings(tmp_path, sqlite_url, site={"base_url": "https://news.example.org"})
+    composer = MessageComposer(settings, {1: item(1, "Budget")})
+    for subscriber, key in [(1, "abc"), (123456, "x" * 40), (7, "Žž-key")]:
+        values = composer.recipient_values(subscriber, "r@example.org", "R", key)
+        for purpose, slot in [
+            (Purpose.UNSUBSCRIBE, "unsubscribe_url"),
+            (Purpose.MANAGE, "preferences_url"),
+        ]:
+            assert values[slot] == link(settings, purpose, subscriber, key)
+            token = values[slot].rsplit("/", 1)[1]
+            assert read_token(settings, purpose, token).subscriber_id == subscriber
