@@ -395,7 +395,9 @@ class _Content:
     )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "wire_pieces", _wire_pieces(self.pieces))
+        heads = (self.head_from, self.head_subject, self.head_list, self.head_tail)
+        wire = _wire_pieces(self.pieces) if all(map(_wire_header, heads)) else None
+        object.__setattr__(self, "wire_pieces", wire)
 
 
 def _wire_pieces(
@@ -426,6 +428,14 @@ def _wire_pieces(
 def _crlf_only(data: bytes) -> bool:
     crlf = data.count(b"\r\n")
     return data.count(b"\n") == crlf and data.count(b"\r") == crlf
+
+
+def _wire_header(lines: bytes) -> bool:
+    """Whether header lines go on the wire as they are. They never start with a dot
+    (a continuation line starts with whitespace); checked all the same, it is cheap."""
+    return not lines or (
+        _crlf_only(lines) and lines.endswith(b"\n") and lines[:1] != b"." and b"\n." not in lines
+    )
 
 
 def _wire_value(value: bytes, line_start: bool) -> bytes | None:
@@ -876,6 +886,7 @@ class MessageComposer:
             if subscriber_id is None
             else self._list_unsubscribe(subscriber_id, link_key, values["unsubscribe_url"])
         )
+        # The content's own lines at even positions, the reader's between (see _wire).
         head = (
             content.head_from,
             _to_header(values["name"], address),
@@ -937,15 +948,10 @@ def _wire(
     encoded: dict[tuple[str, str], bytes],
 ) -> bytes | None:
     """One message's SMTP DATA payload from the content's pre-stuffed pieces, or
-    None to leave it to the transport. Header lines never start with a dot (a
-    continuation line starts with whitespace); checked all the same, it is cheap."""
-    if content.wire_pieces is None:
+    None to leave it to the transport. ``head``: the header lines in order, the
+    content's own (checked with its pieces) at even positions."""
+    if content.wire_pieces is None or not all(map(_wire_header, (signature, *head[1::2]))):
         return None
-    for part in (signature, *head):
-        if part and (
-            not _crlf_only(part) or not part.endswith(b"\n") or part[:1] == b"." or b"\n." in part
-        ):
-            return None
     body: list[bytes] = []
     for piece in content.wire_pieces:
         if isinstance(piece, bytes):
