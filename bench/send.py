@@ -319,6 +319,8 @@ def dkim_comparison(args: argparse.Namespace) -> None:
     """
     algorithms = [a.strip() for a in args.dkim_algorithms.split(",") if a.strip()]
     labels = ("unsigned", "signed")
+    loads = [os.getloadavg()]
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="mailer-bench-") as folder, Sink() as sink:
         dkim = {"unsigned": None, "signed": dkim_settings(Path(folder), algorithms)}
         seeded: dict[str, Path] = {}
@@ -377,11 +379,35 @@ def dkim_comparison(args: argparse.Namespace) -> None:
         (signed - unsigned) / count * 1000
         for signed, unsigned in zip(cpu["signed"], cpu["unsigned"], strict=True)
     )
+    rsa, sha = rsa_signature_cpu(), sha256_cpu(size)
     print(
-        f"signing adds {added:.3f} ms of CPU a message (user + sys of the whole send, "
-        f"median over rounds); one RSA-2048 signature alone costs "
-        f"{rsa_signature_cpu() * 1000:.3f} ms here now"
+        f"one RSA-2048 signature alone costs {rsa * 1000:.3f} ms of CPU here now, "
+        f"SHA-256 of a {size / 1024:.0f} KB message {sha * 1000:.3f} ms; load average "
+        f"{' '.join(f'{x:.1f}' for x in loads[0])} at the start, "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} now"
     )
+    print("Targets of issue 18:")
+    print(
+        f"  signing adds <= 0.3 ms of CPU a message: {added:.3f} ms "
+        f"({'met' if added <= 0.3 else 'not met'}; {added / rsa:.2f} bare RSA signatures)"
+    )
+    if source_time:
+        signed_ratio = source_time / statistics.median(elapsed["signed"])
+        print(
+            f"  signed send >= 0.3 of smtp-source: {signed_ratio:.2f} "
+            f"({'met' if signed_ratio >= 0.3 else 'not met'})"
+        )
+    else:
+        print("  signed send >= 0.3 of smtp-source: not measured (smtp-source not installed)")
+
+
+def sha256_cpu(size: int, rounds: int = 2000) -> float:
+    """CPU seconds of one SHA-256 over ``size`` bytes: the other part of the floor."""
+    data = os.urandom(size)
+    started = time.process_time()
+    for _ in range(rounds):
+        hashlib.sha256(data).digest()
+    return (time.process_time() - started) / rounds
 
 
 def rsa_signature_cpu(rounds: int = 500) -> float:
