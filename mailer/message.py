@@ -901,11 +901,8 @@ class MessageComposer:
             *(piece if isinstance(piece, bytes) else encoded[piece] for piece in content.pieces),
         )
         # Signed from the same parts: the shared ones are canonicalised once.
-        signature = (
-            b""
-            if self.signer is None
-            else self.signer.signature_headers(parts, content.signing_memo)
-        )
+        signer, memo = self.signer, content.signing_memo
+        signature = b"" if signer is None else signer.signature_headers(parts, memo)
         data = b"".join((signature, *parts))
         return ComposedMessage(
             envelope_from=self._return_path.format(
@@ -915,15 +912,6 @@ class MessageComposer:
             data=data,
             message_id=message_id,
             wire=_wire(content, signature, head, encoded),
-        )
-
-        return ComposedMessage(
-            envelope_from=self._return_path.format(
-                self._address_tokens.token(MailTokenKind.DELIVERY, delivery_id)
-            ),
-            recipients=[address],
-            data=data,
-            message_id=message_id,
         )
 
     def _list_unsubscribe(

@@ -28,11 +28,18 @@ READERS = [
 LINE_WITH_DOT = re.compile(rb"(?:^|\r\n)\.")
 
 
-@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+@pytest.mark.parametrize(
+    ("signed", "tracked"),
+    [(False, False), (True, False), (True, True)],
+    ids=["unsigned", "signed", "signed, tracked per reader"],
+)
 def test_composer_wire_payload_is_the_transports(
-    tmp_path: Path, sqlite_url: str, signed: bool
+    tmp_path: Path, sqlite_url: str, signed: bool, tracked: bool
 ) -> None:
     extra: dict[str, object] = {}
+    if tracked:
+        # A value after every release link: many reader pieces in each message.
+        extra["tracking"] = {"clicks": True, "opens": True, "individual": True}
     if signed:
         pem, _ = generate_key()
         key_file = tmp_path / "dkim.pem"
@@ -46,7 +53,7 @@ def test_composer_wire_payload_is_the_transports(
         tmp_path, sqlite_url, site={"base_url": "https://news.example.org"}, **extra
     )
     releases = {n: item(n, f"Šimonytė: measure {n}", hours_ago=n) for n in range(1, 6)}
-    composer = MessageComposer(settings, releases)
+    composer = MessageComposer(settings, releases, digest_id=5 if tracked else None)
     dotted_lines = set()
     for n in range(60):
         name, address = READERS[n % len(READERS)]

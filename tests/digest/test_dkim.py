@@ -343,17 +343,33 @@ READERS = [
 ]
 
 
-def test_many_readers_of_real_digests_verify(tmp_path: Path, sqlite_url: str, keygen) -> None:
+@pytest.mark.parametrize("tracked", [False, True], ids=["untracked", "tracked per reader"])
+def test_many_readers_of_real_digests_verify(
+    tmp_path: Path, sqlite_url: str, keygen, tracked: bool
+) -> None:
     """Two contents interleaved, readers with spaces, tabs, non-ASCII and long
     names, a test send without List-Unsubscribe in between: every message
-    verifies, and is signed exactly as if it were signed whole."""
+    verifies, and is signed exactly as if it were signed whole. Tracked per reader,
+    every release link carries a value of the reader's own as well."""
     key_file, txt = keygen
     settings = signed_settings(tmp_path, sqlite_url, key_file)
+    if tracked:
+        settings = make_settings(
+            tmp_path,
+            sqlite_url,
+            site={"base_url": "https://news.example.org"},
+            dkim={
+                "domain": "example.org",
+                "selector": "news2025",
+                "private_key_file": str(key_file),
+            },
+            tracking={"clicks": True, "opens": True, "individual": True},
+        )
     summary = "The  ministry\tannounced the measure today.   Details follow in the release. " * 4
     releases = {
         n: item(n, f"Šimonytė: measure {n}", hours_ago=n, summary=summary) for n in range(1, 13)
     }
-    composer = MessageComposer(settings, releases)
+    composer = MessageComposer(settings, releases, digest_id=4 if tracked else None)
     signer = composer.signer
     assert signer is not None
     contents = [list(range(1, 13)), [1, 2, 3]]
