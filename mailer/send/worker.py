@@ -359,21 +359,31 @@ class Worker:
             ids = list((await session.scalars(query)).all())
             if not ids:
                 return []
+            # Plain rows, not Delivery objects: nothing here changes them through the
+            # session, and loading entities (identity map, instrumented state) cost
+            # more than the rest of the claim.
             rows = (
                 await session.execute(
                     select(
-                        Delivery,
+                        Delivery.id,
+                        Delivery.digest_id,
+                        Delivery.subscriber_id,
+                        Delivery.email,
                         Subscriber.name,
+                        Delivery.release_ids,
+                        Delivery.content_key,
+                        Delivery.attempts,
+                        Delivery.created_at,
+                        Subscriber.link_key,
                         Subscriber.status,
                         Digest.kind,
-                        Subscriber.link_key,
                     )
                     .join(Digest, Digest.id == Delivery.digest_id)
                     .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
                     .where(Delivery.id.in_(ids))
                 )
             ).all()
-            hashes = {row[0].id: email_hash(self.settings, row[0].email) for row in rows}
+            hashes = {row.id: email_hash(self.settings, row.email) for row in rows}
             suppressed = set(
                 (
                     await session.scalars(
@@ -384,24 +394,24 @@ class Worker:
                 ).all()
             )
             claimed, withdrawn = [], []
-            for delivery, name, status, kind, link_key in rows:
+            for row in rows:
                 # A test send has no subscriber; any other row without one was erased.
-                gone = kind != "test" and status != SubscriberStatus.CONFIRMED
-                if gone or hashes[delivery.id] in suppressed:
-                    withdrawn.append(delivery.id)
+                gone = row.kind != "test" and row.status != SubscriberStatus.CONFIRMED
+                if gone or hashes[row.id] in suppressed:
+                    withdrawn.append(row.id)
                     continue
                 claimed.append(
                     Claimed(
-                        delivery.id,
-                        delivery.digest_id,
-                        delivery.subscriber_id,
-                        delivery.email,
-                        name,
-                        list(delivery.release_ids),
-                        delivery.content_key,
-                        delivery.attempts,
-                        delivery.created_at,
-                        link_key,
+                        row.id,
+                        row.digest_id,
+                        row.subscriber_id,
+                        row.email,
+                        row.name,
+                        list(row.release_ids),
+                        row.content_key,
+                        row.attempts,
+                        row.created_at,
+                        row.link_key,
                     )
                 )
             if withdrawn:
@@ -423,6 +433,8 @@ class Worker:
                     .values(
                         status=DeliveryStatus.SENDING, claimed_by=self.worker_id, claimed_at=now
                     )
+                    # No Delivery objects in this session to bring up to date.
+                    .execution_options(synchronize_session=False)
                 )
         return claimed
 
@@ -574,7 +586,9 @@ class Worker:
             link_key=item.link_key,
         )
         await self.rate.wait()
-        result = await connection.send(message.envelope_from, message.recipients, message.data)
+        result = await connection.send(
+            message.envelope_from, message.recipients, message.data, wire=message.wire
+        )
         now = utcnow()
         if result.connection_error:
             # No session could be had: nothing was tried, so no attempt is counted.
