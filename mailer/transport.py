@@ -13,6 +13,7 @@ import enum
 import re
 import ssl
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -295,10 +296,16 @@ class RateLimiter:
     """Spaces sends evenly so that at most ``per_second`` start in any second.
 
     A slot schedule instead of a token bucket: it never lets a burst through after
-    an idle spell, which is what receiving servers' per-second limits punish."""
+    an idle spell, which is what receiving servers' per-second limits punish. Callers
+    wait their turn one at a time and each re-reads the clock after waking, and the
+    start times of the last second are kept: a stalled process (a long garbage
+    collection, a busy CPU) must not wake several waiters whose slots all passed
+    during the stall and let them through together."""
 
     def __init__(self, per_second: float):
         self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._per_window = max(1, int(per_second))
+        self._started: deque[float] = deque(maxlen=self._per_window)
         self._next = 0.0
         self._lock = asyncio.Lock()
 
@@ -306,11 +313,16 @@ class RateLimiter:
         if not self.interval:
             return
         async with self._lock:
-            now = time.monotonic()
-            slot = max(self._next, now)
-            self._next = slot + self.interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+            while True:
+                now = time.monotonic()
+                slot = max(self._next, now)
+                if len(self._started) == self._per_window:
+                    slot = max(slot, self._started[0] + 1.0)
+                if slot <= now:
+                    break
+                await asyncio.sleep(slot - now)
+            self._started.append(now)
+            self._next = now + self.interval
 
 
 async def send_now(settings: Settings, message: Message) -> None:

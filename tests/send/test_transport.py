@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import re
+import time
 
 import pytest
 
-from mailer.transport import Connection, Outcome, SmtpTarget, wire_format
+from mailer.transport import Connection, Outcome, RateLimiter, SmtpTarget, wire_format
 from tests.support.smtp import SmtpServer
 
 
@@ -44,3 +47,27 @@ async def test_one_connection_carries_many_messages(smtp_server: SmtpServer) -> 
     finally:
         await connection.close()
     assert [m.rcpt_tos[0] for m in smtp_server.messages] == [f"r{i}@example.net" for i in range(20)]
+
+
+async def test_a_stalled_process_does_not_release_a_burst_afterwards() -> None:
+    """A receiving server's per-second limit is about what reaches it: when the
+    sending process stalls (a long garbage collection, a busy CPU), the sends whose
+    turns passed during the stall must not all start together when it resumes."""
+    limiter = RateLimiter(10)
+    started: list[float] = []
+
+    async def send_one() -> None:
+        await limiter.wait()
+        started.append(time.monotonic())
+
+    async def stall() -> None:
+        await asyncio.sleep(0.25)
+        time.sleep(0.6)  # blocks the event loop, as a stalled process does
+
+    await asyncio.gather(stall(), *(send_one() for _ in range(25)))
+    assert len(started) == 25
+    gaps = [b - a for a, b in itertools.pairwise(started)]
+    # Every start waited its turn after the previous one, stall or not ...
+    assert min(gaps) >= 0.1 - 1e-3, gaps
+    # ... so no one-second window holds more than the limit.
+    assert max(sum(1 for t in started if s <= t < s + 1.0) for s in started) <= 10
