@@ -201,7 +201,7 @@ async def erase(
     their personal fields (IP, browser, form URL, free-form details). Queued mail is
     cancelled and the address removed from the outbox rows; bounce diagnostics,
     which quote the address, are blanked. Clicks and opens recorded under individual
-    tracking lose the reader and remain only as anonymous counts.
+    tracking are deleted (the send's reports count them no more).
     """
     now = now or utcnow()
     async with database.transaction() as session:

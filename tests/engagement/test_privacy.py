@@ -108,11 +108,14 @@ async def test_individual_tracking_ties_clicks_to_readers_exports_and_erases_the
             await session.scalars(select(Click.id).where(Click.subscriber_id.is_not(None)))
         ).all()
         opens = (await session.scalars(select(Open.subscriber_id))).all()
+        anonymous = (
+            await session.scalars(select(Click.id).where(Click.subscriber_id.is_(None)))
+        ).all()
     assert len(held) == 1  # Jonas's click only
-    assert opens == [None]
-    # The counts stay, anonymous.
+    assert anonymous == []  # Ona's two clicks are gone, not kept without her
+    assert opens == []
     after = await engagement.send_report(tracked.db, tracked.settings, tracked.digest_id)
-    assert after is not None and after.clicks == report.clicks
+    assert after is not None and after.clicks == report.clicks - 2
 
 
 @pytest.mark.parametrize("tracking_options", [{"individual": True}])
