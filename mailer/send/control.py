@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer import audit
 from mailer.config import Settings
+from mailer.datewindow import DateOutOfRange, check_send_time
 from mailer.db import Database
 from mailer.digest import SelectionReport, plan_digest
 from mailer.models import (
@@ -35,6 +36,19 @@ class SendError(Exception):
 
 class NoSuchSend(SendError):
     pass
+
+
+class SendTimeRefused(SendError):
+    """A time to start a send that is past, has no timezone or lies more than a year
+    ahead. ``reason`` leaves the field unnamed: each shell names it as its user
+    typed it ("Send time" in the admin, "scheduled_for" in the API)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the send time: {reason}")
+        self.reason = reason
+
+    def labelled(self, field: str) -> str:
+        return f"{field}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -138,17 +152,22 @@ async def schedule_digest(
 ) -> Digest:
     """A manual send that :func:`start_due_digests` starts at ``scheduled_for``
     (None: only :func:`start_queued_digest` starts it). Until then it is "queued"
-    and can be cancelled or started at once."""
+    and can be cancelled or started at once. A time in the past, without a
+    timezone or more than a year ahead raises :class:`SendTimeRefused`."""
     chosen = audience(frequency)
-    if scheduled_for is not None and scheduled_for.tzinfo is None:
-        raise SendError("the scheduled time needs a timezone")
+    now = now or utcnow()
+    if scheduled_for is not None:
+        try:
+            check_send_time(scheduled_for, now)
+        except DateOutOfRange as exc:
+            raise SendTimeRefused(exc.reason) from None
     async with database.transaction() as session:
         digest = Digest(
             kind=DigestKind.MANUAL,
             frequency=chosen,
             status=DigestStatus.QUEUED,
             created_by=created_by,
-            created_at=now or utcnow(),
+            created_at=now,
             scheduled_for=scheduled_for,
         )
         session.add(digest)

@@ -37,7 +37,7 @@ from mailer import subscribers as store
 from mailer.accounts import Identity, Role
 from mailer.collect.extract import published_text
 from mailer.collect.ingest import API_SOURCE
-from mailer.datewindow import DateOutOfRange, check_date, check_send_time
+from mailer.datewindow import DateOutOfRange, check_date
 from mailer.digest import PreviewError, explain_digest
 from mailer.message import MessageError
 from mailer.models import Audience, DigestKind, Frequency, Release, SubscriberStatus
@@ -47,6 +47,7 @@ from mailer.send import (
     NoSuchSend,
     Requester,
     SendError,
+    SendTimeRefused,
     schedule_digest,
     send_progress,
     set_digest_state,
@@ -556,19 +557,17 @@ async def _progress_of(request: Request, digest_id: int) -> Response:
 
 async def create_digest(request: Request, who: Identity, body: DigestCreate) -> Response:
     state = web_state(request)
-    if body.scheduled_for is not None:
-        try:
-            check_send_time(body.scheduled_for, state.now())
-        except DateOutOfRange as exc:
-            return error(422, str(exc))
-    digest = await schedule_digest(
-        state.db,
-        scheduled_for=body.scheduled_for,
-        frequency=body.frequency,
-        created_by=who.actor,
-        now=state.now(),
-        requester=Requester(who.actor, via="api"),
-    )
+    try:
+        digest = await schedule_digest(
+            state.db,
+            scheduled_for=body.scheduled_for,
+            frequency=body.frequency,
+            created_by=who.actor,
+            now=state.now(),
+            requester=Requester(who.actor, via="api"),
+        )
+    except SendTimeRefused as exc:
+        return error(422, exc.labelled("scheduled_for"))
     response = await _progress_of(request, digest.id)
     response.status_code = 201
     return response

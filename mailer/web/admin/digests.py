@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from mailer.accounts import Role
-from mailer.datewindow import DateOutOfRange, check_send_time
 from mailer.digest import (
     DigestPreview,
     PreviewError,
@@ -29,6 +28,7 @@ from mailer.send import (
     DigestProgress,
     Requester,
     SendError,
+    SendTimeRefused,
     audience,
     failure_reasons,
     recent_sends,
@@ -257,19 +257,18 @@ async def schedule(request: Request) -> Response:
     data = await form(request)
     frequency = _audience(text(data, "frequency"))
     at = parse_local_time(text(data, "at", limit=40), state.settings.digest.timezone)
-    try:
-        check_send_time(at, state.now(), field="Send time")
-    except DateOutOfRange as exc:
-        return redirect(request, "/admin/digests", str(exc), kind="error")
     who = identity(request)
-    digest = await schedule_digest(
-        state.db,
-        scheduled_for=at,
-        frequency=frequency,
-        created_by=who.actor,
-        now=state.now(),
-        requester=Requester(who.actor),
-    )
+    try:
+        digest = await schedule_digest(
+            state.db,
+            scheduled_for=at,
+            frequency=frequency,
+            created_by=who.actor,
+            now=state.now(),
+            requester=Requester(who.actor),
+        )
+    except SendTimeRefused as exc:
+        return redirect(request, "/admin/digests", exc.labelled("Send time"), kind="error")
     return redirect(request, f"/admin/digests/{digest.id}", "Send scheduled.")
 
 
