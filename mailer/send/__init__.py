@@ -25,6 +25,7 @@ cancelling a send), ``progress`` (how far a send has got, finishing it) and
 from __future__ import annotations
 
 from mailer.send.control import (
+    DigestTest,
     NoSuchSend,
     Requester,
     SendError,
@@ -32,6 +33,7 @@ from mailer.send.control import (
     audience,
     count_recipients,
     schedule_digest,
+    send_test_digest,
     set_digest_state,
     start_digest,
     start_due_digests,
@@ -84,6 +86,7 @@ __all__ = [
     "Backlog",
     "Claimed",
     "DigestProgress",
+    "DigestTest",
     "NoSuchSend",
     "Recorded",
     "Requester",
@@ -105,6 +108,7 @@ __all__ = [
     "schedule_digest",
     "send_progress",
     "send_rate",
+    "send_test_digest",
     "sends_progress",
     "set_digest_state",
     "start_digest",

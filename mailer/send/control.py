@@ -16,7 +16,7 @@ from mailer import audit
 from mailer.config import Settings
 from mailer.datewindow import DateOutOfRange, check_send_time
 from mailer.db import Database
-from mailer.digest import SelectionReport, plan_digest
+from mailer.digest import SelectionReport, explain_digest, plan_digest
 from mailer.models import (
     Audience,
     Delivery,
@@ -120,6 +120,45 @@ async def start_digest(
                 session, "digest.send", digest, frequency=digest.frequency, recipients=count
             )
     return digest
+
+
+@dataclass(frozen=True)
+class DigestTest:
+    """A test send, and why it sent nothing when it did not: the planner's own
+    reasons, with numbers (empty when the test went out)."""
+
+    digest: Digest
+    nothing_sent_because: list[str]
+
+    @property
+    def sent(self) -> bool:
+        return self.digest.recipient_count > 0
+
+
+async def send_test_digest(
+    database: Database,
+    settings: Settings,
+    address: str,
+    *,
+    requester: Requester,
+    now: datetime | None = None,
+) -> DigestTest:
+    """A test of the next digest to ``address`` (a "digest.test" audit entry). With
+    no release to test with, the result says why, as a send to everyone would."""
+    now = now or utcnow()
+    digest = await start_digest(
+        database,
+        settings,
+        kind=DigestKind.TEST,
+        created_by=requester.actor,
+        test_address=address,
+        now=now,
+        requester=requester,
+    )
+    if digest.recipient_count > 0:
+        return DigestTest(digest, [])
+    report = await explain_digest(database, settings, now=now)
+    return DigestTest(digest, report.reasons())
 
 
 async def count_recipients(

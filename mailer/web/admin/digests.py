@@ -35,6 +35,7 @@ from mailer.send import (
     schedule_digest,
     send_progress,
     send_rate,
+    send_test_digest,
     set_digest_state,
     start_digest,
     start_queued_digest,
@@ -166,26 +167,19 @@ async def send_test(request: Request) -> Response:
     except InvalidAddress as exc:
         return redirect(request, "/admin/digests", f"Test send: {exc}", kind="error")
     who = identity(request)
-    digest = await start_digest(
-        state.db,
-        state.settings,
-        kind=DigestKind.TEST,
-        created_by=who.actor,
-        test_address=address,
-        now=state.now(),
-        requester=Requester(who.actor),
+    test = await send_test_digest(
+        state.db, state.settings, address, requester=Requester(who.actor), now=state.now()
     )
-    if digest.recipient_count == 0:
-        report = await explain_digest(state.db, state.settings, now=state.now())
+    if not test.sent:
         return redirect(
             request,
             "/admin/digests",
-            "Nothing to test with. " + " ".join(report.reasons()),
+            "Nothing to test with. " + " ".join(test.nothing_sent_because),
             kind="warn",
         )
     return redirect(
         request,
-        f"/admin/digests/{digest.id}",
+        f"/admin/digests/{test.digest.id}",
         f"Test digest queued for {address}: its subject starts with “[Test]” and a banner "
         "in both parts says it is a test.",
     )
