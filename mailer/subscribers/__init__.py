@@ -46,6 +46,7 @@ from mailer.subscribers.optin import (
     signup,
     subscriber_for_link,
     unsubscribe,
+    unsubscribe_and_get,
     update_preferences,
 )
 from mailer.subscribers.privacy import (
@@ -94,6 +95,7 @@ from mailer.subscribers.values import (
     SubscriberView,
     SuppressedAddress,
     TopicView,
+    Unsubscribed,
     clean_name,
     mailbox_key,
     matches_status,
@@ -135,6 +137,7 @@ __all__ = [
     "SuppressedAddress",
     "TopicView",
     "UnknownUpload",
+    "Unsubscribed",
     "active_topics",
     "add",
     "clean_name",
@@ -171,5 +174,6 @@ __all__ = [
     "suppression_text",
     "suppressions_for",
     "unsubscribe",
+    "unsubscribe_and_get",
     "update_preferences",
 ]

@@ -42,6 +42,7 @@ from mailer.subscribers.values import (
     StaleLink,
     SubscriberView,
     SuppressedAddress,
+    Unsubscribed,
     _clip,
     clean_name,
     normalize_address,
@@ -428,6 +429,26 @@ async def unsubscribe(
         )
         await operator_audit(session, origin, "subscriber.unsubscribe", subscriber_id, {}, now)
         return True
+
+
+async def unsubscribe_and_get(
+    database: Database,
+    settings: Settings,
+    subscriber_id: int,
+    *,
+    origin: Origin | None = None,
+    method: str = "link",
+    now: datetime | None = None,
+) -> Unsubscribed:
+    """:func:`unsubscribe`, answering with the subscriber as it now stands (its
+    suppression included); NotFound when there is none."""
+    changed = await unsubscribe(
+        database, settings, subscriber_id, origin=origin, method=method, now=now
+    )
+    view = await get_subscriber(database, subscriber_id, settings)
+    if view is None:
+        raise NotFound("This subscriber no longer exists.")
+    return Unsubscribed(view, changed)
 
 
 async def _cancel_pending_deliveries(

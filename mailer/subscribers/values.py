@@ -171,6 +171,13 @@ class ConfirmResult:
 
 
 @dataclass(frozen=True)
+class Unsubscribed:
+    subscriber: SubscriberView
+    # False when the subscriber had already unsubscribed.
+    changed: bool
+
+
+@dataclass(frozen=True)
 class MailOutcome:
     """What became of a mail about the subscription (see mailer.subscribers.mail)."""
 

@@ -445,7 +445,7 @@ async def create_subscriber(request: Request, who: Identity, body: SubscriberCre
 async def unsubscribe_subscriber(request: Request, who: Identity, id: int) -> Response:
     state = web_state(request)
     try:
-        changed = await store.unsubscribe(
+        done = await store.unsubscribe_and_get(
             state.db,
             state.settings,
             id,
@@ -455,10 +455,7 @@ async def unsubscribe_subscriber(request: Request, who: Identity, id: int) -> Re
         )
     except store.NotFound:
         return error(404, "There is no such subscriber.")
-    view = await store.get_subscriber(state.db, id, state.settings)
-    if view is None:
-        return error(404, "There is no such subscriber.")
-    return ok(SubscriberChanged(subscriber=_subscriber_out(view), changed=changed))
+    return ok(SubscriberChanged(subscriber=_subscriber_out(done.subscriber), changed=done.changed))
 
 
 async def export_subscribers(
@@ -515,7 +512,7 @@ def _release_out(release: Release) -> ReleaseOut:
 async def create_release(request: Request, who: Identity, body: ReleaseCreate) -> Response:
     state = web_state(request)
     try:
-        release_id, outcome = await releases.add_release(
+        added = await releases.add_and_get_release(
             state.db,
             state.settings,
             title=body.title,
@@ -532,8 +529,10 @@ async def create_release(request: Request, who: Identity, body: ReleaseCreate) -
         )
     except ReleaseInputError as exc:
         return error(422, str(exc))
-    out = _release_out(await releases.get_release(state.db, release_id))
-    return ok(ReleaseAdded(outcome=outcome, release=out), 201 if outcome == "new" else 200)
+    out = _release_out(added.release)
+    return ok(
+        ReleaseAdded(outcome=added.outcome, release=out), 201 if added.outcome == "new" else 200
+    )
 
 
 async def dry_run(request: Request, who: Identity, query: DryRunQuery) -> Response:
