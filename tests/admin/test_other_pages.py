@@ -134,11 +134,7 @@ async def test_add_edit_disable_and_collect_a_source(
     assert "Drop folder" in health.text
 
 
-async def test_dashboard_draws_charts(site: AdminSite, editor_client: httpx.AsyncClient) -> None:
-    now = site.clock.now()
-    await store.add(site.db, site.settings, "a@example.org", confirmed=True, now=now)
-    await store.add(site.db, site.settings, "b@example.org", now=now)
-    site.clock.advance(timedelta(minutes=1))
+async def _budget(site: AdminSite) -> None:
     await add_release(
         site.db,
         site.settings,
@@ -148,6 +144,14 @@ async def test_dashboard_draws_charts(site: AdminSite, editor_client: httpx.Asyn
         added_by="test",
         now=site.clock.now(),
     )
+
+
+async def test_dashboard_draws_charts(site: AdminSite, editor_client: httpx.AsyncClient) -> None:
+    now = site.clock.now()
+    await store.add(site.db, site.settings, "a@example.org", confirmed=True, now=now)
+    await store.add(site.db, site.settings, "b@example.org", now=now)
+    site.clock.advance(timedelta(minutes=1))
+    await _budget(site)
     digest = await start_digest(site.db, site.settings, now=site.clock.now())
     page = await editor_client.get("/admin/")
     assert page.status_code == 200
@@ -164,15 +168,7 @@ async def test_dashboard_counts_signups_and_names_failing_sources(
 ) -> None:
     await store.signup(site.db, site.settings, "ona@example.org", now=site.clock.now())
     await store.signup(site.db, site.settings, "jonas@example.org", now=site.clock.now())
-    await add_release(
-        site.db,
-        site.settings,
-        title="Budget adopted",
-        body="The budget.",
-        published=site.clock.now(),
-        added_by="test",
-        now=site.clock.now(),
-    )
+    await _budget(site)
     async with site.db.transaction() as session:
         session.add(
             Source(
