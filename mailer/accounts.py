@@ -21,7 +21,7 @@ import asyncio
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -139,6 +139,8 @@ class LoginResult:
     locked_until: datetime | None = None
     # True when this very attempt locked the account (for the audit log).
     just_locked: bool = False
+    # The new session's id for the cookie, after a sign-in (:func:`sign_in`).
+    session_id: str | None = None
 
 
 async def _audit(
@@ -364,14 +366,46 @@ async def authenticate(
     result = await _authenticate(database, settings, username, password, now)
     if result.failure is LoginFailure.LOCKED:
         return result
+    async with database.transaction() as session:
+        await _audit_login(session, result, username, ip, now)
+    return result
+
+
+async def sign_in(
+    database: Database,
+    settings: Settings,
+    username: str,
+    password: str,
+    *,
+    ip: str | None = None,
+    user_agent: str | None = None,
+    now: datetime | None = None,
+) -> LoginResult:
+    """:func:`authenticate`, and for the right password a new session in the
+    transaction of the "login" audit entry (``session_id``, for the cookie)."""
+    now = now or utcnow()
+    result = await _authenticate(database, settings, username, password, now)
+    if result.failure is LoginFailure.LOCKED:
+        return result
+    async with database.transaction() as session:
+        await _audit_login(session, result, username, ip, now)
+        if result.user is None:
+            return result
+        session_id = await _add_session(
+            session, settings, result.user.id, ip=ip, user_agent=user_agent, now=now
+        )
+    return replace(result, session_id=session_id)
+
+
+async def _audit_login(
+    session: AsyncSession, result: LoginResult, username: str, ip: str | None, now: datetime
+) -> None:
     actor = f"user:{username[:100]}"
     details = {"ip": ip}
-    async with database.transaction() as session:
-        if result.just_locked:
-            await _audit(session, actor, "login.lockout", "user", username[:60], details, at=now)
-        action = "login" if result.user is not None else "login.failed"
-        await _audit(session, actor, action, "user", username[:60], details, at=now)
-    return result
+    if result.just_locked:
+        await _audit(session, actor, "login.lockout", "user", username[:60], details, at=now)
+    action = "login" if result.user is not None else "login.failed"
+    await _audit(session, actor, action, "user", username[:60], details, at=now)
 
 
 async def _authenticate(
@@ -429,37 +463,35 @@ def _session_hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
-async def start_session(
-    database: Database,
+async def _add_session(
+    session: AsyncSession,
     settings: Settings,
     user_id: int,
     *,
-    ip: str | None = None,
-    user_agent: str | None = None,
-    now: datetime | None = None,
+    ip: str | None,
+    user_agent: str | None,
+    now: datetime,
 ) -> str:
     """A new session for the user; returns the id for the cookie (stored hashed).
     Sessions of anyone that expired unused are swept here, so the table stays small."""
-    now = now or utcnow()
     config = settings.admin
     session_id = secrets.token_urlsafe(32)
-    async with database.transaction() as session:
-        await session.execute(
-            delete(AdminSession).where(
-                (AdminSession.created_at <= now - config.session_lifetime)
-                | (AdminSession.last_seen_at <= now - config.session_idle)
-            )
+    await session.execute(
+        delete(AdminSession).where(
+            (AdminSession.created_at <= now - config.session_lifetime)
+            | (AdminSession.last_seen_at <= now - config.session_idle)
         )
-        session.add(
-            AdminSession(
-                id_hash=_session_hash(session_id),
-                user_id=user_id,
-                created_at=now,
-                last_seen_at=now,
-                ip=(ip or "")[:64] or None,
-                user_agent=(user_agent or "")[:300] or None,
-            )
+    )
+    session.add(
+        AdminSession(
+            id_hash=_session_hash(session_id),
+            user_id=user_id,
+            created_at=now,
+            last_seen_at=now,
+            ip=(ip or "")[:64] or None,
+            user_agent=(user_agent or "")[:300] or None,
         )
+    )
     return session_id
 
 

@@ -19,16 +19,22 @@ MAX_AHEAD = timedelta(days=366)
 
 
 class DateOutOfRange(ValueError):
-    """A typed date outside the window; the message says which window."""
+    """A typed date outside the window; the message says which window. ``reason``
+    is the message without the field's name, for a shell that names it its own way."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 def _utc(value: datetime, field: str) -> datetime:
     if value.tzinfo is None:
-        raise DateOutOfRange(f"{field}: the time needs a timezone (for example +00:00)")
+        raise DateOutOfRange(field, "the time needs a timezone (for example +00:00)")
     try:
         return value.astimezone(UTC)
     except OverflowError:
-        raise DateOutOfRange(f"{field}: the date is too far in the future") from None
+        raise DateOutOfRange(field, "the date is too far in the future") from None
 
 
 def check_date(value: datetime, now: datetime, *, field: str = "date") -> datetime:
@@ -36,8 +42,9 @@ def check_date(value: datetime, now: datetime, *, field: str = "date") -> dateti
     at = _utc(value, field)
     if not EARLIEST <= at <= now + MAX_AHEAD:
         raise DateOutOfRange(
-            f"{field}: must lie between {EARLIEST:%Y-%m-%d} and a year from now "
-            f"({(now + MAX_AHEAD):%Y-%m-%d})"
+            field,
+            f"must lie between {EARLIEST:%Y-%m-%d} and a year from now "
+            f"({(now + MAX_AHEAD):%Y-%m-%d})",
         )
     return value
 
@@ -46,10 +53,10 @@ def check_send_time(value: datetime, now: datetime, *, field: str = "scheduled_f
     """A time to start a send: in the future, at most a year ahead."""
     at = _utc(value, field)
     if at <= now:
-        raise DateOutOfRange(f"{field}: must be in the future")
+        raise DateOutOfRange(field, "must be in the future")
     if at > now + MAX_AHEAD:
         raise DateOutOfRange(
-            f"{field}: at most a year ahead (until {(now + MAX_AHEAD):%Y-%m-%d %H:%M} UTC)"
+            field, f"at most a year ahead (until {(now + MAX_AHEAD):%Y-%m-%d %H:%M} UTC)"
         )
     return value
 

@@ -179,6 +179,24 @@ async def get_release(database: Database, release_id: int) -> Release:
 
 
 @dataclass(frozen=True)
+class AddedRelease:
+    """A release added by hand as the editor sees it afterwards."""
+
+    release: Release
+    # "new", or "merged" when it was already stored.
+    outcome: str
+
+
+async def add_and_get_release(
+    database: Database, settings: Settings, **fields: Any
+) -> AddedRelease:
+    """:func:`add_release` (same arguments, same errors), answering with the stored
+    release, topics and sources included, for a shell that shows it at once."""
+    release_id, outcome = await add_release(database, settings, **fields)
+    return AddedRelease(await get_release(database, release_id), outcome)
+
+
+@dataclass(frozen=True)
 class ReleaseDetail:
     release: Release
     links: list[ReleaseLink]

@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer import audit
 from mailer.config import Settings
+from mailer.datewindow import DateOutOfRange, check_send_time
 from mailer.db import Database
-from mailer.digest import SelectionReport, plan_digest
+from mailer.digest import SelectionReport, explain_digest, plan_digest
 from mailer.models import (
     Audience,
     Delivery,
@@ -35,6 +36,19 @@ class SendError(Exception):
 
 class NoSuchSend(SendError):
     pass
+
+
+class SendTimeRefused(SendError):
+    """A time to start a send that is past, has no timezone or lies more than a year
+    ahead. ``reason`` leaves the field unnamed: each shell names it as its user
+    typed it ("Send time" in the admin, "scheduled_for" in the API)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the send time: {reason}")
+        self.reason = reason
+
+    def labelled(self, field: str) -> str:
+        return f"{field}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,45 @@ async def start_digest(
     return digest
 
 
+@dataclass(frozen=True)
+class DigestTest:
+    """A test send, and why it sent nothing when it did not: the planner's own
+    reasons, with numbers (empty when the test went out)."""
+
+    digest: Digest
+    nothing_sent_because: list[str]
+
+    @property
+    def sent(self) -> bool:
+        return self.digest.recipient_count > 0
+
+
+async def send_test_digest(
+    database: Database,
+    settings: Settings,
+    address: str,
+    *,
+    requester: Requester,
+    now: datetime | None = None,
+) -> DigestTest:
+    """A test of the next digest to ``address`` (a "digest.test" audit entry). With
+    no release to test with, the result says why, as a send to everyone would."""
+    now = now or utcnow()
+    digest = await start_digest(
+        database,
+        settings,
+        kind=DigestKind.TEST,
+        created_by=requester.actor,
+        test_address=address,
+        now=now,
+        requester=requester,
+    )
+    if digest.recipient_count > 0:
+        return DigestTest(digest, [])
+    report = await explain_digest(database, settings, now=now)
+    return DigestTest(digest, report.reasons())
+
+
 async def count_recipients(
     database: Database,
     settings: Settings,
@@ -138,17 +191,22 @@ async def schedule_digest(
 ) -> Digest:
     """A manual send that :func:`start_due_digests` starts at ``scheduled_for``
     (None: only :func:`start_queued_digest` starts it). Until then it is "queued"
-    and can be cancelled or started at once."""
+    and can be cancelled or started at once. A time in the past, without a
+    timezone or more than a year ahead raises :class:`SendTimeRefused`."""
     chosen = audience(frequency)
-    if scheduled_for is not None and scheduled_for.tzinfo is None:
-        raise SendError("the scheduled time needs a timezone")
+    now = now or utcnow()
+    if scheduled_for is not None:
+        try:
+            check_send_time(scheduled_for, now)
+        except DateOutOfRange as exc:
+            raise SendTimeRefused(exc.reason) from None
     async with database.transaction() as session:
         digest = Digest(
             kind=DigestKind.MANUAL,
             frequency=chosen,
             status=DigestStatus.QUEUED,
             created_by=created_by,
-            created_at=now or utcnow(),
+            created_at=now,
             scheduled_for=scheduled_for,
         )
         session.add(digest)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +36,9 @@ from mailer.subscribers.values import (
     AddResult,
     ConfirmResult,
     ExpiredLink,
+    InvalidAddress,
+    InvalidField,
+    InvalidFields,
     InvalidLink,
     NotFound,
     Origin,
@@ -42,8 +46,11 @@ from mailer.subscribers.values import (
     StaleLink,
     SubscriberView,
     SuppressedAddress,
+    TooManyAttempts,
+    Unsubscribed,
     _clip,
     clean_name,
+    mailbox_key,
     normalize_address,
     parse_frequency,
 )
@@ -60,6 +67,7 @@ from mailer.tokens import (
     TokenPayload,
     read_token,
 )
+from mailer.topics import UnknownTopics, check_topics
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +137,15 @@ async def signup(
     frequency: str | Frequency | None = None,
     origin: Origin | None = None,
     now: datetime | None = None,
+    consent: bool = True,
+    address_limit: Callable[[str], int | None] | None = None,
 ) -> SignupResult:
     """Record a signup from the public form.
+
+    Every field is checked before anything is written, and :class:`InvalidFields`
+    carries each wrong field's message (``consent`` False is one: the form's box
+    was not ticked). ``address_limit``, given the mailbox key of a valid address,
+    answers None to go on or the seconds to wait (:class:`TooManyAttempts`).
 
     The caller learns nothing it could show that would tell a new address from a
     known one: the same result shape comes back either way, and a confirmed
@@ -139,12 +154,15 @@ async def signup(
     the "already subscribed" notice) goes out through
     :func:`mailer.subscribers.mail.send_due_mail` when ``confirmation_due`` is set.
     """
-    address = normalize_address(
-        address, allow_special_use=settings.signup.allow_special_use_domains
+    checked = await _reader_choices(
+        database, settings, address, name, topics, frequency, consent=consent
     )
-    cleaned_name = clean_name(name)
-    chosen_frequency = parse_frequency(frequency)
-    topic_labels = list(topics)
+    address = checked.address
+    cleaned_name, topic_labels, chosen_frequency = checked.name, checked.topics, checked.frequency
+    if address_limit is not None:
+        retry_after = address_limit(mailbox_key(address))
+        if retry_after is not None:
+            raise TooManyAttempts(retry_after)
     now = now or utcnow()
     for attempt in range(2):
         try:
@@ -164,6 +182,56 @@ async def signup(
             if attempt:
                 raise
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class _Choices:
+    address: str
+    name: str | None
+    topics: list[str]
+    frequency: Frequency
+
+
+async def _reader_choices(
+    database: Database,
+    settings: Settings,
+    address: str | None,
+    name: str | None,
+    topics: Iterable[str],
+    frequency: str | Frequency | None,
+    *,
+    consent: bool = True,
+) -> _Choices:
+    """A reader's form checked whole, so every wrong field is shown at once
+    (``address`` None: the form has none, as on the preferences page)."""
+    errors: dict[str, str] = {}
+    checked = _Choices(address or "", None, list(topics), Frequency.DAILY)
+    if address is not None:
+        try:
+            special_use = settings.signup.allow_special_use_domains
+            checked = replace(
+                checked, address=normalize_address(address, allow_special_use=special_use)
+            )
+        except InvalidAddress as exc:
+            errors["email"] = str(exc)
+    try:
+        checked = replace(checked, name=clean_name(name))
+    except InvalidField as exc:
+        errors["name"] = str(exc)
+    try:
+        await check_topics(database, checked.topics)
+    except UnknownTopics:
+        # The form offers a list; anything else did not come from it.
+        errors["topics"] = "Choose topics from the list."
+    try:
+        checked = replace(checked, frequency=parse_frequency(frequency))
+    except InvalidField as exc:
+        errors["frequency"] = str(exc)
+    if not consent:
+        errors["consent"] = "Please tick the box to agree to receive the emails."
+    if errors:
+        raise InvalidFields(errors)
+    return checked
 
 
 async def _signup_once(
@@ -231,7 +299,7 @@ async def _signup_once(
             # A confirmed address gets a notice rather than a link, so the page can
             # look the same for both while the mailbox owner still learns of it.
             subscriber.notice_due = ALREADY_SUBSCRIBED
-        return SignupResult(subscriber.id, due)
+        return SignupResult(subscriber.id, due, address)
 
 
 def _read_link(
@@ -356,9 +424,8 @@ async def update_preferences(
     origin: Origin | None = None,
     now: datetime | None = None,
 ) -> SubscriberView:
-    cleaned_name = clean_name(name)
-    chosen_frequency = parse_frequency(frequency)
-    topic_labels = list(topics)
+    checked = await _reader_choices(database, settings, None, name, topics, frequency)
+    cleaned_name, topic_labels, chosen_frequency = checked.name, checked.topics, checked.frequency
     now = now or utcnow()
     async with database.transaction() as session:
         topic_ids = await _resolve_topics(session, topic_labels)
@@ -428,6 +495,26 @@ async def unsubscribe(
         )
         await operator_audit(session, origin, "subscriber.unsubscribe", subscriber_id, {}, now)
         return True
+
+
+async def unsubscribe_and_get(
+    database: Database,
+    settings: Settings,
+    subscriber_id: int,
+    *,
+    origin: Origin | None = None,
+    method: str = "link",
+    now: datetime | None = None,
+) -> Unsubscribed:
+    """:func:`unsubscribe`, answering with the subscriber as it now stands (its
+    suppression included); NotFound when there is none."""
+    changed = await unsubscribe(
+        database, settings, subscriber_id, origin=origin, method=method, now=now
+    )
+    view = await get_subscriber(database, subscriber_id, settings)
+    if view is None:
+        raise NotFound("This subscriber no longer exists.")
+    return Unsubscribed(view, changed)
 
 
 async def _cancel_pending_deliveries(

@@ -67,6 +67,33 @@ class InvalidField(SubscriberError):
         super().__init__(message)
         self.field = field_name
 
+    @property
+    def errors(self) -> dict[str, str]:
+        """Each wrong field's message, for a form that shows them by its fields."""
+        return {self.field: str(self)}
+
+
+class InvalidFields(InvalidField):
+    """Every wrong field of a reader's form at once: ``errors`` maps each field to
+    its message, in the form's order; ``field`` and the message are the first's."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        first = next(iter(errors))
+        super().__init__(first, errors[first])
+        self._errors = dict(errors)
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return dict(self._errors)
+
+
+class TooManyAttempts(SubscriberError):
+    """Too many signups for one mailbox just now; ``retry_after`` in seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Too many attempts.")
+        self.retry_after = retry_after
+
 
 class SuppressedAddress(SubscriberError):
     pass
@@ -161,6 +188,8 @@ class SignupResult:
     # True when a mail should go out now: the confirmation link, or for an address
     # that is already confirmed the "already subscribed" notice (send_due_mail).
     confirmation_due: bool
+    # The address as stored (normalised), for the page that says where mail goes.
+    email: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,6 +197,13 @@ class ConfirmResult:
     subscriber: SubscriberView
     # True when the link had already been used and the subscription stands.
     already_confirmed: bool
+
+
+@dataclass(frozen=True)
+class Unsubscribed:
+    subscriber: SubscriberView
+    # False when the subscriber had already unsubscribed.
+    changed: bool
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from mailer import subscribers as store
 from mailer.accounts import Identity, Role
 from mailer.collect.extract import published_text
 from mailer.collect.ingest import API_SOURCE
-from mailer.datewindow import DateOutOfRange, check_date, check_send_time
+from mailer.datewindow import DateOutOfRange, check_date
 from mailer.digest import PreviewError, explain_digest
 from mailer.message import MessageError
 from mailer.models import Audience, DigestKind, Frequency, Release, SubscriberStatus
@@ -47,6 +47,7 @@ from mailer.send import (
     NoSuchSend,
     Requester,
     SendError,
+    SendTimeRefused,
     schedule_digest,
     send_progress,
     set_digest_state,
@@ -444,7 +445,7 @@ async def create_subscriber(request: Request, who: Identity, body: SubscriberCre
 async def unsubscribe_subscriber(request: Request, who: Identity, id: int) -> Response:
     state = web_state(request)
     try:
-        changed = await store.unsubscribe(
+        done = await store.unsubscribe_and_get(
             state.db,
             state.settings,
             id,
@@ -454,10 +455,7 @@ async def unsubscribe_subscriber(request: Request, who: Identity, id: int) -> Re
         )
     except store.NotFound:
         return error(404, "There is no such subscriber.")
-    view = await store.get_subscriber(state.db, id, state.settings)
-    if view is None:
-        return error(404, "There is no such subscriber.")
-    return ok(SubscriberChanged(subscriber=_subscriber_out(view), changed=changed))
+    return ok(SubscriberChanged(subscriber=_subscriber_out(done.subscriber), changed=done.changed))
 
 
 async def export_subscribers(
@@ -514,7 +512,7 @@ def _release_out(release: Release) -> ReleaseOut:
 async def create_release(request: Request, who: Identity, body: ReleaseCreate) -> Response:
     state = web_state(request)
     try:
-        release_id, outcome = await releases.add_release(
+        added = await releases.add_and_get_release(
             state.db,
             state.settings,
             title=body.title,
@@ -531,8 +529,10 @@ async def create_release(request: Request, who: Identity, body: ReleaseCreate) -
         )
     except ReleaseInputError as exc:
         return error(422, str(exc))
-    out = _release_out(await releases.get_release(state.db, release_id))
-    return ok(ReleaseAdded(outcome=outcome, release=out), 201 if outcome == "new" else 200)
+    out = _release_out(added.release)
+    return ok(
+        ReleaseAdded(outcome=added.outcome, release=out), 201 if added.outcome == "new" else 200
+    )
 
 
 async def dry_run(request: Request, who: Identity, query: DryRunQuery) -> Response:
@@ -556,19 +556,17 @@ async def _progress_of(request: Request, digest_id: int) -> Response:
 
 async def create_digest(request: Request, who: Identity, body: DigestCreate) -> Response:
     state = web_state(request)
-    if body.scheduled_for is not None:
-        try:
-            check_send_time(body.scheduled_for, state.now())
-        except DateOutOfRange as exc:
-            return error(422, str(exc))
-    digest = await schedule_digest(
-        state.db,
-        scheduled_for=body.scheduled_for,
-        frequency=body.frequency,
-        created_by=who.actor,
-        now=state.now(),
-        requester=Requester(who.actor, via="api"),
-    )
+    try:
+        digest = await schedule_digest(
+            state.db,
+            scheduled_for=body.scheduled_for,
+            frequency=body.frequency,
+            created_by=who.actor,
+            now=state.now(),
+            requester=Requester(who.actor, via="api"),
+        )
+    except SendTimeRefused as exc:
+        return error(422, exc.labelled("scheduled_for"))
     response = await _progress_of(request, digest.id)
     response.status_code = 201
     return response

@@ -28,7 +28,6 @@ from starlette.responses import Response
 from mailer import subscribers as store
 from mailer.models import Frequency, SubscriberStatus
 from mailer.tokens import Purpose
-from mailer.topics import UnknownTopics, check_topics
 from mailer.web import csrf
 from mailer.web.ratelimit import client_key
 from mailer.web.state import WebState, render, web_state
@@ -196,50 +195,24 @@ async def subscribe_submit(request: Request) -> Response:
     if retry_after is not None:
         return _too_many(request, values, retry_after)
 
-    errors: dict[str, str] = {}
-    address = ""
-    try:
-        address = store.normalize_address(
-            values.email, allow_special_use=state.settings.signup.allow_special_use_domains
-        )
-    except store.InvalidAddress as exc:
-        errors["email"] = str(exc)
-    try:
-        store.clean_name(values.name)
-    except store.InvalidField as exc:
-        errors["name"] = str(exc)
-    try:
-        await check_topics(state.db, values.topics)
-    except UnknownTopics:
-        errors["topics"] = "Choose topics from the list."
-    try:
-        store.parse_frequency(values.frequency)
-    except store.InvalidField as exc:
-        errors["frequency"] = str(exc)
-    if not values.consent:
-        errors["consent"] = "Please tick the box to agree to receive the emails."
-    if errors:
-        return _subscribe_page(request, values, errors, status_code=422)
-
-    retry_after = state.address_limiter.hit(store.mailbox_key(address))
-    if retry_after is not None:
-        return _too_many(request, values, retry_after)
     try:
         result = await store.signup(
             state.db,
             state.settings,
-            address,
+            values.email,
             name=values.name,
             topics=values.topics,
             frequency=values.frequency,
             origin=origin_of(request, state),
             now=state.now(),
+            consent=values.consent,
+            address_limit=state.address_limiter.hit,
         )
     except store.InvalidField as exc:
-        return _subscribe_page(request, values, {exc.field: str(exc)}, status_code=422)
-    except store.InvalidAddress as exc:
-        return _subscribe_page(request, values, {"email": str(exc)}, status_code=422)
-    response = render(request, "subscribe_sent.html", {"email": address})
+        return _subscribe_page(request, values, exc.errors, status_code=422)
+    except store.TooManyAttempts as exc:
+        return _too_many(request, values, exc.retry_after)
+    response = render(request, "subscribe_sent.html", {"email": result.email})
     if result.confirmation_due:
         response.background = BackgroundTask(_send_confirmation, state, result.subscriber_id)
     return response
@@ -374,31 +347,23 @@ async def preferences_submit(request: Request) -> Response:
         raise HTTPException(429, "Too many attempts.", headers={"retry-after": str(retry_after)})
     values = FormValues.from_form(form)
     values.email = subscriber.email
-    errors: dict[str, str] = {}
     try:
-        await check_topics(state.db, values.topics)
-    except UnknownTopics:
-        errors["topics"] = "Choose topics from the list."
-    if not errors:
-        try:
-            subscriber = await store.update_preferences(
-                state.db,
-                state.settings,
-                subscriber.id,
-                name=values.name,
-                topics=values.topics,
-                frequency=values.frequency,
-                origin=origin_of(request, state),
-                now=state.now(),
-            )
-        except store.InvalidField as exc:
-            errors[exc.field] = str(exc)
-        except store.NotFound as exc:
-            raise HTTPException(404, str(exc)) from None
-    if errors:
-        return _preferences_page(
-            request, token, subscriber, values=values, errors=errors, status_code=422
+        subscriber = await store.update_preferences(
+            state.db,
+            state.settings,
+            subscriber.id,
+            name=values.name,
+            topics=values.topics,
+            frequency=values.frequency,
+            origin=origin_of(request, state),
+            now=state.now(),
         )
+    except store.InvalidField as exc:
+        return _preferences_page(
+            request, token, subscriber, values=values, errors=exc.errors, status_code=422
+        )
+    except store.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
     return _preferences_page(request, token, subscriber, saved=True)
 
 

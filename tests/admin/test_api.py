@@ -104,8 +104,12 @@ async def test_subscriber_lifecycle(site: AdminSite, api: httpx.AsyncClient) -> 
     assert gone.status_code == 200
     assert gone.json()["changed"] is True
     assert gone.json()["subscriber"]["status"] == "unsubscribed"
+    # The answer is the subscriber as it now stands, suppression included.
+    assert gone.json()["subscriber"]["suppression"] == "unsubscribed"
+    assert gone.json()["subscriber"]["unsubscribed_at"]
     twice = await api.post(f"/api/subscribers/{subscriber_id}/unsubscribe")
     assert twice.json()["changed"] is False
+    assert twice.json()["subscriber"] == gone.json()["subscriber"]
 
     # The address is suppressed now: adding it again needs resubscribe.
     refused = await api.post("/api/subscribers", json={"email": "RUTA.simonyte@example.org"})

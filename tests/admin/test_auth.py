@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from mailer import accounts, audit
 from mailer.context import AppContext
-from mailer.models import AdminUser
+from mailer.models import AdminSession, AdminUser
 from mailer.web.admin.auth import SESSION_COOKIE
 from mailer.web.app import create_app
 from tests.admin.conftest import (
@@ -74,6 +74,26 @@ async def test_wrong_password_is_refused_and_audited(
     assert "wrong" in response.text
     assert (await anonymous.get("/admin/")).status_code == 303
     entries, _ = await audit.query(site.db, action="login.failed")
+    assert [e.target_id for e in entries] == ["alice"]
+
+
+async def test_a_sign_in_starts_one_session_and_a_refusal_none(
+    site: AdminSite, anonymous: httpx.AsyncClient
+) -> None:
+    anonymous.headers["user-agent"] = "Newsroom browser"
+    refused = await login(anonymous, "alice", "not the password")
+    assert not [
+        v for k, v in refused.headers.multi_items() if k == "set-cookie" and SESSION_COOKIE in v
+    ]
+    async with site.db.session() as session:
+        assert (await session.scalars(select(AdminSession))).all() == []
+    signed_in = await login(anonymous, "alice", ADMIN_PASSWORD)
+    assert signed_in.status_code == 303
+    assert (await anonymous.get("/admin/")).status_code == 200
+    async with site.db.session() as session:
+        [started] = (await session.scalars(select(AdminSession))).all()
+    assert started.user_agent == "Newsroom browser"
+    entries, _ = await audit.query(site.db, action="login")
     assert [e.target_id for e in entries] == ["alice"]
 
 

@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from mailer import audit
 from mailer import subscribers as store
-from mailer.models import Delivery, Digest
-from mailer.releases import add_release
+from mailer.models import Delivery, Digest, Release
+from mailer.releases import add_release, set_excluded
 from mailer.send import start_due_digests
 from tests.admin.conftest import AdminSite, csrf_token, post_form
 
@@ -130,6 +130,30 @@ async def test_nobody_to_send_to_is_said_plainly(editor_client: httpx.AsyncClien
     assert sentence.count("(") == 1
     bad = await editor_client.get("/admin/digests/send", params={"frequency": "hourly"})
     assert bad.status_code == 422
+
+
+async def test_a_test_send_with_nothing_to_send_says_why_with_numbers(
+    site: AdminSite, editor_client: httpx.AsyncClient
+) -> None:
+    empty = await post_form(
+        editor_client, "/admin/digests", "/admin/digests/test", {"address": "desk@example.org"}
+    )
+    assert empty.headers["location"] == "/admin/digests"
+    page = (await editor_client.get("/admin/digests")).text
+    assert "Nothing to test with. No releases are stored yet: collect or add some first." in page
+    await _content(site)
+    async with site.db.session() as session:
+        release_id = (await session.scalars(select(Release.id))).one()
+    await set_excluded(site.db, site.settings, release_id, True, actor="test")
+    excluded = await post_form(
+        editor_client, "/admin/digests", "/admin/digests/test", {"address": "desk@example.org"}
+    )
+    page = (await editor_client.get(excluded.headers["location"])).text
+    assert "1 release is excluded from digests by an editor." in page
+    async with site.db.session() as session:
+        assert (await session.scalars(select(Delivery))).all() == []
+    # Each attempt is in the audit log, even the ones that sent nothing.
+    assert (await audit.log_page(site.db, action="digest.test")).total == 2
 
 
 async def test_test_send_goes_to_one_address(

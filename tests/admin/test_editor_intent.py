@@ -180,6 +180,19 @@ async def test_api_adds_releases_by_the_same_rules_and_explains_sends(
     assert body["release"]["published_at"] == "2023-10-23"
     assert body["release"]["published_date_only"] is True
     assert body["release"]["sources"] == ["Added through the API"]
+    again = await api.post(
+        "/api/releases",
+        json={
+            "title": "Prime Minister Šimonytė meets Baltic counterparts",
+            "text": "Prime Minister Ingrida Šimonytė met her Latvian and Estonian counterparts.",
+            "topics": ["economy"],
+        },
+    )
+    # The same release again: the stored one, as it stands after the second add.
+    assert again.status_code == 200, again.text
+    assert again.json()["outcome"] != "new"
+    assert again.json()["release"]["id"] == body["release"]["id"]
+    assert again.json()["release"]["topics"] == ["economy"]
     assert [d.frequency for d in await _digests(site)] == ["immediately"]
 
     held = await api.post(

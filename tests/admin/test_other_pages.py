@@ -14,7 +14,7 @@ from mailer import accounts, audit
 from mailer import subscribers as store
 from mailer.config import Settings, format_duration, parse_duration
 from mailer.context import AppContext
-from mailer.models import Release, Source
+from mailer.models import Release, Source, SourceKind, SourceStatus
 from mailer.releases import add_release
 from mailer.send import start_digest
 from mailer.web.app import create_app
@@ -134,11 +134,7 @@ async def test_add_edit_disable_and_collect_a_source(
     assert "Drop folder" in health.text
 
 
-async def test_dashboard_draws_charts(site: AdminSite, editor_client: httpx.AsyncClient) -> None:
-    now = site.clock.now()
-    await store.add(site.db, site.settings, "a@example.org", confirmed=True, now=now)
-    await store.add(site.db, site.settings, "b@example.org", now=now)
-    site.clock.advance(timedelta(minutes=1))
+async def _budget(site: AdminSite) -> None:
     await add_release(
         site.db,
         site.settings,
@@ -148,6 +144,14 @@ async def test_dashboard_draws_charts(site: AdminSite, editor_client: httpx.Asyn
         added_by="test",
         now=site.clock.now(),
     )
+
+
+async def test_dashboard_draws_charts(site: AdminSite, editor_client: httpx.AsyncClient) -> None:
+    now = site.clock.now()
+    await store.add(site.db, site.settings, "a@example.org", confirmed=True, now=now)
+    await store.add(site.db, site.settings, "b@example.org", now=now)
+    site.clock.advance(timedelta(minutes=1))
+    await _budget(site)
     digest = await start_digest(site.db, site.settings, now=site.clock.now())
     page = await editor_client.get("/admin/")
     assert page.status_code == 200
@@ -157,6 +161,28 @@ async def test_dashboard_draws_charts(site: AdminSite, editor_client: httpx.Asyn
     assert f'href="/admin/digests/{digest.id}"' in page.text
     assert "<title>Send" in page.text and ": open: 1</title>" in page.text
     assert "<script>" not in page.text and "style=" not in page.text  # the CSP allows neither
+
+
+async def test_dashboard_counts_signups_and_names_failing_sources(
+    site: AdminSite, editor_client: httpx.AsyncClient
+) -> None:
+    await store.signup(site.db, site.settings, "ona@example.org", now=site.clock.now())
+    await store.signup(site.db, site.settings, "jonas@example.org", now=site.clock.now())
+    await _budget(site)
+    async with site.db.transaction() as session:
+        session.add(
+            Source(
+                name="Ministry feed",
+                kind=SourceKind.FEED,
+                url="https://ministry.example.org/feed",
+                origin="admin",
+                status=SourceStatus.FAILING,
+            )
+        )
+    page = (await editor_client.get("/admin/")).text
+    assert "2 signups in the last 30 days." in page
+    assert '<td class="num" data-status="pending">2</td>' in page
+    assert "1 source failing: Ministry feed." in page
 
 
 async def test_users_and_tokens_pages(site: AdminSite, admin_client: httpx.AsyncClient) -> None:

@@ -18,13 +18,13 @@ import yaml
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from mailer import accounts
+from mailer import accounts, audit
 from mailer import subscribers as store
 from mailer.cli import main
 from mailer.models import Delivery, DeliveryStatus
 from mailer.releases import add_release
-from mailer.send import start_digest
-from tests.admin.conftest import BASE, AdminSite
+from mailer.send import recent_sends, start_digest
+from tests.admin.conftest import BASE, AdminSite, post_form
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -235,3 +235,25 @@ async def test_a_preview_is_the_same_everywhere(
     plain, text = (re.sub(r"/digests/[\w-]+", "/digests/ID", t) for t in (plain, answer["text"]))
     assert plain.split("</pre>", 1)[0] == text
     assert "Budget for 2026 adopted" in answer["text"]
+
+
+async def test_a_refused_send_time_is_the_same_refusal_in_the_admin_and_the_api(
+    site: AdminSite, editor_client: httpx.AsyncClient, api: httpx.AsyncClient
+) -> None:
+    past = site.clock.now() - timedelta(hours=1)
+    too_far = site.clock.now() + timedelta(days=400)
+    for at, reason in ((past, "must be in the future"), (too_far, "at most a year ahead")):
+        admin = await post_form(
+            editor_client,
+            "/admin/digests",
+            "/admin/digests/schedule",
+            {"frequency": "all", "at": at.strftime("%Y-%m-%dT%H:%M")},
+        )
+        shown = html.unescape((await editor_client.get(admin.headers["location"])).text)
+        answer = await api.post("/api/digests", json={"scheduled_for": at.isoformat()})
+        assert f"Send time: {reason}" in shown
+        assert answer.status_code == 422
+        assert answer.json()["error"].startswith(f"scheduled_for: {reason}")
+    # Nothing was scheduled and nothing audited by either shell.
+    assert await recent_sends(site.db) == []
+    assert (await audit.log_page(site.db, action="digest.schedule")).total == 0

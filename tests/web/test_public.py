@@ -237,6 +237,52 @@ async def test_consent_box_is_required(site: Site) -> None:
     assert await status_of(site, "ona@example.org") is None
 
 
+async def test_every_wrong_field_is_shown_at_once(site: Site) -> None:
+    response = await site.client.post(
+        "/",
+        data={
+            "csrf_token": await site.token(),
+            "email": "ona(at)example.org",
+            "name": "Ona\r\nBcc: victim@example.org",
+            "topics": ["astrology"],
+            "frequency": "hourly",
+        },
+    )
+    assert response.status_code == 422
+    summary = response.text.split('class="error-summary"', 1)[1].split("</ul>", 1)[0]
+    for field, message in [
+        ("email", "This is not a valid email address"),
+        ("name", "line breaks or control characters"),
+        ("topics", "Choose topics from the list."),
+        ("frequency", "Choose how often"),
+        ("consent", "tick the box"),
+    ]:
+        assert f'href="#{field}"' in summary and message in summary, field
+    assert site.mails() == []
+    assert await status_of(site, "ona@example.org") is None
+
+
+async def test_preferences_show_every_wrong_field_at_once_and_keep_the_old_choices(
+    site: Site,
+) -> None:
+    preferences = await confirmed_member(site)
+    refused = await site.client.post(
+        preferences,
+        data={
+            "csrf_token": await site.token(),
+            "name": "a\nb",
+            "topics": ["astrology"],
+            "frequency": "hourly",
+        },
+    )
+    assert refused.status_code == 422
+    summary = refused.text.split('class="error-summary"', 1)[1].split("</ul>", 1)[0]
+    assert 'href="#name"' in summary and 'href="#topics"' in summary
+    assert 'href="#frequency"' in summary
+    member = await store.find_subscriber(site.database, "ona@example.org")
+    assert member is not None and (member.name, member.topics) == ("Ona", ("health",))
+
+
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [

@@ -149,8 +149,14 @@ async def login_submit(request: Request) -> Response:
             headers={"retry-after": str(retry_after)},
         )
     now = state.now()
-    result = await accounts.authenticate(
-        state.db, state.settings, username, password, ip=address, now=now
+    result = await accounts.sign_in(
+        state.db,
+        state.settings,
+        username,
+        password,
+        ip=address,
+        user_agent=request.headers.get("user-agent"),
+        now=now,
     )
     if result.user is None:
         if result.failure is LoginFailure.LOCKED:
@@ -172,20 +178,11 @@ async def login_submit(request: Request) -> Response:
                 f"{minutes} minutes."
             )
         return _login_page(request, error=message, username=username, status_code=401)
-    user = result.user
     target = _safe_next(text(data, "next", limit=2000))
     response = RedirectResponse(target, status_code=303)
-    session_id = await accounts.start_session(
-        state.db,
-        state.settings,
-        user.id,
-        ip=address,
-        user_agent=request.headers.get("user-agent"),
-        now=now,
-    )
     response.set_cookie(
         SESSION_COOKIE,
-        str(_serializer(state).dumps(session_id)),
+        str(_serializer(state).dumps(result.session_id)),
         max_age=int(state.settings.admin.session_lifetime.total_seconds()),
         httponly=True,
         samesite="lax",

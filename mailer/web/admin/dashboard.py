@@ -13,12 +13,9 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from mailer import subscribers as store
 from mailer.accounts import Role
-from mailer.models import SourceStatus
-from mailer.send import DigestProgress, recent_sends
-from mailer.sources import list_sources
-from mailer.subscribers.signups import signups_per_day
+from mailer.overview import overview
+from mailer.send import DigestProgress
 from mailer.web.admin.auth import requires
 from mailer.web.admin.common import page
 from mailer.web.state import web_state
@@ -142,36 +139,29 @@ def digest_chart(digests: list[DigestProgress]) -> Chart:
 @requires(Role.EDITOR)
 async def dashboard(request: Request) -> Response:
     state = web_state(request)
-    by_status = await store.counts_by_status(state.db)
-    signups = await signups_per_day(state.db, SIGNUP_DAYS, now=state.now())
-    digests = await recent_sends(state.db, limit=12)
-    # Every source, hand-added releases' labels included: one count everywhere.
-    health = await list_sources(state.db)
-    sources = [h.source for h in health]
-    release_counts = {h.source.id: h.releases for h in health}
+    seen = await overview(state.db, signup_days=SIGNUP_DAYS, send_count=12, now=state.now())
     status_chart = bar_chart(
-        [(name, count.value, f"bar bar-{name}") for name, count in by_status.items()],
+        [(name, count.value, f"bar bar-{name}") for name, count in seen.by_status.items()],
         "Subscribers by status",
     )
     signup_chart = bar_chart(
-        [(d.strftime("%d %b"), n, "bar") for d, n in signups],
+        [(d.strftime("%d %b"), n, "bar") for d, n in seen.signups],
         f"Signups per day, last {SIGNUP_DAYS} days",
         tick_every=7,
     )
-    failing = [s for s in sources if s.status is SourceStatus.FAILING]
     return page(
         request,
         "dashboard.html",
         {
-            "by_status": by_status,
+            "by_status": seen.by_status,
             "status_chart": status_chart,
             "signup_chart": signup_chart,
-            "signups_total": sum(n for _, n in signups),
-            "digests": digests,
-            "digest_chart": digest_chart(digests),
-            "sources": sources,
-            "release_counts": release_counts,
-            "failing": failing,
+            "signups_total": seen.signups_total,
+            "digests": seen.sends,
+            "digest_chart": digest_chart(seen.sends),
+            "sources": [h.source for h in seen.sources],
+            "release_counts": {h.source.id: h.releases for h in seen.sources},
+            "failing": seen.failing_sources,
         },
     )
 

@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from mailer.accounts import Role
-from mailer.datewindow import DateOutOfRange, check_send_time
 from mailer.digest import (
     DigestPreview,
     PreviewError,
@@ -29,12 +28,14 @@ from mailer.send import (
     DigestProgress,
     Requester,
     SendError,
+    SendTimeRefused,
     audience,
     failure_reasons,
     recent_sends,
     schedule_digest,
     send_progress,
     send_rate,
+    send_test_digest,
     set_digest_state,
     start_digest,
     start_queued_digest,
@@ -166,26 +167,19 @@ async def send_test(request: Request) -> Response:
     except InvalidAddress as exc:
         return redirect(request, "/admin/digests", f"Test send: {exc}", kind="error")
     who = identity(request)
-    digest = await start_digest(
-        state.db,
-        state.settings,
-        kind=DigestKind.TEST,
-        created_by=who.actor,
-        test_address=address,
-        now=state.now(),
-        requester=Requester(who.actor),
+    test = await send_test_digest(
+        state.db, state.settings, address, requester=Requester(who.actor), now=state.now()
     )
-    if digest.recipient_count == 0:
-        report = await explain_digest(state.db, state.settings, now=state.now())
+    if not test.sent:
         return redirect(
             request,
             "/admin/digests",
-            "Nothing to test with. " + " ".join(report.reasons()),
+            "Nothing to test with. " + " ".join(test.nothing_sent_because),
             kind="warn",
         )
     return redirect(
         request,
-        f"/admin/digests/{digest.id}",
+        f"/admin/digests/{test.digest.id}",
         f"Test digest queued for {address}: its subject starts with “[Test]” and a banner "
         "in both parts says it is a test.",
     )
@@ -257,19 +251,18 @@ async def schedule(request: Request) -> Response:
     data = await form(request)
     frequency = _audience(text(data, "frequency"))
     at = parse_local_time(text(data, "at", limit=40), state.settings.digest.timezone)
-    try:
-        check_send_time(at, state.now(), field="Send time")
-    except DateOutOfRange as exc:
-        return redirect(request, "/admin/digests", str(exc), kind="error")
     who = identity(request)
-    digest = await schedule_digest(
-        state.db,
-        scheduled_for=at,
-        frequency=frequency,
-        created_by=who.actor,
-        now=state.now(),
-        requester=Requester(who.actor),
-    )
+    try:
+        digest = await schedule_digest(
+            state.db,
+            scheduled_for=at,
+            frequency=frequency,
+            created_by=who.actor,
+            now=state.now(),
+            requester=Requester(who.actor),
+        )
+    except SendTimeRefused as exc:
+        return redirect(request, "/admin/digests", exc.labelled("Send time"), kind="error")
     return redirect(request, f"/admin/digests/{digest.id}", "Send scheduled.")
 
 
