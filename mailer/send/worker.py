@@ -24,6 +24,7 @@ from mailer.journal import Journal, orphan_journals
 from mailer.message import MessageComposer
 from mailer.models import (
     Bounce,
+    ContentGroup,
     Delivery,
     DeliveryStatus,
     Digest,
@@ -447,14 +448,11 @@ class Worker:
             composer = self._composers.get(claimed.digest_id)
             async with self.database.session() as session:
                 if composer is None:
-                    # Every distinct content of the send: one row per content_key.
-                    first_of_each = (
-                        select(func.min(Delivery.id))
-                        .where(Delivery.digest_id == claimed.digest_id)
-                        .group_by(Delivery.content_key)
-                    )
+                    # Every distinct content of the send: its content groups.
                     rows = await session.scalars(
-                        select(Delivery.release_ids).where(Delivery.id.in_(first_of_each))
+                        select(ContentGroup.release_ids).where(
+                            ContentGroup.digest_id == claimed.digest_id
+                        )
                     )
                     ids = {int(i) for row in rows.all() for i in row} | set(claimed.release_ids)
                     composer = await MessageComposer.load(

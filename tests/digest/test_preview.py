@@ -21,7 +21,7 @@ from mailer.config import Settings
 from mailer.context import AppContext
 from mailer.digest import plan_digest
 from mailer.message import MessageComposer
-from mailer.models import Delivery, Digest, Subscriber, SubscriberRelease, utcnow
+from mailer.models import ContentGroup, Delivery, Digest, Subscriber, Watermark, utcnow
 from tests.digest.conftest import TOPICS, add_release, add_subscriber, new_digest
 
 
@@ -80,10 +80,8 @@ def counts(settings: Settings) -> tuple[int, int, int, int]:
                 return (
                     await session.scalar(select(func.count()).select_from(Digest)),
                     await session.scalar(select(func.count()).select_from(Delivery)),
-                    await session.scalar(select(func.count()).select_from(SubscriberRelease)),
-                    await session.scalar(
-                        select(func.count()).where(Subscriber.last_digest_at.is_not(None))
-                    ),
+                    await session.scalar(select(func.count()).select_from(ContentGroup)),
+                    await session.scalar(select(func.count()).select_from(Watermark)),
                 )
 
     return asyncio.run(work())
