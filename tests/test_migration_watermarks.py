@@ -36,7 +36,7 @@ async def _fill_before_0008(database: Database) -> dict[str, int]:
     """Three readers and four releases as the old planner left them: Ona (health)
     got 1 and 4 but not 3 (left out by max_items), Jonas (everything) got all four,
     Rūta confirmed after they arrived and got nothing."""
-    await upgrade(database, "0010")
+    await upgrade(database, "0009")
     ids: dict[str, int] = {}
     async with database.write_engine.begin() as connection:
         await connection.execute(
@@ -97,7 +97,7 @@ async def _fill_before_0008(database: Database) -> dict[str, int]:
 
 
 async def _check(database: Database, tmp_path: Path, url: str, ids: dict[str, int]) -> None:
-    assert await upgrade(database) == ("0010", head_revision())
+    assert await upgrade(database) == ("0009", head_revision())
     async with database.session() as session:
         deliveries = {
             d.subscriber_id: d

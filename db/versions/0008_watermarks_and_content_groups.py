@@ -1,7 +1,7 @@
 """never twice in O(readers): watermarks and content groups instead of subscriber_releases
 
 Revision ID: 0008
-Revises: 0010
+Revises: 0009
 Create Date: 2026-12-02 00:30:00
 
 See mailer/digest.py for the design. Existing data is carried over without losing
@@ -33,7 +33,7 @@ from alembic import op
 import mailer.models
 
 revision: str = "0008"
-down_revision: str | None = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

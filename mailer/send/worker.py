@@ -371,8 +371,8 @@ class Worker:
                         Delivery.subscriber_id,
                         Delivery.email,
                         Subscriber.name,
-                        Delivery.release_ids,
-                        Delivery.content_key,
+                        ContentGroup.release_ids,
+                        ContentGroup.content_key,
                         Delivery.attempts,
                         Delivery.created_at,
                         Subscriber.link_key,
@@ -380,6 +380,7 @@ class Worker:
                         Digest.kind,
                     )
                     .join(Digest, Digest.id == Delivery.digest_id)
+                    .join(ContentGroup, ContentGroup.id == Delivery.content_group_id)
                     .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
                     .where(Delivery.id.in_(ids))
                 )
