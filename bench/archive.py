@@ -32,6 +32,7 @@ from mailer.context import AppContext
 from mailer.message import content_key
 from mailer.migrate import upgrade
 from mailer.models import (
+    ContentGroup,
     Delivery,
     DeliveryStatus,
     Digest,
@@ -130,15 +131,25 @@ async def seed(database, count: int, now: datetime) -> tuple[int, str]:
         newest = list(range(count - 25, count + 1))
         # Three selections (readers of different topics), as a real digest has a few.
         selections = [newest[-10:], newest[-20:-10], newest[::3]]
+        groups = []
+        for chosen in selections:
+            group = ContentGroup(
+                digest_id=digest.id,
+                release_ids=chosen,
+                content_key=content_key(chosen),
+                held_ids=[],
+                recipients=20_000 // 3,
+            )
+            session.add(group)
+            groups.append(group)
+        await session.flush()
         rows = []
         for subscriber in range(20_000):
-            chosen = selections[subscriber % 3]
             rows.append(
                 {
                     "digest_id": digest.id,
                     "email": f"reader{subscriber}@example.org",
-                    "release_ids": chosen,
-                    "content_key": content_key(chosen),
+                    "content_group_id": groups[subscriber % 3].id,
                     "status": DeliveryStatus.SENT,
                     "attempts": 1,
                     "created_at": now,

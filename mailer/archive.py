@@ -41,6 +41,7 @@ from mailer.message import SourceLink, content_key, credit_line, shown_publicati
 from mailer.models import (
     SEARCH_COLUMN,
     SEARCH_TABLE,
+    ContentGroup,
     Delivery,
     DeliveryStatus,
     Digest,
@@ -48,8 +49,8 @@ from mailer.models import (
     Release,
     ReleaseLink,
     ReleaseTopic,
-    SubscriberRelease,
     Topic,
+    Watermark,
 )
 
 MAX_SEARCH_WORDS = 12
@@ -67,6 +68,7 @@ _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 # Sending states in which a planned delivery can still be changed.
 _UNSENT = (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED)
+_OPEN_SENDS = (DigestStatus.QUEUED, DigestStatus.SENDING, DigestStatus.PAUSED)
 
 
 class ArchiveInputError(ValueError):
@@ -622,15 +624,19 @@ async def _carried_releases(
     if cached is not None:
         _FINISHED_DIGESTS.move_to_end(public_id)
         return cached
-    first_of_each = (
-        select(func.min(Delivery.id))
-        .where(Delivery.digest_id == digest_id, Delivery.status == DeliveryStatus.SENT)
-        .group_by(Delivery.content_key)
-    )
+    groups = select(ContentGroup.release_ids).where(ContentGroup.digest_id == digest_id)
+    pruned = await session.scalar(select(Digest.delivery_counts).where(Digest.id == digest_id))
+    if pruned is None:
+        sent = select(Delivery.content_group_id).where(
+            Delivery.digest_id == digest_id, Delivery.status == DeliveryStatus.SENT
+        )
+        groups = groups.where(ContentGroup.id.in_(sent))
+    else:
+        # retention.deliveries pruned the rows: every message of the send with
+        # content carried its group's releases ("sent" is in the kept counts).
+        groups = groups.where(ContentGroup.recipients > 0)
     carried: set[int] = set()
-    for (release_ids,) in await session.execute(
-        select(Delivery.release_ids).where(Delivery.id.in_(first_of_each))
-    ):
+    for (release_ids,) in await session.execute(groups):
         carried.update(int(i) for i in release_ids)
     result = frozenset(carried)
     if status in (DigestStatus.DONE, DigestStatus.CANCELLED):
@@ -765,59 +771,65 @@ async def set_embargo(
 async def pull_from_unsent_digests(session: AsyncSession, release_id: int) -> PulledFromDigests:
     """Remove a release from every planned delivery not yet handed to the sender.
 
-    Deliveries are found through subscriber_releases (the plan's own record). A
-    delivery left with no release is cancelled; the others get a new content key,
-    so the sender renders their new content instead of reusing a cached body. The
-    pairs are deleted, so if the release is restored it can be planned again.
+    Deliveries carry their releases through their content group: each group of an
+    unfinished send that holds the release gets a copy without it, and its unsent
+    deliveries move to the copy (so the sender renders the new content instead of
+    reusing a cached body). A delivery left with no release is cancelled. The copy
+    holds the release as still owed to those readers (mailer.digest), so a send
+    after the embargo ends, or after the release is restored, brings it to them.
     A message the sender has already claimed (status sending) is on its way.
     """
-    delivery_ids = [
-        row
-        for row in await session.scalars(
-            select(SubscriberRelease.delivery_id).where(
-                SubscriberRelease.release_id == release_id,
-                SubscriberRelease.delivery_id.is_not(None),
-            )
-        )
-        if row is not None
-    ]
-    # Test sends have no subscriber_releases rows; they are found by their digest.
-    test_deliveries = select(Delivery.id).join(Digest, Digest.id == Delivery.digest_id)
-    test_deliveries = test_deliveries.where(Digest.kind == "test", Delivery.status.in_(_UNSENT))
-    delivery_ids += list(await session.scalars(test_deliveries))
     outcome = PulledFromDigests()
-    for start in range(0, len(delivery_ids), 500):
-        chunk = delivery_ids[start : start + 500]
-        rows = (
-            await session.execute(
-                select(Delivery.id, Delivery.release_ids).where(
-                    Delivery.id.in_(chunk), Delivery.status.in_(_UNSENT)
-                )
-            )
-        ).all()
-        for delivery_id, release_ids in rows:
-            if release_id not in release_ids:
-                continue
-            remaining = [i for i in release_ids if i != release_id]
-            values: dict[str, Any] = {
-                "release_ids": remaining,
-                "content_key": content_key(remaining),
-            }
-            if remaining:
-                outcome.deliveries_changed += 1
-            else:
-                values.update(
-                    status=DeliveryStatus.CANCELLED,
-                    last_error="its only release was withdrawn before sending",
-                )
-                outcome.deliveries_cancelled += 1
-            await session.execute(
-                update(Delivery).where(Delivery.id == delivery_id).values(**values)
-            )
+    groups = (
         await session.execute(
-            SubscriberRelease.__table__.delete().where(
-                SubscriberRelease.release_id == release_id,
-                SubscriberRelease.delivery_id.in_([r.id for r in rows]),
-            )
+            select(ContentGroup)
+            .join(Digest, Digest.id == ContentGroup.digest_id)
+            .where(Digest.status.in_(_OPEN_SENDS))
         )
+    ).scalars()
+    for group in list(groups):
+        if release_id not in group.release_ids:
+            continue
+        unsent = (Delivery.digest_id == group.digest_id) & (Delivery.content_group_id == group.id)
+        unsent &= Delivery.status.in_(_UNSENT)
+        if not await session.scalar(select(func.count()).where(unsent)):
+            continue
+        remaining = [i for i in group.release_ids if i != release_id]
+        held = [*group.held_ids, release_id]
+        copy = ContentGroup(
+            digest_id=group.digest_id,
+            release_ids=remaining,
+            content_key=content_key(remaining),
+            held_ids=held,
+            recipients=0,
+        )
+        session.add(copy)
+        await session.flush()
+        moved_readers = select(Delivery.subscriber_id).where(unsent)
+        # The readers' record of what they are owed follows their message.
+        await session.execute(
+            update(Watermark)
+            .where(Watermark.owed_group_id == group.id, Watermark.subscriber_id.in_(moved_readers))
+            .values(owed_group_id=copy.id)
+            .execution_options(synchronize_session=False)
+        )
+        values: dict[str, Any] = {"content_group_id": copy.id}
+        if not remaining:
+            values.update(
+                status=DeliveryStatus.CANCELLED,
+                last_error="its only release was withdrawn before sending",
+            )
+        moved = await session.execute(
+            update(Delivery)
+            .where(unsent)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        count = moved.rowcount or 0
+        copy.recipients = count if remaining else 0
+        group.recipients -= count
+        if remaining:
+            outcome.deliveries_changed += count
+        else:
+            outcome.deliveries_cancelled += count
     return outcome

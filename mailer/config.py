@@ -523,6 +523,12 @@ class TrackingConfig(Section):
     scanner_agents: list[str] = Field(default_factory=list)
 
 
+class RetentionConfig(Section):
+    # Finished sends keep their per-recipient rows (deliveries) this long after they
+    # finished, then only their counts (mailer.retention). null keeps them forever.
+    deliveries: Duration | None = timedelta(days=90)
+
+
 class DkimConfig(Section):
     domain: str
     selector: str
@@ -582,6 +588,7 @@ class Settings(Section):
     collector: CollectorConfig = CollectorConfig()
     archive: ArchiveConfig = ArchiveConfig()
     tracking: TrackingConfig = TrackingConfig()
+    retention: RetentionConfig = RetentionConfig()
     # Holds the SQLite database, the generated secret key and the caught mail.
     data_dir: Path = Path("data")
     # Prefer MAILER_SECRET_KEY; if neither is set one is generated into data_dir.

@@ -60,6 +60,7 @@ from mailer.db import Database
 from mailer.models import (
     Click,
     ConsentEvent,
+    ContentGroup,
     Delivery,
     DeliveryStatus,
     Digest,
@@ -275,18 +276,15 @@ class Tracker:
         return not user_agent.strip() or self._agents.search(user_agent.lower()) is not None
 
     async def send_releases(self, session: AsyncSession, digest_id: int) -> frozenset[int]:
-        """The releases of a send (from each distinct content's first delivery)."""
+        """The releases of a send (from its content groups)."""
         cached = self._sends.get(digest_id)
         if cached is not None:
             self._sends.move_to_end(digest_id)
             return cached
-        first_of_each = (
-            select(func.min(Delivery.id))
-            .where(Delivery.digest_id == digest_id)
-            .group_by(Delivery.content_key)
-        )
         rows = await session.scalars(
-            select(Delivery.release_ids).where(Delivery.id.in_(first_of_each))
+            select(ContentGroup.release_ids).where(
+                ContentGroup.digest_id == digest_id, ContentGroup.recipients > 0
+            )
         )
         releases = frozenset(int(i) for row in rows.all() for i in row)
         if releases:  # a send's contents never change once it has deliveries

@@ -23,8 +23,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    select,
     text,
 )
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 NAMING_CONVENTION = {
@@ -179,7 +181,6 @@ class Subscriber(Base):
     notice_due: Mapped[str | None] = mapped_column(String(40))
     # Releases published before this time are never sent (first digest starts here).
     digest_since: Mapped[datetime | None]
-    last_digest_at: Mapped[datetime | None]
     soft_bounces: Mapped[int] = mapped_column(default=0)
     # Bound into every preferences and unsubscribe link (see mailer.tokens).
     link_key: Mapped[str] = mapped_column(String(32), default=new_link_key)
@@ -441,6 +442,55 @@ class Digest(Base):
     pause_reason: Mapped[str | None] = mapped_column(Text)
     # For test sends: the one address it goes to.
     test_address: Mapped[str | None] = mapped_column(String(320))
+    # Delivery counts by status (plus "bounced"), kept when retention.deliveries
+    # prunes the send's per-recipient rows; None while they are still there.
+    delivery_counts: Mapped[dict[str, Any] | None]
+
+
+class Watermark(Base):
+    """How far a reader has been planned: never twice in O(readers) (mailer.digest).
+
+    A table of its own, narrow, rather than columns of ``subscribers``: every send
+    rewrites the row of every reader it plans, and a narrow row without secondary
+    indexes is the cheapest thing to rewrite a million times (PostgreSQL keeps
+    free room in its pages, fillfactor 50, so the rewrite stays on the page).
+    No foreign key, on purpose: PostgreSQL checks one with a locking lookup per
+    row; erasing a subscriber deletes their row (subscribers.privacy).
+    """
+
+    __tablename__ = "watermarks"
+
+    subscriber_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    # Every release with an id up to this one was decided for the reader.
+    through_release_id: Mapped[int]
+    # The content group whose held_ids are still owed to them (None: nothing).
+    owed_group_id: Mapped[int | None]
+    planned_at: Mapped[datetime]
+    # When a send last queued them a message (moved here from subscribers in 0008).
+    last_digest_at: Mapped[datetime | None]
+
+
+class ContentGroup(Base):
+    """What one class of readers of a send gets, and what they are still owed.
+
+    Readers with the same topics, watermark and previous group get the same
+    releases, so a send stores one row per such class instead of one per reader and
+    release (see mailer.digest).
+    """
+
+    __tablename__ = "content_groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest_id: Mapped[int] = mapped_column(ForeignKey("digests.id", ondelete="CASCADE"), index=True)
+    # The releases of the message, in the order of the message (newest first).
+    release_ids: Mapped[list[Any]] = mapped_column(default=list)
+    # Hash of release_ids: deliveries with the same key share one rendered body.
+    content_key: Mapped[str] = mapped_column(String(64))
+    # Releases still owed to the readers of this group: under embargo, not yet
+    # collected at planning time, or left out by digest.max_items.
+    held_ids: Mapped[list[Any]] = mapped_column(default=list)
+    # Deliveries planned with this content (kept when deliveries are pruned).
+    recipients: Mapped[int] = mapped_column(default=0)
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -452,13 +502,23 @@ class DeliveryStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+OPEN_DELIVERY_STATES = "status IN ('pending', 'sending', 'deferred')"
+
+
 class Delivery(Base):
     """One message to one subscriber: the outbox row."""
 
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("digest_id", "subscriber_id"),
-        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        # Only rows still to send: the sent ones (nearly all) take no room in it.
+        Index(
+            "ix_deliveries_due",
+            "status",
+            "next_attempt_at",
+            postgresql_where=text(OPEN_DELIVERY_STATES),
+            sqlite_where=text(OPEN_DELIVERY_STATES),
+        ),
         # A send's counts by status and its recent rate, without reading its rows.
         Index("ix_deliveries_digest_status", "digest_id", "status", "sent_at"),
         # Bounces are few: counted per send from a small partial index.
@@ -472,15 +532,18 @@ class Delivery(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    digest_id: Mapped[int] = mapped_column(ForeignKey("digests.id", ondelete="CASCADE"))
-    subscriber_id: Mapped[int | None] = mapped_column(
-        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
-    )
+    # No foreign keys, on purpose: a send inserts a row per reader, and PostgreSQL
+    # checks every foreign key with a locking lookup per row (at a million readers,
+    # the key to digests alone tripled the planning's insert). The planner writes
+    # these ids from rows it has just read; erasing a subscriber clears
+    # subscriber_id itself (subscribers.privacy); digests are not deleted (their
+    # deliveries are pruned by mailer.retention).
+    digest_id: Mapped[int]
+    subscriber_id: Mapped[int | None] = mapped_column(index=True)
     # Snapshot at queue time: the message goes where it was addressed when queued.
     email: Mapped[str] = mapped_column(String(320))
-    release_ids: Mapped[list[Any]] = mapped_column(default=list)
-    # Hash of release_ids: deliveries with the same key share one rendered body.
-    content_key: Mapped[str] = mapped_column(String(64))
+    # What the message carries: shared by every reader of the same content.
+    content_group_id: Mapped[int]
     status: Mapped[DeliveryStatus] = mapped_column(
         _enum(DeliveryStatus, "delivery_status"), default=DeliveryStatus.PENDING
     )
@@ -494,25 +557,37 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None]
     bounced: Mapped[bool] = mapped_column(default=False)
 
+    content_group: Mapped[ContentGroup] = relationship(
+        lazy="joined",
+        innerjoin=True,
+        primaryjoin="foreign(Delivery.content_group_id) == ContentGroup.id",
+    )
 
-class SubscriberRelease(Base):
-    """A release queued to a subscriber. The primary key is the never-send-twice rule."""
+    @hybrid_property
+    def release_ids(self) -> list[int]:
+        return [int(i) for i in self.content_group.release_ids]
 
-    __tablename__ = "subscriber_releases"
-    # SQLite: store rows in the primary-key B-tree itself. A plan writes one row per
-    # subscriber and release (half a million for a large list); one tree instead
-    # of a rowid table plus a key index nearly halves that work.
-    #
-    # No foreign keys, on purpose: every row is written by the planner from rows it
-    # has just read, and PostgreSQL checks a foreign key with a locking lookup per
-    # row per key (measured: 500,000 rows in 1.3 s without the three keys, 11.8 s
-    # with them). Erasing a subscriber deletes their rows explicitly
-    # (subscribers.erase); releases are merged, never deleted.
-    __table_args__ = {"sqlite_with_rowid": False}
+    @release_ids.inplace.expression
+    @classmethod
+    def _release_ids_expression(cls) -> Any:
+        return (
+            select(ContentGroup.release_ids)
+            .where(ContentGroup.id == cls.content_group_id)
+            .scalar_subquery()
+        )
 
-    subscriber_id: Mapped[int] = mapped_column(primary_key=True)
-    release_id: Mapped[int] = mapped_column(primary_key=True)
-    delivery_id: Mapped[int | None]
+    @hybrid_property
+    def content_key(self) -> str:
+        return self.content_group.content_key
+
+    @content_key.inplace.expression
+    @classmethod
+    def _content_key_expression(cls) -> Any:
+        return (
+            select(ContentGroup.content_key)
+            .where(ContentGroup.id == cls.content_group_id)
+            .scalar_subquery()
+        )
 
 
 class Bounce(Base):

@@ -22,11 +22,11 @@ from mailer.collect.ingest import ReleaseInputError, add_release
 from mailer.collect.topics import retag_release
 from mailer.config import Settings
 from mailer.db import Database
+from mailer.digest import queued_to
 from mailer.models import (
     Release,
     ReleaseLink,
     ReleaseTopic,
-    SubscriberRelease,
     Topic,
     utcnow,
 )
@@ -209,10 +209,8 @@ class ReleaseDetail:
 
 async def recipient_count(session: AsyncSession, release_id: int) -> int:
     """How many readers a release has been queued to (sent or about to be)."""
-    return (
-        await session.scalar(select(func.count()).where(SubscriberRelease.release_id == release_id))
-        or 0
-    )
+    release = await session.get(Release, release_id)
+    return await queued_to(session, release) if release is not None else 0
 
 
 async def release_detail(database: Database, release_id: int) -> ReleaseDetail:

@@ -10,6 +10,8 @@ Jobs (APScheduler 3, asyncio scheduler, explicit ids, ``replace_existing``):
 - ``digests:due``        starts sends scheduled from the admin or the API.
 - ``confirmations:resend`` retries confirmation mails and notices that could not be sent.
 - ``bounces:poll``       reads the bounce mailbox, when one is configured.
+- ``deliveries:prune``   deletes the deliveries of sends finished longer ago than
+                          ``retention.deliveries``, keeping their counts.
 - ``leader:refresh``     keeps the leadership lock (mailer.locks).
 
 Every instance runs the scheduler, but only the leader's jobs do anything, so two
@@ -40,6 +42,7 @@ from mailer.db import Database
 from mailer.locks import Leadership
 from mailer.metrics import record_collection
 from mailer.models import Source, utcnow
+from mailer.retention import prune_deliveries
 from mailer.send import Worker, new_worker_id, start_digest, start_due_digests
 from mailer.subscribers import retry_queued_mail
 
@@ -48,6 +51,8 @@ log = logging.getLogger(__name__)
 LEADER_REFRESH = timedelta(seconds=15)
 RECONCILE_EVERY = timedelta(minutes=1)
 RESEND_EVERY = timedelta(minutes=5)
+# Deliveries of finished sends older than retention.deliveries (mailer.retention).
+PRUNE_EVERY = timedelta(hours=6)
 # Sends scheduled in the admin or the API start at most this late.
 DUE_SENDS_EVERY = timedelta(seconds=30)
 STOP_TIMEOUT = timedelta(seconds=60)
@@ -208,6 +213,13 @@ async def start_background(
         IntervalTrigger(seconds=RESEND_EVERY.total_seconds()),
         args=[database, settings],
         id="confirmations:resend",
+        **common,
+    )
+    scheduler.add_job(
+        _leader_only(leadership, prune_deliveries),
+        IntervalTrigger(seconds=PRUNE_EVERY.total_seconds()),
+        args=[database, settings],
+        id="deliveries:prune",
         **common,
     )
     if settings.bounces.enabled:

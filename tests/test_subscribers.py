@@ -19,9 +19,9 @@ from mailer.models import (
     ConsentEvent,
     Frequency,
     Subscriber,
-    SubscriberRelease,
     SubscriberStatus,
     Suppression,
+    Watermark,
     utcnow,
 )
 from mailer.suppression import email_hash, is_suppressed
@@ -349,8 +349,10 @@ async def test_export_holds_everything_and_erase_keeps_only_the_hash(
         database, settings, "Ona@Example.org", name="Ona", topics=["health"], origin=ORIGIN
     )
     async with database.transaction() as session:
-        # What this reader was sent: the never-twice ledger, which erasure clears too.
-        session.add(SubscriberRelease(subscriber_id=signed.subscriber_id, release_id=1))
+        # How far this reader was planned: erasure removes it with the reader.
+        session.add(
+            Watermark(subscriber_id=signed.subscriber_id, through_release_id=1, planned_at=utcnow())
+        )
     data = await store.export_data(database, settings, signed.subscriber_id)
     assert data["subscriber"]["email"] == "Ona@example.org"
     assert data["subscriber"]["topics"] == [{"slug": "health", "name": "Health"}]
@@ -364,8 +366,7 @@ async def test_export_holds_everything_and_erase_keeps_only_the_hash(
     async with database.session() as session:
         events = (await session.scalars(select(ConsentEvent))).all()
         hashes = (await session.scalars(select(Suppression.email_hash))).all()
-        ledger = (await session.scalars(select(SubscriberRelease.subscriber_id))).all()
-    assert ledger == []
+        assert (await session.scalars(select(Watermark))).all() == []
     assert {e.action for e in events} == {"signup", "erase"}
     for event in events:
         assert event.subscriber_id is None

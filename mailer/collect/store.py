@@ -17,16 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 
-from sqlalchemy import delete, distinct, func, insert, literal, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import delete, distinct, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import raiseload
 
 from mailer.collect.dedupe import Comparable, SimhashIndex, to_unsigned
 from mailer.collect.extract import Candidate
 from mailer.collect.topics import TopicRules
-from mailer.models import Release, ReleaseLink, ReleaseTopic, SubscriberRelease, utcnow
+from mailer.models import Release, ReleaseLink, ReleaseTopic, utcnow
 
 # Near-duplicates are looked for among releases published this close to the candidate.
 NEAR_DUPLICATE_WINDOW = timedelta(days=45)
@@ -541,7 +539,7 @@ class ReleaseStore:
                 self._topics[new] = self._topics.pop(old)
 
     async def fold(self, survivor: Release, other: Release) -> None:
-        """Make ``other`` part of ``survivor``: its links, topics and sent-to rows move."""
+        """Make ``other`` part of ``survivor``: its links and topics move."""
         session = self.session
         await self.write()
         await session.flush()
@@ -562,22 +560,8 @@ class ReleaseStore:
         await session.execute(delete(ReleaseTopic).where(ReleaseTopic.release_id == other.id))
         self._topics.pop(other.id, None)
         await self._add_topics(survivor.id, topic_ids)
-        dialect_insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
-        await session.execute(
-            dialect_insert(SubscriberRelease)
-            .from_select(
-                ["subscriber_id", "release_id", "delivery_id"],
-                select(
-                    SubscriberRelease.subscriber_id,
-                    literal(survivor.id),
-                    SubscriberRelease.delivery_id,
-                ).where(SubscriberRelease.release_id == other.id),
-            )
-            .on_conflict_do_nothing()
-        )
-        await session.execute(
-            delete(SubscriberRelease).where(SubscriberRelease.release_id == other.id)
-        )
+        # Nothing about readers moves: planning counts a press release as sent
+        # when any of its copies was (mailer.digest, "Merges").
         await session.execute(
             update(Release)
             .where(Release.merged_into_id == other.id)

@@ -168,16 +168,9 @@ async def count_recipients(
     *,
     now: datetime | None = None,
 ) -> int:
-    """What a send would address now, without writing anything (``--dry-run``)."""
-    async with database.transaction() as session:
-        digest = Digest(
-            kind=DigestKind.MANUAL, frequency=audience(frequency), status=DigestStatus.SENDING
-        )
-        session.add(digest)
-        await session.flush()
-        count = await plan_digest(session, settings, digest, now)
-        await session.rollback()
-    return count
+    """What a send would address now, without writing anything (``--dry-run``):
+    the planner's decision made in a read session."""
+    return (await explain_digest(database, settings, audience(frequency), now)).recipients
 
 
 async def schedule_digest(

@@ -130,6 +130,12 @@ async def sends_progress(session: AsyncSession, digests: Sequence[Digest]) -> li
         )
         bounced = {digest_id: number for digest_id, number in rows}
         unsubscribed = await unsubscribes_per_send(session, ids)
+    for d in digests:
+        if d.delivery_counts is not None:
+            # retention.deliveries pruned the rows: their counts were kept on the send.
+            kept = dict(d.delivery_counts)
+            bounced[d.id] = kept.pop("bounced", 0)
+            counts[d.id] = kept
     return [
         DigestProgress(
             id=d.id,

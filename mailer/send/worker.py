@@ -24,6 +24,7 @@ from mailer.journal import Journal, orphan_journals
 from mailer.message import MessageComposer
 from mailer.models import (
     Bounce,
+    ContentGroup,
     Delivery,
     DeliveryStatus,
     Digest,
@@ -370,8 +371,8 @@ class Worker:
                         Delivery.subscriber_id,
                         Delivery.email,
                         Subscriber.name,
-                        Delivery.release_ids,
-                        Delivery.content_key,
+                        ContentGroup.release_ids,
+                        ContentGroup.content_key,
                         Delivery.attempts,
                         Delivery.created_at,
                         Subscriber.link_key,
@@ -379,6 +380,7 @@ class Worker:
                         Digest.kind,
                     )
                     .join(Digest, Digest.id == Delivery.digest_id)
+                    .join(ContentGroup, ContentGroup.id == Delivery.content_group_id)
                     .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
                     .where(Delivery.id.in_(ids))
                 )
@@ -447,14 +449,11 @@ class Worker:
             composer = self._composers.get(claimed.digest_id)
             async with self.database.session() as session:
                 if composer is None:
-                    # Every distinct content of the send: one row per content_key.
-                    first_of_each = (
-                        select(func.min(Delivery.id))
-                        .where(Delivery.digest_id == claimed.digest_id)
-                        .group_by(Delivery.content_key)
-                    )
+                    # Every distinct content of the send: its content groups.
                     rows = await session.scalars(
-                        select(Delivery.release_ids).where(Delivery.id.in_(first_of_each))
+                        select(ContentGroup.release_ids).where(
+                            ContentGroup.digest_id == claimed.digest_id
+                        )
                     )
                     ids = {int(i) for row in rows.all() for i in row} | set(claimed.release_ids)
                     composer = await MessageComposer.load(

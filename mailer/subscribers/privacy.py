@@ -19,9 +19,9 @@ from mailer.models import (
     Delivery,
     Release,
     Subscriber,
-    SubscriberRelease,
     SubscriberTopic,
     Topic,
+    Watermark,
     utcnow,
 )
 from mailer.subscribers.optin import _cancel_pending_deliveries, _locked_subscriber, operator_audit
@@ -85,6 +85,7 @@ async def export_data(database: Database, settings: Settings, subscriber_id: int
     """Everything held about one subscriber, as JSON-ready data (GDPR art. 15/20)."""
     async with database.session() as session:
         subscriber = await session.get(Subscriber, subscriber_id)
+        watermark = await session.get(Watermark, subscriber_id)
         if subscriber is None:
             raise NotFound("This subscriber no longer exists.")
         topics = (
@@ -109,11 +110,12 @@ async def export_data(database: Database, settings: Settings, subscriber_id: int
                 .order_by(Delivery.id)
             )
         ).all()
+        # What their messages carried (for as long as retention.deliveries keeps them).
+        received_ids = sorted({int(i) for d in deliveries for i in d.release_ids})
         received = (
             await session.execute(
                 select(Release.id, Release.title, Release.published_at, Release.canonical_url)
-                .join(SubscriberRelease, SubscriberRelease.release_id == Release.id)
-                .where(SubscriberRelease.subscriber_id == subscriber_id)
+                .where(Release.id.in_(received_ids))
                 .order_by(Release.published_at, Release.id)
             )
         ).all()
@@ -140,7 +142,7 @@ async def export_data(database: Database, settings: Settings, subscriber_id: int
             "unsubscribed_at": _iso(subscriber.unsubscribed_at),
             "confirmation_sent_at": _iso(subscriber.confirmation_sent_at),
             "digest_since": _iso(subscriber.digest_since),
-            "last_digest_at": _iso(subscriber.last_digest_at),
+            "last_digest_at": _iso(watermark.last_digest_at if watermark else None),
             "soft_bounces": subscriber.soft_bounces,
             "suppressed": suppressed,
         },
@@ -228,16 +230,16 @@ async def _erase_row(
     )
     await _cancel_pending_deliveries(session, subscriber_id, now)
     await session.execute(
-        update(Delivery).where(Delivery.subscriber_id == subscriber_id).values(email="")
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id)
+        .values(email="", subscriber_id=None)
     )
     await session.execute(
         update(Bounce)
         .where(Bounce.email_hash == email_hash(settings, address))
         .values(diagnostic=None)
     )
-    await session.execute(
-        delete(SubscriberRelease).where(SubscriberRelease.subscriber_id == subscriber_id)
-    )
+    await session.execute(delete(Watermark).where(Watermark.subscriber_id == subscriber_id))
     await forget_reader(session, subscriber_id)
     await session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))
     # No subscriber to point to any more: the record says only that an erasure happened.

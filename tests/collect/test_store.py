@@ -12,14 +12,9 @@ from mailer.collect.extract import Candidate, build_candidate
 from mailer.collect.store import Outcome, RecentReleases, store_candidates
 from mailer.db import Database
 from mailer.models import (
-    Delivery,
-    Digest,
     Release,
     ReleaseLink,
     Source,
-    Subscriber,
-    SubscriberRelease,
-    SubscriberStatus,
     utcnow,
 )
 from tests.collect.conftest import rss_feed, source, stored_releases
@@ -177,28 +172,6 @@ async def test_two_stored_releases_found_to_be_one_are_folded_into_the_earlier(
         [(_, early_id)] = await store_all(database, "Ministry", [early])
         [(_, late_id)] = await store_all(database, "Aggregator", [late])
         assert early_id != late_id
-        async with database.transaction() as session:
-            one = Subscriber(email="a@example.org", email_key="a@example.org")
-            both = Subscriber(email="b@example.org", email_key="b@example.org")
-            one.status = both.status = SubscriberStatus.CONFIRMED
-            digest = Digest(kind="manual")
-            session.add_all([one, both, digest])
-            await session.flush()
-            delivery = Delivery(
-                digest_id=digest.id, subscriber_id=one.id, email=one.email, content_key="k"
-            )
-            session.add(delivery)
-            await session.flush()
-            session.add_all(
-                [
-                    SubscriberRelease(
-                        subscriber_id=one.id, release_id=late_id, delivery_id=delivery.id
-                    ),
-                    SubscriberRelease(subscriber_id=both.id, release_id=late_id),
-                    SubscriberRelease(subscriber_id=both.id, release_id=early_id),
-                ]
-            )
-            one_id, both_id = one.id, both.id
         # The aggregator corrects its copy: now it is the ministry's text, so the two
         # stored releases are one.
         corrected = release(
@@ -211,13 +184,6 @@ async def test_two_stored_releases_found_to_be_one_are_folded_into_the_earlier(
         [(outcome, survivor_id)] = await store_all(database, "Aggregator", [corrected])
         async with database.session() as session:
             folded = await session.get(Release, late_id)
-            sent = set(
-                (
-                    await session.execute(
-                        select(SubscriberRelease.subscriber_id, SubscriberRelease.release_id)
-                    )
-                ).all()
-            )
             links = (
                 await session.scalars(
                     select(ReleaseLink.source_name).where(ReleaseLink.release_id == early_id)
@@ -229,8 +195,6 @@ async def test_two_stored_releases_found_to_be_one_are_folded_into_the_earlier(
     assert [r.id for r in releases] == [early_id]
     assert releases[0].published_at == datetime(2023, 7, 12, tzinfo=UTC)
     assert sorted(links) == ["Aggregator", "Ministry"]
-    # Whoever got either copy counts as having got the survivor: never sent twice.
-    assert sent == {(one_id, early_id), (both_id, early_id)}
 
 
 async def test_a_real_date_replaces_an_estimated_one(open_database, database_url: str) -> None:

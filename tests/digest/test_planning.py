@@ -12,13 +12,13 @@ from mailer.config import Settings
 from mailer.db import Database
 from mailer.digest import plan_digest
 from mailer.models import (
+    ContentGroup,
     Delivery,
     DeliveryStatus,
     Frequency,
     Release,
-    Subscriber,
-    SubscriberRelease,
     SubscriberStatus,
+    Watermark,
     utcnow,
 )
 from mailer.suppression import suppress
@@ -83,12 +83,15 @@ async def test_subscribers_get_new_releases_of_their_topics_newest_first(
     assert one.content_key == expected_key
 
     async with database.session() as session:
-        pairs = (await session.execute(select(SubscriberRelease))).scalars().all()
-        by_delivery: dict[int, set[int]] = {}
-        for pair in pairs:
-            by_delivery.setdefault(pair.delivery_id, set()).add(pair.release_id)
-        assert {d.id: set(d.release_ids) for d in deliveries.values()} == by_delivery
-        stamps = (await session.scalars(select(Subscriber.last_digest_at))).all()
+        # One content group per distinct message, not a row per reader and release.
+        groups = (
+            await session.scalars(select(ContentGroup).where(ContentGroup.digest_id == digest.id))
+        ).all()
+        assert sorted(g.release_ids for g in groups) == sorted(
+            d.release_ids for d in deliveries.values()
+        )
+        assert [g.recipients for g in groups] == [1, 1, 1]
+        stamps = (await session.scalars(select(Watermark.last_digest_at))).all()
         assert stamps == [now, now, now]
 
 
@@ -125,7 +128,7 @@ async def test_nothing_new_means_no_email(database: Database, settings: Settings
         assert await plan_digest(session, settings, digest, now=now) == 0
     async with database.session() as session:
         assert await session.scalar(select(func.count()).select_from(Delivery)) == 0
-        assert await session.scalar(select(func.count()).select_from(SubscriberRelease)) == 0
+        assert await session.scalar(select(func.count()).select_from(ContentGroup)) == 0
 
 
 async def test_a_release_is_never_queued_twice_to_a_subscriber(
@@ -262,7 +265,7 @@ async def test_test_send_goes_to_one_address_and_records_nothing(
     assert deliveries["editor@example.org"].subscriber_id is None
     assert deliveries["editor@example.org"].release_ids == [new.id, old.id]
     async with database.session() as session:
-        assert await session.scalar(select(func.count()).select_from(SubscriberRelease)) == 0
+        assert await session.scalar(select(func.count()).select_from(Watermark)) == 0
     # The real send afterwards still has the new release for the subscriber.
     real = await _deliveries(database, await _plan(database, settings))
     assert real["reader@example.org"].release_ids == [new.id]

@@ -256,12 +256,9 @@ async def test_per_domain_connection_limit_is_held(
     assert faulty_smtp.handler.most_in_data["fast.example"] == 1
 
 
-async def test_planning_in_chunks_plans_everyone_once(
-    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer, monkeypatch
+async def test_planning_plans_everyone_once(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer
 ) -> None:
-    import mailer.digest
-
-    monkeypatch.setattr(mailer.digest, "_PLAN_CHUNK", 3)
     settings = write_config(tmp_path, database_url, faulty_smtp.port)
     async with AppContext(settings=settings).database() as database:
         addresses = await seed(database, 10, releases=2)
