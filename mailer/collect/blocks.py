@@ -33,7 +33,9 @@ _SPACES = re.compile(r"[ \t\r\f\v\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 
 def clean_line(text: str) -> str:
     """NFC, no invisible characters, single spaces, trimmed."""
-    text = unicodedata.normalize("NFC", _INVISIBLE.sub("", text))
+    if not text.isascii():
+        # Invisible characters are all outside ASCII, and ASCII is already NFC.
+        text = unicodedata.normalize("NFC", _INVISIBLE.sub("", text))
     return _SPACES.sub(" ", text).strip()
 
 

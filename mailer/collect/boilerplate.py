@@ -16,6 +16,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
+from functools import lru_cache
 
 from mailer.collect.blocks import Block, clean_line
 from mailer.collect.dates import Published, is_date_label, parse_published
@@ -76,6 +77,9 @@ _PATTERNS = [
     re.compile(r"^(download|atsisiusti)( \w+){0,6}( pdf| doc| docx| \d+ ?(kb|mb))?$"),
     re.compile(r"^(last (modified|updated)|page last (modified|updated))\s*:?.{0,40}$"),
 ]
+# One alternation each, tried in a single match call: the same verdict as trying
+# the patterns one by one (none has groups that another refers to).
+_ANY_PATTERN = re.compile("|".join(f"(?:{p.pattern})" for p in _PATTERNS))
 _RAW_PATTERNS = [
     re.compile(r"^[\d\s.,/%()★☆*+\-]{1,8}$"),  # stray counters: "0", "4.5", "(12)"
     re.compile(
@@ -84,6 +88,12 @@ _RAW_PATTERNS = [
     re.compile(r"^[«‹←<]+\s*\S.{0,40}$"),
     re.compile(r"^.{0,40}\s[»›→>]+$"),
 ]
+_ANY_RAW_PATTERN = re.compile(
+    "|".join(
+        f"(?i:{p.pattern})" if p.flags & re.IGNORECASE else f"(?:{p.pattern})"
+        for p in _RAW_PATTERNS
+    )
+)
 # An aggregator's banner and "About us" footer around a republished release.
 _REPUBLISHER = re.compile(
     r"\b(republished|re published|reproduced|redistributed|syndicated)\b|^about [\w .&-]{2,50}:"
@@ -140,6 +150,12 @@ def normalise(text: str) -> str:
     return _NON_WORD.sub(" ", text.casefold()).strip()
 
 
+# A line is normalised by several checks in turn (newsletter prompt, boilerplate,
+# title, publisher): once per distinct line with this cache. Lines only; whole
+# texts (dedupe) would fill it with large strings used once.
+_line_key = lru_cache(maxsize=2048)(normalise)
+
+
 @dataclass
 class CleanResult:
     blocks: list[Block]
@@ -179,12 +195,12 @@ def is_boilerplate(line: str) -> bool:
     inner = strip_box(line)
     if not inner or _BORDER.match(line.strip()):
         return True
-    key = normalise(inner)
+    key = _line_key(inner)
     if not key:
         return True
-    if key in _EXACT or any(p.match(key) for p in _PATTERNS):
+    if key in _EXACT or _ANY_PATTERN.match(key):
         return True
-    if any(p.match(inner) for p in _RAW_PATTERNS):
+    if _ANY_RAW_PATTERN.match(inner):
         return True
     if len(inner) < 400 and _COOKIE_WORDS.search(key) and _COOKIE_CONTEXT.search(key):
         return True
@@ -194,7 +210,7 @@ def is_boilerplate(line: str) -> bool:
 
 
 def is_newsletter_prompt(line: str) -> bool:
-    return _is_newsletter_key(normalise(line))
+    return _is_newsletter_key(_line_key(line))
 
 
 def _is_newsletter_key(key: str) -> bool:
@@ -243,10 +259,12 @@ def looks_like_publisher(line: str) -> bool:
     """An organisation's name on a line of its own: "Ministry of Foreign Affairs of the
     Republic of Lithuania", "Lietuvos bankas". A headline that starts with a ministry
     ("Ministry of Health opens …") has lower-case words that are not name joiners."""
+    if len(line) > 120 or _SENTENCE_END.search(line):
+        return False
     words = [w.strip(",.()\"'“”„") for w in line.split()]
     # "Republic of Lithuania - Ministry of Foreign Affairs": dashes join name parts.
     words = [w for w in words if w and w not in ("-", "–", "—", "|", "·")]
-    if not words or len(line) > 120 or len(words) > 14 or _SENTENCE_END.search(line):
+    if not words or len(words) > 14:
         return False
     if _ORGANISATION.search(line) is None:
         return False
@@ -374,7 +392,7 @@ def _remove_boxes(lines: list[_Line], result: CleanResult) -> None:
             continue
         if len(run) >= 2 and any(
             is_newsletter_prompt(member.text)
-            or (_COOKIE_WORDS.search(normalise(member.text)) is not None)
+            or (_COOKIE_WORDS.search(_line_key(member.text)) is not None)
             for member in run
         ):
             for member in run:
@@ -403,9 +421,9 @@ def _remove_form_lines(following: list[_Line], result: CleanResult) -> None:
 def _settle_title(lines: list[_Line], result: CleanResult) -> None:
     kept = [line for line in lines if not line.removed][:6]
     if result.title:
-        wanted = normalise(result.title)
+        wanted = _line_key(result.title)
         for line in kept:
-            key = normalise(line.text)
+            key = _line_key(line.text)
             if key == wanted or (key and wanted.startswith(key) and len(key) > 0.6 * len(wanted)):
                 line.remove(result)
                 return
@@ -440,7 +458,7 @@ def _find_publisher(
     ``first_only``: only the opening line, and only when a line follows it."""
     if result.publisher and first_only:
         return
-    known = {normalise(name) for name in site_names if name}
+    known = {_line_key(name) for name in site_names if name}
     kept = [line for line in lines if not line.removed]
     if first_only and (len(kept) < 2 or not _reads_like_title(kept[1].text)):
         # "Vilnius City Municipality Opens New School" above the first paragraph is
@@ -450,7 +468,7 @@ def _find_publisher(
         text = strip_box(line.text)
         if line.block.kind != "p":
             continue
-        if normalise(text) in known or looks_like_publisher(text):
+        if _line_key(text) in known or looks_like_publisher(text):
             result.publisher = result.publisher or text
             line.remove(result)
             return

@@ -43,15 +43,13 @@ def content_hash_of_normalised(normalised: str) -> str:
     return hashlib.sha256(normalised.encode()).hexdigest()
 
 
-def _token_digest(token: str) -> bytes:
-    return hashlib.blake2b(token.encode(), digest_size=8).digest()
-
-
 def shingles(normalised: str) -> set[str]:
     words = normalised.split()
     if len(words) < SHINGLE_WORDS:
         return {" ".join(words)} if words else set()
-    return {" ".join(words[i : i + SHINGLE_WORDS]) for i in range(len(words) - SHINGLE_WORDS + 1)}
+    # Each run of SHINGLE_WORDS consecutive words, joined in C (zip of shifted lists)
+    # rather than sliced and joined in a Python loop.
+    return set(map(" ".join, zip(*[words[i:] for i in range(SHINGLE_WORDS)], strict=False)))
 
 
 def simhash(text: str) -> int:
@@ -68,7 +66,8 @@ def simhash_of_normalised(normalised: str) -> int:
     # hashes read as one integer, shifted and masked to one bit a byte, then counted
     # with int.bit_count (C speed instead of a Python loop over features). A bit of
     # the result is set when more than half of the features have it set.
-    hashes = b"".join([_token_digest(feature) for feature in features])
+    blake2b = hashlib.blake2b
+    hashes = b"".join([blake2b(feature.encode(), digest_size=8).digest() for feature in features])
     count = len(features)
     half = count / 2
     ones = int.from_bytes(b"\x01" * count, "big")
