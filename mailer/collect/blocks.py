@@ -141,16 +141,20 @@ def _unwrap(lines: list[str]) -> list[str]:
 # --- HTML -----------------------------------------------------------------------------
 
 
-def blocks_from_html(fragment: str) -> Body:
+def blocks_from_html(fragment: str, root: etree._Element | None = None) -> Body:
     """Blocks from a sanitised HTML fragment. Images are taken out of the flow and
-    returned separately: the lead image is stored on its own, not inline."""
+    returned separately: the lead image is stored on its own, not inline.
+
+    ``root``: the fragment already parsed under a <div> (by the sanitiser); it is
+    consumed."""
     body = Body([])
     if not fragment.strip():
         return body
-    try:
-        root = lxml_html.fragment_fromstring(fragment, create_parent="div")
-    except (etree.ParserError, ValueError):
-        return blocks_from_text(lxml_html.fromstring(fragment).text_content())
+    if root is None:
+        try:
+            root = lxml_html.fragment_fromstring(fragment, create_parent="div")
+        except (etree.ParserError, ValueError):
+            return blocks_from_text(lxml_html.fromstring(fragment).text_content())
     _walk(root, body)
     return body
 

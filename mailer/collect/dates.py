@@ -100,6 +100,12 @@ def _clock(text: str | None, ampm: str | None = None) -> time:
     return time(hour, minute, second)
 
 
+def plausible_moment(value: datetime) -> datetime | None:
+    """An aware moment in UTC when it is one we trust (not before EARLIEST_YEAR,
+    not in the future), else None: what parse_date gives for its ISO form."""
+    return _plausible(value, None)
+
+
 def _plausible(value: datetime, now: datetime | None) -> datetime | None:
     now = now or datetime.now(UTC)
     if value.year < EARLIEST_YEAR or value > now + FUTURE_TOLERANCE:

@@ -19,7 +19,7 @@ from mailer.collect.dedupe import (
     to_signed,
     word_count,
 )
-from mailer.collect.sanitize import is_tracking_pixel, sanitize_html
+from mailer.collect.sanitize import is_tracking_pixel, sanitize_fragment
 from mailer.collect.summary import cut_at_sentence, lead_summary
 from mailer.collect.urls import canonical_url
 
@@ -110,7 +110,7 @@ def build_candidate(
     link = canonical_url(url, base_url)
     page_base = link or base_url
     if html and html.strip():
-        body = blocks_from_html(sanitize_html(html, page_base))
+        body = blocks_from_html(*sanitize_fragment(html, page_base))
     elif text and text.strip():
         body = blocks_from_text(text)
     else:

@@ -17,7 +17,7 @@ import feedparser
 from lxml import html as lxml_html
 
 from mailer.collect.boilerplate import is_boilerplate
-from mailer.collect.dates import parse_date, parse_published
+from mailer.collect.dates import parse_published, plausible_moment
 from mailer.collect.extract import Candidate, EntryError, build_candidate
 from mailer.collect.sanitize import visible_text
 
@@ -95,6 +95,8 @@ def parse_feed(
             raise SourceError(f"malformed feed: {problem}")
     base = parsed.feed.get("link") or url
     seen: set[str] = set()
+    # The same for every entry: decided once per feed.
+    fallback_publisher = _feed_publisher(result.title)
     for number, entry in enumerate(parsed.entries, start=1):
         guid = (entry.get("id") or entry.get("link") or "").strip() or None
         label = f"entry {number}" + (f" ({guid})" if guid else "")
@@ -102,7 +104,9 @@ def parse_feed(
             result.errors.append(f"{label}: duplicate GUID in this feed; kept the first")
             continue
         try:
-            candidate = _entry_candidate(entry, label, guid, base, result.title, default_tz)
+            candidate = _entry_candidate(
+                entry, label, guid, base, result.title, fallback_publisher, default_tz
+            )
         except EntryError as exc:
             result.errors.append(str(exc))
             continue
@@ -207,7 +211,7 @@ def _struct_time(value: Any) -> datetime | None:
         moment = datetime(*value[:6], tzinfo=UTC)
     except (TypeError, ValueError):
         return None
-    return parse_date(moment.isoformat())
+    return plausible_moment(moment)
 
 
 def _entry_candidate(
@@ -216,6 +220,7 @@ def _entry_candidate(
     guid: str | None,
     base: str | None,
     feed_title: str | None,
+    fallback_publisher: str | None,
     default_tz: tzinfo,
 ) -> Candidate:
     html, text = _entry_body(entry)
@@ -247,7 +252,7 @@ def _entry_candidate(
         image_alt=image_alt,
         photo_credit=credit,
         publisher=_text(source.get("title")) or None,
-        fallback_publisher=_feed_publisher(feed_title),
+        fallback_publisher=fallback_publisher,
         site_names=(feed_title,),
         base_url=base,
         default_tz=default_tz,
@@ -311,6 +316,7 @@ def _parse_json_feed(content: bytes, *, url: str | None, default_tz: tzinfo) -> 
     base = document.get("home_page_url") or url
     result = ParsedEntries(title=title)
     seen: set[str] = set()
+    fallback_publisher = _feed_publisher(title)
     for number, item in enumerate(items, start=1):
         if not isinstance(item, dict):
             result.errors.append(f"entry {number}: not an object")
@@ -331,7 +337,7 @@ def _parse_json_feed(content: bytes, *, url: str | None, default_tz: tzinfo) -> 
                 published_text=_string(item.get("date_published")),
                 updated_text=_string(item.get("date_modified")),
                 image_url=_string(item.get("image")) or _string(item.get("banner_image")),
-                fallback_publisher=_feed_publisher(title),
+                fallback_publisher=fallback_publisher,
                 site_names=(title,),
                 base_url=base,
                 default_tz=default_tz,

@@ -109,8 +109,15 @@ def visible_text(html: str) -> str:
 
 def sanitize_html(html: str, base_url: str | None = None) -> str:
     """Sanitised HTML fragment: safe to show in a browser or an email as it is."""
+    return sanitize_fragment(html, base_url)[0]
+
+
+def sanitize_fragment(html: str, base_url: str | None = None) -> tuple[str, etree._Element | None]:
+    """The sanitised fragment (see :func:`sanitize_html`) and, when checking its
+    images meant parsing it and nothing was removed, that tree under a <div>: the
+    same tree parsing the fragment would give, so a caller need not parse it again."""
     if not html or not html.strip():
-        return ""
+        return "", None
     cleaned = nh3.clean(
         _without_hidden(html),
         tags=ALLOWED_TAGS,
@@ -128,9 +135,9 @@ def _is_http(url: str | None) -> bool:
     return bool(url) and re.match(r"^https?://[^/\s]+", url or "") is not None
 
 
-def _drop_pixels_and_empty_images(fragment: str) -> str:
+def _drop_pixels_and_empty_images(fragment: str) -> tuple[str, etree._Element | None]:
     if "<img" not in fragment:
-        return fragment
+        return fragment, None
     root = lxml_html.fragment_fromstring(fragment, create_parent="div")
     changed = False
     for image in root.iter("img"):
@@ -141,8 +148,9 @@ def _drop_pixels_and_empty_images(fragment: str) -> str:
             image.drop_tree()
             changed = True
     if not changed:
-        return fragment
-    return _inner_html(root)
+        return fragment, root
+    # The tree is not handed on: what a caller parses is the serialised fragment.
+    return _inner_html(root), None
 
 
 def is_tracking_pixel(src: str, width: str | None = None, height: str | None = None) -> bool:
