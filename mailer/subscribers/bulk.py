@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import enum
 import io
 import json
 import logging
@@ -498,6 +499,20 @@ async def _copy(driver: Any, table: Table, given: Sequence[str], rows: Iterable[
     await driver.copy_records_to_table(table.name, columns=names, records=rows)
 
 
+def _copy_record(values: dict[str, Any], names: Sequence[str]) -> tuple[Any, ...]:
+    """One COPY record, in ``names`` order, from the row the INSERT path writes: the
+    two paths cannot drift apart. COPY takes enums by value and JSON as text."""
+    return tuple(_copy_value(values[name]) for name in names)
+
+
+def _copy_value(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return value
+
+
 _SUBSCRIBER_COPY = (
     "id",
     "email",
@@ -548,19 +563,9 @@ async def _copy_new(
     ]
     confirmed = status is SubscriberStatus.CONFIRMED
     subscribers = (
-        (
-            subscriber_id,
-            row.email,
-            row.key,
-            row.name,
-            search_key(row.name),
-            status.value,
-            Frequency.DAILY.value,
-            now,
-            now if confirmed else None,
-            now if confirmed else None,
-            None if confirmed else secrets.token_urlsafe(16),
-            0,
+        _copy_record(
+            {"id": subscriber_id, **_new_subscriber(row, status, now, confirmed)},
+            _SUBSCRIBER_COPY,
         )
         for subscriber_id, row in zip(ids, new_rows, strict=True)
     )
@@ -578,14 +583,11 @@ async def _copy_new(
     )
     await _copy(driver, SubscriberTopic.__table__, ("subscriber_id", "topic_id"), topics)
     consents = (
-        tuple(
-            json.dumps(consent[name]) if name == "details" else consent[name]
-            for name in _CONSENT_COPY
+        _copy_record(
+            _import_consent(subscriber_id, row, settings, origin, now, label, status),
+            _CONSENT_COPY,
         )
-        for consent in (
-            _import_consent(subscriber_id, row, settings, origin, now, label, status)
-            for subscriber_id, row in zip(ids, new_rows, strict=True)
-        )
+        for subscriber_id, row in zip(ids, new_rows, strict=True)
     )
     await _copy(driver, ConsentEvent.__table__, _CONSENT_COPY, consents)
 
