@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,16 @@ from sqlalchemy.ext.asyncio import (
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE_OPTION = "mailer_write_transaction"
+
+
+def day_of(value: Any) -> date:
+    """The calendar day of a SQL ``date(...)`` result: SQLite gives text, PostgreSQL
+    a date (or a timestamp, depending on the expression)."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
 
 
 # Any error the database layer raises: shells map it to "try again" without

@@ -56,7 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from mailer.config import Settings
-from mailer.db import Database
+from mailer.db import Database, day_of
 from mailer.models import (
     Click,
     ConsentEvent,
@@ -701,14 +701,6 @@ class TopicTrend:
     topics: list[tuple[str, list[int]]]
 
 
-def _day(value: Any) -> date:
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value)[:10])
-
-
 async def topic_trend(
     database: Database, now: datetime | None = None, weeks: int = 12
 ) -> TopicTrend:
@@ -729,7 +721,7 @@ async def topic_trend(
         ).all()
     per_topic: dict[str, list[int]] = {}
     for name, clicked_on, number in rows:
-        clicked = _day(clicked_on)
+        clicked = day_of(clicked_on)
         index = (clicked - starts[0]).days // 7
         if 0 <= index < weeks:
             per_topic.setdefault(name, [0] * weeks)[index] += number

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import func, select
 
-from mailer.db import Database
+from mailer.db import Database, day_of
 from mailer.models import ConsentEvent
-
-
-def _day(value: Any) -> date:
-    # SQLite's date() gives text, PostgreSQL's a date.
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value)[:10])
 
 
 async def signups_per_day(
@@ -33,7 +23,7 @@ async def signups_per_day(
             .where(ConsentEvent.action == "signup", ConsentEvent.at >= since)
             .group_by(day)
         )
-        counts = {_day(d): n for d, n in rows}
+        counts = {day_of(d): n for d, n in rows}
     return [
         (first + timedelta(days=i), counts.get(first + timedelta(days=i), 0)) for i in range(days)
     ]

@@ -28,7 +28,7 @@ async def follow(request: Request) -> Response:
     try:
         target = await engagement.record_click(
             state.db,
-            web_state(request).tracker,
+            state.tracker,
             request.path_params["token"],
             request.path_params.get("reader"),
             _visit(request),
@@ -46,7 +46,7 @@ async def open_image(request: Request) -> Response:
     try:
         await engagement.record_open(
             state.db,
-            web_state(request).tracker,
+            state.tracker,
             request.path_params["token"],
             request.path_params.get("reader"),
             _visit(request),
