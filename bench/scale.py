@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -182,6 +183,17 @@ async def database_mb(url: str) -> float:
     return size / 1024 / 1024
 
 
+async def relation_bytes(url: str) -> dict[str, int]:
+    """Every table and index of the schema, in bytes (heap, or index, alone)."""
+    async with _plain(url) as connection:
+        rows = await connection.fetch(
+            "SELECT c.relname, pg_relation_size(c.oid) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i')"
+        )
+    return {name: size for name, size in rows}
+
+
 class _plain:
     def __init__(self, url: str) -> None:
         self.url = make_url(url)
@@ -243,18 +255,18 @@ def _body(n: int) -> str:
                                        for i, w in enumerate(words))  # fmt: skip
 
 
-async def add_releases(config: Path) -> None:
+async def add_releases(config: Path, day: int = 1) -> None:
     settings = load_settings(config)
     now = utcnow()
     async with AppContext(settings=settings).database() as database:
-        for n in range(RELEASES):
+        for n in range((day - 1) * RELEASES, day * RELEASES):
             await add_release(
                 database,
                 settings,
                 title=f"Investment plan, part {n + 1}",
                 body=_body(n),
                 url=f"https://ministry.example.org/news/{n}",
-                published=now - timedelta(minutes=RELEASES - n),
+                published=now - timedelta(minutes=day * RELEASES - n),
                 topics=[["economy"], ["health"], ["foreign-affairs"]][n % 3],
                 added_by="bench",
             )
@@ -365,56 +377,90 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         print(f"import: {wall:.1f} s ({outputs[0].strip()[-200:]})", flush=True)
 
-        started, cpu_before, pg_before = time.perf_counter(), cpu_self(), postgres_cpu()
-        await add_releases(config)
-        pg_spent = postgres_cpu() - pg_before
-        after = await table_rows(url)
-        steps.append(
-            Step(
-                "20 releases",
-                time.perf_counter() - started,
-                cpu_self() - cpu_before,
-                sum(after.values()) - sum(rows.values()),
-                await database_mb(url),
-                pg_cpu=pg_spent,
-            )
-        )
-        rows = after
-        before_send_mb = await database_mb(url)
+        growth: list[Growth] = []
+        digest_id = 0
+        for day in range(1, args.days + 1):
+            if day > 1:
+                # What autovacuum does between two daily sends: yesterday's dead row
+                # versions become free room that today's send reuses.
+                async with _plain(url) as connection:
+                    await connection.execute("VACUUM")
+            rows = await table_rows(url)
+            digest_id = await one_day(args, config, settings, sink, day, steps, rows, growth)
+            if args.skip_send:
+                break
 
-        started, cpu_before, pg_before = time.perf_counter(), cpu_self(), postgres_cpu()
-        digest_id, queued = await plan(config)
-        pg_spent = postgres_cpu() - pg_before
-        after = await table_rows(url)
-        grown = {t: after[t] - rows[t] for t in after if after[t] != rows[t]}
-        steps.append(
-            Step(
-                "plan (start_digest)",
-                time.perf_counter() - started,
-                cpu_self() - cpu_before,
-                sum(grown.values()),
-                await database_mb(url),
-                {"bench (plans)": peak_rss_self_mb()},
-                ", ".join(f"{t} +{n:,}" for t, n in sorted(grown.items())),
-                pg_cpu=pg_spent,
-            )
-        )
-        print(f"plan: {steps[-1].wall:.1f} s, {queued} deliveries", flush=True)
-        rows = after
+        async with _plain(url) as connection:
+            await connection.execute("VACUUM ANALYZE")
+        started, cpu_before = time.perf_counter(), cpu_self()
+        timings = await time_pages(config, digest_id)
+        pages_wall, pages_cpu = time.perf_counter() - started, cpu_self() - cpu_before
+    report(args, steps, load_before, empty_mb, growth, timings, pages_wall, pages_cpu)
 
-        if args.skip_send:
-            after_send_mb = await database_mb(url)
-            async with _plain(url) as connection:
-                await connection.execute("VACUUM ANALYZE")
-            started, cpu_before = time.perf_counter(), cpu_self()
-            timings = await time_pages(config, digest_id)
-            pages_wall, pages_cpu = time.perf_counter() - started, cpu_self() - cpu_before
-            report(args, steps, load_before, empty_mb, before_send_mb, after_send_mb, timings,
-                   pages_wall, pages_cpu)  # fmt: skip
-            return
+
+@dataclass
+class Growth:
+    day: int
+    before_mb: float
+    after_mb: float
+    relations: dict[str, int]
+
+
+async def one_day(
+    args: argparse.Namespace,
+    config: Path,
+    settings: Any,
+    sink: Sink,
+    day: int,
+    steps: list[Step],
+    rows: dict[str, int],
+    growth: list[Growth],
+) -> int:
+    """One daily send: 20 new releases, plan, two workers; returns the digest id."""
+    url = args.database
+    suffix = f", day {day}" if args.days > 1 else ""
+    started, cpu_before, pg_before = time.perf_counter(), cpu_self(), postgres_cpu()
+    await add_releases(config, day)
+    pg_spent = postgres_cpu() - pg_before
+    after = await table_rows(url)
+    steps.append(
+        Step(
+            f"20 releases{suffix}",
+            time.perf_counter() - started,
+            cpu_self() - cpu_before,
+            sum(after.values()) - sum(rows.values()),
+            await database_mb(url),
+            pg_cpu=pg_spent,
+        )
+    )
+    rows = after
+    before_send_mb = await database_mb(url)
+    relations_before = await relation_bytes(url)
+
+    started, cpu_before, pg_before = time.perf_counter(), cpu_self(), postgres_cpu()
+    digest_id, queued = await plan(config)
+    pg_spent = postgres_cpu() - pg_before
+    after = await table_rows(url)
+    grown = {t: after[t] - rows[t] for t in after if after[t] != rows[t]}
+    steps.append(
+        Step(
+            f"plan (start_digest){suffix}",
+            time.perf_counter() - started,
+            cpu_self() - cpu_before,
+            sum(grown.values()),
+            await database_mb(url),
+            {"bench (plans)": peak_rss_self_mb()},
+            ", ".join(f"{t} +{n:,}" for t, n in sorted(grown.items())),
+            pg_cpu=pg_spent,
+        )
+    )
+    print(f"plan{suffix}: {steps[-1].wall:.1f} s, {queued} deliveries", flush=True)
+    rows = after
+
+    if not args.skip_send:
         worker = mailer(config, "worker", "--until-empty", "--quiet")
         pg_before = postgres_cpu()
-        wall, cpu, peaks, outputs = run_watched([worker, worker])
+        wall, cpu, peaks, _outputs = run_watched([worker, worker])
         pg_spent = postgres_cpu() - pg_before
         after = await table_rows(url)
         async with AppContext(settings=settings).database() as database:
@@ -426,7 +472,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 )
         steps.append(
             Step(
-                "send (2 workers)",
+                f"send (2 workers){suffix}",
                 wall,
                 cpu,
                 sum(after.values()) - sum(rows.values()),
@@ -436,16 +482,15 @@ async def main_async(args: argparse.Namespace) -> None:
                 pg_cpu=pg_spent,
             )
         )
-        print(f"send: {wall:.1f} s, {sent} sent", flush=True)
-        after_send_mb = await database_mb(url)
-
-        async with _plain(url) as connection:
-            await connection.execute("VACUUM ANALYZE")
-        started, cpu_before = time.perf_counter(), cpu_self()
-        timings = await time_pages(config, digest_id)
-        pages_wall, pages_cpu = time.perf_counter() - started, cpu_self() - cpu_before
-    report(args, steps, load_before, empty_mb, before_send_mb, after_send_mb, timings,
-           pages_wall, pages_cpu)  # fmt: skip
+        print(f"send{suffix}: {wall:.1f} s, {sent} sent", flush=True)
+    relations_after = await relation_bytes(url)
+    grew = {
+        name: size - relations_before.get(name, 0)
+        for name, size in relations_after.items()
+        if size != relations_before.get(name, 0)
+    }
+    growth.append(Growth(day, before_send_mb, await database_mb(url), grew))
+    return digest_id
 
 
 def report(
@@ -453,8 +498,7 @@ def report(
     steps: list[Step],
     load_before: tuple[float, float, float],
     empty_mb: float,
-    before_send_mb: float,
-    after_send_mb: float,
+    growth: list[Growth],
     timings: dict[str, list[float]],
     pages_wall: float,
     pages_cpu: float,
@@ -482,14 +526,25 @@ def report(
             f"| {step.name} | {step.wall:.1f} | {step.cpu:.1f} | {step.pg_cpu:.1f} | "
             f"{step.rows:,} | {step.db_mb:.0f} | {rss} | {step.note} |"
         )
-    growth = (after_send_mb - before_send_mb) * 1024 * 1024 / args.readers
     what = "planned (not sent: --skip-send)" if args.skip_send else "sent"
-    print()
-    print(
-        f"Database before the send {before_send_mb:.0f} MB, after {after_send_mb:.0f} MB: "
-        f"{growth:.0f} bytes per reader for one {RELEASES}-release daily send, {what} "
-        "(before VACUUM)."
-    )
+    for day in growth:
+        per_reader = (day.after_mb - day.before_mb) * 1024 * 1024 / args.readers
+        when = (
+            "the first send (it also writes every reader's watermark once)"
+            if day.day == 1
+            else f"day {day.day}, after a VACUUM as autovacuum does between daily sends"
+        )
+        print()
+        print(
+            f"Database before the send {day.before_mb:.0f} MB, after {day.after_mb:.0f} MB: "
+            f"**{per_reader:.0f} bytes per reader** for one {RELEASES}-release daily send, "
+            f"{what}; {when}. By relation (bytes per reader):"
+        )
+        print()
+        print("| relation | bytes per reader |")
+        print("|---|---:|")
+        for name, size in sorted(day.relations.items(), key=lambda item: -item[1]):
+            print(f"| {name} | {size / args.readers:.1f} |")
     print()
     print(f"Admin pages ({REQUESTS} requests each, in-process ASGI client, signed in; "
           f"{pages_wall:.1f} s wall, {pages_cpu:.1f} s CPU in all):")  # fmt: skip
@@ -507,6 +562,13 @@ def main() -> None:
         "--database",
         required=True,
         help="postgresql://… of a scratch database: it is dropped and created again",
+    )
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=1,
+        help="daily sends in a row (each 20 new releases); from day 2 on, the growth "
+        "is the steady state: yesterday's dead row versions were vacuumed and reused",
     )
     parser.add_argument(
         "--skip-send",

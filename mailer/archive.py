@@ -627,10 +627,18 @@ async def _carried_releases(
     groups = select(ContentGroup.release_ids).where(ContentGroup.digest_id == digest_id)
     pruned = await session.scalar(select(Digest.delivery_counts).where(Digest.id == digest_id))
     if pruned is None:
-        sent = select(Delivery.content_group_id).where(
-            Delivery.digest_id == digest_id, Delivery.status == DeliveryStatus.SENT
+        # A group was sent to someone when not all of its rows are unsent (sent rows
+        # are not indexed one by one: models.Delivery).
+        unsent = (
+            select(func.count())
+            .where(
+                Delivery.digest_id == digest_id,
+                Delivery.status != DeliveryStatus.SENT,
+                Delivery.content_group_id == ContentGroup.id,
+            )
+            .scalar_subquery()
         )
-        groups = groups.where(ContentGroup.id.in_(sent))
+        groups = groups.where(ContentGroup.recipients > unsent)
     else:
         # retention.deliveries pruned the rows: every message of the send with
         # content carried its group's releases ("sent" is in the kept counts).

@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import BounceConfig, MailboxConfig, Settings
 from mailer.db import Database
+from mailer.message import delivery_of_message_id
 from mailer.models import Bounce, Delivery, Subscriber, utcnow
 from mailer.smtpstatus import Verdict, enhanced_code, permanent_verdict
 from mailer.subscribers import NotFound, Origin, link_key_of, unsubscribe
@@ -191,17 +192,21 @@ async def _matching_delivery(
             delivery = await session.get(Delivery, token.number)
             if delivery is None:
                 problem = f"delivery {token.number} no longer exists"
-            elif email_key(delivery.email) != email_key(address):
+            elif not _went_to(delivery, address):
                 problem = f"it names {address}, but delivery {delivery.id} went to someone else"
             else:
                 return True, delivery, ""
-    if report.message_id:
-        delivery = await session.scalar(
-            select(Delivery).where(Delivery.message_id == report.message_id)
-        )
-        if delivery is not None and email_key(delivery.email) == email_key(address):
+    number = delivery_of_message_id(signer, report.message_id) if report.message_id else None
+    if number is not None:
+        delivery = await session.get(Delivery, number)
+        if delivery is not None and _went_to(delivery, address):
             return True, delivery, ""
     return False, None, problem
+
+
+def _went_to(delivery: Delivery, address: str) -> bool:
+    sent_to = delivery.email
+    return sent_to is not None and email_key(sent_to) == email_key(address)
 
 
 async def record_bounce(database: Database, settings: Settings, report: BounceReport) -> Handled:

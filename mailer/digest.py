@@ -99,7 +99,6 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
-    String,
     Table,
     Text,
     and_,
@@ -402,11 +401,10 @@ async def _plan_test(
         Delivery(
             digest_id=digest.id,
             subscriber_id=None,
-            email=digest.test_address,
+            test_address=digest.test_address,
             content_group_id=group_ids[0],
             status=DeliveryStatus.PENDING,
             attempts=0,
-            created_at=now,
             bounced=False,
         )
     )
@@ -731,7 +729,6 @@ _READERS = Table(
     "plan_readers",
     MetaData(),
     Column("subscriber_id", Integer, primary_key=True),
-    Column("email", String(320)),
     Column("class_key", Text),
     Column("signature", Text),
     Column("watermark", Integer),
@@ -769,10 +766,9 @@ async def _plan_subscribers(
     try:
         await connection.execute(
             insert(_READERS).from_select(
-                ["subscriber_id", "email", "class_key", *_CLASS_COLUMNS],
+                ["subscriber_id", "class_key", *_CLASS_COLUMNS],
                 select(
                     readers.c.id,
-                    readers.c.email,
                     # One text to group and join on: no sort of a million rows.
                     grouped[0]
                     + "|"
@@ -835,11 +831,9 @@ async def _write(
         select(
             literal(digest.id),
             _READERS.c.subscriber_id,
-            _READERS.c.email,
             _CLASSES.c.group_id,
             literal(DeliveryStatus.PENDING, deliveries.c.status.type),
             literal(0),
-            literal(now, UTCDateTime()),
             literal(False),
         )
         .join(_CLASSES, _CLASSES.c.class_key == _READERS.c.class_key)
@@ -851,11 +845,9 @@ async def _write(
             [
                 "digest_id",
                 "subscriber_id",
-                "email",
                 "content_group_id",
                 "status",
                 "attempts",
-                "created_at",
                 "bounced",
             ],
             delivered,

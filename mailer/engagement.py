@@ -71,6 +71,7 @@ from mailer.models import (
     Topic,
     utcnow,
 )
+from mailer.retention import send_counts
 
 log = logging.getLogger(__name__)
 
@@ -558,14 +559,9 @@ async def send_report(database: Database, settings: Settings, digest_id: int) ->
         digest = await session.get(Digest, digest_id)
         if digest is None or digest.kind == "preview":
             return None
-        delivered = await session.scalar(
-            select(func.count()).where(
-                Delivery.digest_id == digest_id, Delivery.status == DeliveryStatus.SENT
-            )
-        )
-        bounced = await session.scalar(
-            select(func.count()).where(Delivery.digest_id == digest_id, Delivery.bounced)
-        )
+        # Also once retention.deliveries pruned the send's rows.
+        counts = (await send_counts(session, [digest]))[digest_id]
+        delivered, bounced = counts.get("sent", 0), counts["bounced"]
         unsubscribed = (await unsubscribes_per_send(session, [digest_id])).get(digest_id, 0)
         rows = (
             await session.execute(
@@ -628,15 +624,10 @@ async def recent_sends(database: Database, limit: int = 20) -> list[SendSummary]
         ids = [d.id for d in digests]
         if not ids:
             return []
-        delivered = dict(
-            (
-                await session.execute(
-                    select(Delivery.digest_id, func.count())
-                    .where(Delivery.digest_id.in_(ids), Delivery.status == DeliveryStatus.SENT)
-                    .group_by(Delivery.digest_id)
-                )
-            ).all()
-        )
+        delivered = {
+            digest_id: counts.get("sent", 0)
+            for digest_id, counts in (await send_counts(session, digests)).items()
+        }
         clicks = {
             d: (c, u, x)
             for d, c, u, x in await session.execute(

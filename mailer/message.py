@@ -319,6 +319,15 @@ def _sender_address(settings: Settings) -> Address:
     return Address(display_name=one_line(name), username=local, domain=domain)
 
 
+def delivery_of_message_id(signer: MailTokenSigner, message_id: str) -> int | None:
+    """The delivery a digest's Message-ID names, if this site signed it."""
+    local = message_id.strip().strip("<>").rpartition("@")[0]
+    token = signer.read(local.partition(".")[2])
+    if token is None or token.kind is not MailTokenKind.DELIVERY:
+        return None
+    return token.number
+
+
 def _message_id(settings: Settings, tag: str) -> str:
     return f"<{int(time.time())}.{tag}.{secrets.token_hex(8)}@{settings.sender.domain}>"
 
@@ -590,7 +599,10 @@ class MessageComposer:
         }
         # Parsed once: the sender address is needed for every message.
         domain = self.settings.sender.domain
-        self._message_id = f"<{{}}.d{{}}.{{}}@{domain}>"
+        # Names the delivery with the return path's signed token: a bounce that quotes
+        # it is matched to its row without the Message-ID being stored (see
+        # delivery_of_message_id).
+        self._message_id = f"<{{}}.{{}}@{domain}>"
         self._address_tokens = MailTokenSigner(self.settings)
         self._return_path = "{}+{{}}@{}".format(*return_path(self.settings))
         # The mailto unsubscribe is advertised only where mailer reads that mail.
@@ -879,7 +891,9 @@ class MessageComposer:
                     continue
                 value = escaped
             encoded[part, slot] = _qp(value)
-        message_id = self._message_id.format(int(time.time()), delivery_id, secrets.token_hex(8))
+        message_id = self._message_id.format(
+            int(time.time()), self._address_tokens.token(MailTokenKind.DELIVERY, delivery_id)
+        )
         # Test sends have no subscriber to unsubscribe, so no List-Unsubscribe.
         unsubscribe = (
             b""

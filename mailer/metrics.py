@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.collect.store import source_release_counts
 from mailer.db import Database
@@ -35,6 +36,7 @@ from mailer.models import (
     Subscriber,
     utcnow,
 )
+from mailer.retention import in_flight
 
 RATE_WINDOW = timedelta(minutes=1)
 PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
@@ -62,16 +64,37 @@ class _Snapshot(Collector):
         return self.metrics
 
 
+async def _outbox_rows(session: AsyncSession) -> dict[DeliveryStatus, int]:
+    """Outbox rows by status without counting the sent ones row by row: they are
+    the kept sends' recipients less the unsent rows (see retention.send_counts)."""
+    rows: dict[DeliveryStatus, int] = dict(
+        (
+            await session.execute(
+                select(Delivery.status, func.count())
+                .where(Delivery.status != DeliveryStatus.SENT)
+                .group_by(Delivery.status)
+            )
+        ).all()
+    )
+    claimed: dict[DeliveryStatus, int] = {}
+    for (_, status), number in (await in_flight(session)).items():
+        claimed[status] = claimed.get(status, 0) + number
+    for status, number in claimed.items():
+        rows[status] -= number
+        rows[DeliveryStatus.SENDING] = rows.get(DeliveryStatus.SENDING, 0) + number
+    kept = await session.scalar(
+        select(func.coalesce(func.sum(Digest.recipient_count), 0)).where(
+            Digest.delivery_counts.is_(None)
+        )
+    )
+    rows[DeliveryStatus.SENT] = max(0, int(kept or 0) - sum(rows.values()))
+    return rows
+
+
 async def database_metrics(database: Database, now: datetime | None = None) -> list[Metric]:
     now = now or utcnow()
     async with database.session() as session:
-        deliveries = dict(
-            (
-                await session.execute(
-                    select(Delivery.status, func.count()).group_by(Delivery.status)
-                )
-            ).all()
-        )
+        deliveries = await _outbox_rows(session)
         bounced = await session.scalar(select(func.count()).where(Delivery.bounced)) or 0
         recent = (
             await session.scalar(

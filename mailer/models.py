@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
     select,
     text,
 )
@@ -502,25 +503,46 @@ class DeliveryStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-OPEN_DELIVERY_STATES = "status IN ('pending', 'sending', 'deferred')"
+# Every status but "sent": nearly all rows end sent, so indexes restricted to the
+# rest stay small, and a row that becomes sent adds no entry to them.
+UNSENT_DELIVERIES = "status <> 'sent'"
 
 
 class Delivery(Base):
-    """One message to one subscriber: the outbox row."""
+    """One message to one subscriber: the outbox row.
+
+    A send writes one of these per reader, so every byte counts a million times
+    (issue 12: growth per reader and send). What a row does not carry, on purpose:
+
+    * the address: the subscriber's, read when the message is composed
+      (``test_address`` is set only for a test send, which has no subscriber);
+    * the claim: a worker claims rows in ``delivery_claims`` instead of rewriting
+      them, so a row is written twice (planned, then its result), not three times;
+    * the Message-ID: it is derived from the row id and a keyed hash
+      (mailer.message.delivery_message_id), so bounces are matched without storing it;
+    * the queue time: the send's ``started_at``.
+
+    Indexes: the primary key, one per reader (``subscriber_id, digest_id``, also
+    the "never two rows per reader and send" check), and partial indexes that only
+    hold unsent rows (claiming, progress, backlog) or bounced ones. Sent counts are
+    the send's recipients less its unsent rows (mailer.send.progress). On
+    PostgreSQL, the send and the send time of the sent rows are found through BRIN
+    indexes (a few pages for millions of rows), since a send writes its rows
+    together and sends them in order.
+    """
 
     __tablename__ = "deliveries"
     __table_args__ = (
-        UniqueConstraint("digest_id", "subscriber_id"),
-        # Only rows still to send: the sent ones (nearly all) take no room in it.
+        UniqueConstraint("subscriber_id", "digest_id"),
+        # (digest, status) without the id: a send's pending rows share one key, which
+        # PostgreSQL stores once with a list of row addresses (a few bytes a row).
         Index(
-            "ix_deliveries_due",
+            "ix_deliveries_unsent",
+            "digest_id",
             "status",
-            "next_attempt_at",
-            postgresql_where=text(OPEN_DELIVERY_STATES),
-            sqlite_where=text(OPEN_DELIVERY_STATES),
+            postgresql_where=text(UNSENT_DELIVERIES),
+            sqlite_where=text(UNSENT_DELIVERIES),
         ),
-        # A send's counts by status and its recent rate, without reading its rows.
-        Index("ix_deliveries_digest_status", "digest_id", "status", "sent_at"),
         # Bounces are few: counted per send from a small partial index.
         Index(
             "ix_deliveries_bounced",
@@ -528,6 +550,8 @@ class Delivery(Base):
             postgresql_where=text("bounced"),
             sqlite_where=text("bounced"),
         ),
+        Index("ix_deliveries_digest", "digest_id", postgresql_using="brin"),
+        Index("ix_deliveries_sent_at", "sent_at", postgresql_using="brin"),
         NEVER_REUSE_IDS,
     )
 
@@ -539,9 +563,10 @@ class Delivery(Base):
     # subscriber_id itself (subscribers.privacy); digests are not deleted (their
     # deliveries are pruned by mailer.retention).
     digest_id: Mapped[int]
-    subscriber_id: Mapped[int | None] = mapped_column(index=True)
-    # Snapshot at queue time: the message goes where it was addressed when queued.
-    email: Mapped[str] = mapped_column(String(320))
+    subscriber_id: Mapped[int | None]
+    # Only for a test send (no subscriber): readers' messages go to their address
+    # (``email`` below). The column keeps its old name.
+    test_address: Mapped[str | None] = mapped_column("email", String(320))
     # What the message carries: shared by every reader of the same content.
     content_group_id: Mapped[int]
     status: Mapped[DeliveryStatus] = mapped_column(
@@ -549,11 +574,7 @@ class Delivery(Base):
     )
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime | None]
-    claimed_by: Mapped[str | None] = mapped_column(String(100))
-    claimed_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
-    message_id: Mapped[str | None] = mapped_column(String(300))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
     bounced: Mapped[bool] = mapped_column(default=False)
 
@@ -562,6 +583,38 @@ class Delivery(Base):
         innerjoin=True,
         primaryjoin="foreign(Delivery.content_group_id) == ContentGroup.id",
     )
+    digest: Mapped[Digest] = relationship(
+        lazy="joined",
+        innerjoin=True,
+        viewonly=True,
+        primaryjoin="foreign(Delivery.digest_id) == Digest.id",
+    )
+
+    subscriber: Mapped[Subscriber | None] = relationship(
+        lazy="joined",
+        viewonly=True,
+        primaryjoin="foreign(Delivery.subscriber_id) == Subscriber.id",
+    )
+
+    @hybrid_property
+    def email(self) -> str | None:
+        """Where the message goes: the subscriber's address (a test send's own)."""
+        if self.test_address is not None:
+            return self.test_address
+        return self.subscriber.email if self.subscriber is not None else None
+
+    @email.inplace.expression
+    @classmethod
+    def _email_expression(cls) -> Any:
+        return func.coalesce(
+            cls.test_address,
+            select(Subscriber.email).where(Subscriber.id == cls.subscriber_id).scalar_subquery(),
+        )
+
+    @property
+    def queued_at(self) -> datetime:
+        """When its send queued it (the row keeps no time of its own)."""
+        return self.digest.started_at or self.digest.created_at
 
     @hybrid_property
     def release_ids(self) -> list[int]:
@@ -588,6 +641,27 @@ class Delivery(Base):
             .where(ContentGroup.id == cls.content_group_id)
             .scalar_subquery()
         )
+
+
+class DeliveryClaim(Base):
+    """Deliveries a worker has taken and not yet recorded all results for: one row
+    per claim (up to a few hundred deliveries), not per delivery.
+
+    Not columns of ``deliveries``: claiming by rewriting each delivery cost a third
+    version of every row of a send, and a row per claimed delivery, inserted and
+    deleted a million times a send, left as many dead rows for autovacuum. A claim
+    row lives for about a second; a worker that dies leaves it behind, and
+    mailer.send.worker's recovery (the dead worker's journal, then the lease)
+    removes it. Claims are taken one at a time (mailer.send.worker), so two never
+    name the same delivery.
+    """
+
+    __tablename__ = "delivery_claims"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(100))
+    claimed_at: Mapped[datetime]
+    delivery_ids: Mapped[list[Any]]
 
 
 class Bounce(Base):

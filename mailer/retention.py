@@ -13,6 +13,7 @@ stay. Bounces keep their record without the link to the delivery.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import Settings
 from mailer.db import Database
-from mailer.models import Delivery, Digest, DigestStatus, utcnow
+from mailer.models import Delivery, DeliveryClaim, DeliveryStatus, Digest, DigestStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,82 @@ class Pruned:
         return f"Pruned {self.deliveries} deliveries of {self.sends} finished sends."
 
 
-async def delivery_counts(session: AsyncSession, digest_id: int) -> dict[str, int]:
-    """A send's deliveries by status, plus ``bounced``: what pruning keeps."""
+async def send_counts(
+    session: AsyncSession, digests: Sequence[Digest]
+) -> dict[int, dict[str, int]]:
+    """Each send's deliveries by status, plus ``bounced`` and ``sending`` (claimed by a
+    worker now, counted out of ``pending``): the one count behind progress pages,
+    engagement reports and metrics.
+
+    Sent rows, nearly all of a finished send, are not counted one by one: a send's
+    rows are its recipients, so "sent" is the recipients less the unsent rows, which
+    a small partial index holds (models.Delivery). A pruned send's counts were kept
+    on the digest.
+    """
+    counts: dict[int, dict[str, int]] = {}
+    live = []
+    for digest in digests:
+        if digest.delivery_counts is not None:
+            counts[digest.id] = {"bounced": 0, **digest.delivery_counts}
+        else:
+            counts[digest.id] = {"bounced": 0}
+            live.append(digest)
+    ids = [d.id for d in live]
+    if not ids:
+        return counts
+    unsent = await session.execute(
+        select(Delivery.digest_id, Delivery.status, func.count())
+        .where(Delivery.digest_id.in_(ids), Delivery.status != DeliveryStatus.SENT)
+        .group_by(Delivery.digest_id, Delivery.status)
+    )
+    for digest_id, status, number in unsent:
+        counts[digest_id][status.value] = number
+    for (digest_id, status), number in (await in_flight(session)).items():
+        if digest_id not in counts:
+            continue
+        mine = counts[digest_id]
+        mine["sending"] = mine.get("sending", 0) + number
+        mine[status.value] = mine.get(status.value, 0) - number
+    bounced = await session.execute(
+        select(Delivery.digest_id, func.count())
+        .where(Delivery.digest_id.in_(ids), Delivery.bounced)
+        .group_by(Delivery.digest_id)
+    )
+    for digest_id, number in bounced:
+        counts[digest_id]["bounced"] = number
+    for digest in live:
+        mine = counts[digest.id]
+        unsent_rows = sum(n for status, n in mine.items() if status != "bounced")
+        mine["sent"] = max(0, digest.recipient_count - unsent_rows)
+    return {
+        digest_id: {status: n for status, n in mine.items() if n or status == "bounced"}
+        for digest_id, mine in counts.items()
+    }
+
+
+async def claimed_delivery_ids(session: AsyncSession) -> set[int]:
+    """The deliveries workers hold now (a few hundred per worker)."""
+    claims = await session.scalars(select(DeliveryClaim.delivery_ids))
+    return {int(i) for ids in claims for i in ids}
+
+
+async def in_flight(session: AsyncSession) -> dict[tuple[int, DeliveryStatus], int]:
+    """Claimed deliveries not yet recorded, by send and status."""
+    held = sorted(await claimed_delivery_ids(session))
+    if not held:
+        return {}
     rows = await session.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.digest_id == digest_id)
-        .group_by(Delivery.status)
+        select(Delivery.digest_id, Delivery.status, func.count())
+        .where(Delivery.id.in_(held), Delivery.status != DeliveryStatus.SENT)
+        .group_by(Delivery.digest_id, Delivery.status)
     )
-    counts = {status.value: n for status, n in rows.all()}
-    counts["bounced"] = (
-        await session.scalar(
-            select(func.count()).where(Delivery.digest_id == digest_id, Delivery.bounced)
-        )
-        or 0
-    )
+    return {(digest_id, status): number for digest_id, status, number in rows}
+
+
+async def delivery_counts(session: AsyncSession, digest: Digest) -> dict[str, int]:
+    """A send's deliveries by status, plus ``bounced``: what pruning keeps."""
+    counts = (await send_counts(session, [digest]))[digest.id]
+    counts.pop("sending", None)
     return counts
 
 
@@ -86,7 +149,9 @@ async def prune_deliveries(
             if not digest_ids:
                 break
             for digest_id in digest_ids:
-                counts = await delivery_counts(session, digest_id)
+                digest = await session.get(Digest, digest_id)
+                assert digest is not None
+                counts = await delivery_counts(session, digest)
                 await session.execute(
                     update(Digest).where(Digest.id == digest_id).values(delivery_counts=counts)
                 )

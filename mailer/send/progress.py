@@ -5,6 +5,7 @@ whose last delivery is done.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from mailer.models import (
     DigestStatus,
     utcnow,
 )
+from mailer.retention import in_flight, send_counts
 from mailer.send.control import NoSuchSend
 
 log = logging.getLogger(__name__)
@@ -111,31 +113,9 @@ def _iso(value: datetime | None) -> str | None:
 
 async def sends_progress(session: AsyncSession, digests: Sequence[Digest]) -> list[DigestProgress]:
     """The progress of each of ``digests``: the one query behind every progress view."""
-    ids = [d.id for d in digests]
-    counts: dict[int, dict[str, int]] = {i: {} for i in ids}
-    bounced: dict[int, int] = {}
-    unsubscribed: dict[int, int] = {}
-    if ids:
-        rows = await session.execute(
-            select(Delivery.digest_id, Delivery.status, func.count())
-            .where(Delivery.digest_id.in_(ids))
-            .group_by(Delivery.digest_id, Delivery.status)
-        )
-        for digest_id, status, number in rows:
-            counts[digest_id][status.value] = number
-        rows = await session.execute(
-            select(Delivery.digest_id, func.count())
-            .where(Delivery.digest_id.in_(ids), Delivery.bounced)
-            .group_by(Delivery.digest_id)
-        )
-        bounced = {digest_id: number for digest_id, number in rows}
-        unsubscribed = await unsubscribes_per_send(session, ids)
-    for d in digests:
-        if d.delivery_counts is not None:
-            # retention.deliveries pruned the rows: their counts were kept on the send.
-            kept = dict(d.delivery_counts)
-            bounced[d.id] = kept.pop("bounced", 0)
-            counts[d.id] = kept
+    counts = await send_counts(session, digests)
+    bounced = {digest_id: mine.pop("bounced", 0) for digest_id, mine in counts.items()}
+    unsubscribed = await unsubscribes_per_send(session, [d.id for d in digests]) if digests else {}
     return [
         DigestProgress(
             id=d.id,
@@ -259,7 +239,16 @@ async def outbox_backlog(session: AsyncSession, digest_id: int | None = None) ->
     if digest_id is not None:
         query = query.where(Delivery.digest_id == digest_id)
     backlog = Backlog()
+    # Claimed rows keep their status until their result is written: count them as
+    # in flight, not as pending or deferred.
+    claimed: Counter[DeliveryStatus] = Counter()
+    for (held_digest, status), number in (await in_flight(session)).items():
+        if digest_id is None or held_digest == digest_id:
+            claimed[status] += number
+    backlog.sending = sum(claimed.values())
     for digest_status, status, count, next_attempt in (await session.execute(query)).all():
+        if digest_status is not DigestStatus.PAUSED:
+            count -= claimed.get(status, 0)
         if digest_status is DigestStatus.PAUSED:
             backlog.paused += count
         elif status is DeliveryStatus.PENDING:

@@ -9,12 +9,13 @@ import random
 import socket
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import Settings
@@ -26,14 +27,17 @@ from mailer.models import (
     Bounce,
     ContentGroup,
     Delivery,
+    DeliveryClaim,
     DeliveryStatus,
     Digest,
     DigestStatus,
     Subscriber,
     SubscriberStatus,
     Suppression,
+    UTCDateTime,
     utcnow,
 )
+from mailer.retention import claimed_delivery_ids
 from mailer.send.progress import finish_completed, outbox_backlog
 from mailer.smtpstatus import policy_reason
 from mailer.suppression import email_hash, suppress
@@ -42,6 +46,8 @@ from mailer.transport import Connection, Outcome, RateLimiter, SendResult, smtp_
 log = logging.getLogger(__name__)
 
 
+# Claims are taken one at a time under this PostgreSQL advisory lock.
+_CLAIM_LOCK_KEY = 0x6D61696C6572 + 1
 # A claim older than this is presumed abandoned by a worker on another machine.
 CLAIM_LEASE = timedelta(minutes=15)
 RECORD_EVERY_SECONDS = 0.5
@@ -86,21 +92,19 @@ async def recover(database: Database, settings: Settings, now: datetime | None =
                                 "id": e.delivery_id,
                                 "status": DeliveryStatus.SENT,
                                 "sent_at": e.sent_at,
-                                "message_id": e.message_id,
-                                "claimed_by": None,
                             }
                             for e in entries
                         ],
                     )
-                result = await session.execute(
-                    update(Delivery)
-                    .where(
-                        Delivery.claimed_by == orphan.worker_id,
-                        Delivery.status == DeliveryStatus.SENDING,
+                claims = (
+                    await session.execute(
+                        delete(DeliveryClaim)
+                        .where(DeliveryClaim.worker_id == orphan.worker_id)
+                        .returning(DeliveryClaim.delivery_ids)
                     )
-                    .values(status=DeliveryStatus.PENDING, claimed_by=None)
-                )
-                released += result.rowcount or 0
+                ).scalars()
+                held = {int(i) for ids in claims for i in ids}
+                released += len(held - {e.delivery_id for e in entries})
                 await finish_completed(session, now)
         except BaseException:
             orphan.release()
@@ -113,15 +117,16 @@ async def recover(database: Database, settings: Settings, now: datetime | None =
             released,
         )
     async with database.transaction() as session:
-        result = await session.execute(
-            update(Delivery)
-            .where(
-                Delivery.status == DeliveryStatus.SENDING,
-                Delivery.claimed_at < now - CLAIM_LEASE,
+        # A claim outlives its lease only when its worker died on another machine
+        # (this machine's dead workers were handled above, by their journals).
+        stale = (
+            await session.execute(
+                delete(DeliveryClaim)
+                .where(DeliveryClaim.claimed_at < now - CLAIM_LEASE)
+                .returning(DeliveryClaim.delivery_ids)
             )
-            .values(status=DeliveryStatus.PENDING, claimed_by=None)
-        )
-        released += result.rowcount or 0
+        ).scalars()
+        released += sum(len(ids) for ids in stale)
     return released
 
 
@@ -210,6 +215,9 @@ class Worker:
         self._skipped_domains: dict[str, float] = {}
         self._dropped_in_a_row: set[int] = set()
         self._results: list[Recorded] = []
+        # This worker's claims (id -> deliveries not yet recorded) and the reverse.
+        self._claims: dict[int, set[int]] = {}
+        self._claim_of: dict[int, int] = {}
         self._journal: Journal | None = None
         self._composers: dict[int, Any] = {}
         self._composer_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -310,7 +318,8 @@ class Worker:
             return not (await outbox_backlog(session, self.digest_id)).open
 
     async def _work_due(self) -> bool:
-        """True while a row of a running send is pending or due for a retry now.
+        """True while a row of a running send is pending or due for a retry now, and
+        not claimed by another worker.
         Rows deferred to later do not count: ``--until-empty`` leaves them to the
         next worker run (or to `mailer serve`), as the retry schedule says."""
         now = utcnow()
@@ -334,30 +343,19 @@ class Worker:
             )
             if self.digest_id is not None:
                 query = query.where(Delivery.digest_id == self.digest_id)
+            # Rows another worker holds are its work, not due here.
+            held = sorted(await claimed_delivery_ids(session))
+            if held:
+                query = query.where(Delivery.id.not_in(held))
             return (await session.scalar(query)) is not None
 
     async def claim(self, limit: int) -> list[Claimed]:
+        """Take up to ``limit`` due deliveries: one row in delivery_claims names them
+        all, so the deliveries themselves are not rewritten until their result is
+        known."""
         now = utcnow()
         async with self.database.transaction() as session:
-            query = (
-                select(Delivery.id)
-                .join(Digest, Digest.id == Delivery.digest_id)
-                .where(
-                    Digest.status == DigestStatus.SENDING,
-                    Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]),
-                    or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-                )
-                .order_by(Delivery.id)
-                .limit(limit)
-            )
-            if self.digest_id is not None:
-                query = query.where(Delivery.digest_id == self.digest_id)
-            for domain in self._domains_to_skip():
-                elsewhere = func.lower(Delivery.email).endswith(f"@{domain}", autoescape=True)
-                query = query.where(~elsewhere)
-            if not self.database.is_sqlite:
-                query = query.with_for_update(skip_locked=True, of=Delivery)
-            ids = list((await session.scalars(query)).all())
+            ids = await self._claim_ids(session, limit, now)
             if not ids:
                 return []
             # Plain rows, not Delivery objects: nothing here changes them through the
@@ -369,12 +367,14 @@ class Worker:
                         Delivery.id,
                         Delivery.digest_id,
                         Delivery.subscriber_id,
-                        Delivery.email,
+                        func.coalesce(Delivery.test_address, Subscriber.email).label("email"),
                         Subscriber.name,
                         ContentGroup.release_ids,
                         ContentGroup.content_key,
                         Delivery.attempts,
-                        Delivery.created_at,
+                        type_coerce(
+                            func.coalesce(Digest.started_at, Digest.created_at), UTCDateTime()
+                        ).label("queued_at"),
                         Subscriber.link_key,
                         Subscriber.status,
                         Digest.kind,
@@ -383,9 +383,10 @@ class Worker:
                     .join(ContentGroup, ContentGroup.id == Delivery.content_group_id)
                     .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
                     .where(Delivery.id.in_(ids))
+                    .order_by(Delivery.id)
                 )
             ).all()
-            hashes = {row.id: email_hash(self.settings, row.email) for row in rows}
+            hashes = {row.id: email_hash(self.settings, row.email) for row in rows if row.email}
             suppressed = set(
                 (
                     await session.scalars(
@@ -399,7 +400,7 @@ class Worker:
             for row in rows:
                 # A test send has no subscriber; any other row without one was erased.
                 gone = row.kind != "test" and row.status != SubscriberStatus.CONFIRMED
-                if gone or hashes[row.id] in suppressed:
+                if gone or not row.email or hashes[row.id] in suppressed:
                     withdrawn.append(row.id)
                     continue
                 claimed.append(
@@ -412,7 +413,7 @@ class Worker:
                         list(row.release_ids),
                         row.content_key,
                         row.attempts,
-                        row.created_at,
+                        row.queued_at,
                         row.link_key,
                     )
                 )
@@ -424,21 +425,79 @@ class Worker:
                         status=DeliveryStatus.CANCELLED,
                         last_error="recipient unsubscribed, erased or suppressed before sending",
                     )
+                    .execution_options(synchronize_session=False)
                 )
+                await self._unclaim(session, withdrawn)
                 # They may have been the last open rows of their send: no result will
                 # be written for them, so the send is finished here or never.
                 await finish_completed(session, now)
-            if claimed:
-                await session.execute(
-                    update(Delivery)
-                    .where(Delivery.id.in_([c.id for c in claimed]))
-                    .values(
-                        status=DeliveryStatus.SENDING, claimed_by=self.worker_id, claimed_at=now
-                    )
-                    # No Delivery objects in this session to bring up to date.
-                    .execution_options(synchronize_session=False)
-                )
         return claimed
+
+    async def _claim_ids(self, session: AsyncSession, limit: int, now: datetime) -> list[int]:
+        """Claim due rows of running sends: retries that are due, then rows never
+        tried, send by send, in the order they were planned."""
+        if not self.database.is_sqlite:
+            # One claim at a time: each then sees every claim committed before it,
+            # so no delivery is in two claims (SQLite's write transactions already
+            # run one at a time).
+            await session.execute(select(func.pg_advisory_xact_lock(_CLAIM_LOCK_KEY)))
+        sends = select(Digest.id).where(Digest.status == DigestStatus.SENDING)
+        if self.digest_id is not None:
+            sends = sends.where(Digest.id == self.digest_id)
+        held = sorted(await claimed_delivery_ids(session))
+        skipped = self._domains_to_skip()
+        taken: list[int] = []
+        for digest_id in (await session.scalars(sends.order_by(Digest.id))).all():
+            for due in (
+                and_(
+                    Delivery.status == DeliveryStatus.DEFERRED,
+                    or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+                ),
+                Delivery.status == DeliveryStatus.PENDING,
+            ):
+                if len(taken) >= limit:
+                    break
+                # No ORDER BY: the unsent index keeps a send's rows of one status
+                # in the order they were written, and sorting a million pending
+                # rows for each claim would cost more than the claim.
+                query = (
+                    select(Delivery.id)
+                    .where(Delivery.digest_id == digest_id, due)
+                    .limit(limit - len(taken))
+                )
+                if held:
+                    query = query.where(Delivery.id.not_in(held))
+                if skipped:
+                    address = func.lower(func.coalesce(Delivery.test_address, Subscriber.email))
+                    query = query.outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                    for domain in skipped:
+                        query = query.where(~address.endswith(f"@{domain}", autoescape=True))
+                taken += (await session.scalars(query)).all()
+        if taken:
+            taken.sort()
+            claim = DeliveryClaim(worker_id=self.worker_id, claimed_at=now, delivery_ids=taken)
+            session.add(claim)
+            await session.flush()
+            self._claims[claim.id] = set(taken)
+            for delivery_id in taken:
+                self._claim_of[delivery_id] = claim.id
+        return taken
+
+    async def _unclaim(self, session: AsyncSession, delivery_ids: Iterable[int]) -> None:
+        """Give up this worker's hold on ``delivery_ids`` (their results are written,
+        or they go back to the queue): a claim with nothing left is deleted; one
+        still holding others keeps only those."""
+        touched: set[int] = set()
+        for delivery_id in delivery_ids:
+            claim_id = self._claim_of.pop(delivery_id, None)
+            if claim_id is not None:
+                self._claims[claim_id].discard(delivery_id)
+                touched.add(claim_id)
+        finished = [c for c in touched if not self._claims[c]]
+        if finished:
+            await session.execute(delete(DeliveryClaim).where(DeliveryClaim.id.in_(finished)))
+            for claim_id in finished:
+                del self._claims[claim_id]
 
     async def _composer(self, claimed: Claimed) -> Any:
         """The digest's composer, loaded once even when many senders ask at once."""
@@ -678,8 +737,6 @@ class Worker:
                         "id": item.id,
                         "status": DeliveryStatus.SENT,
                         "sent_at": record.at,
-                        "message_id": record.message_id,
-                        "claimed_by": None,
                         "attempts": item.attempts + 1,
                         "last_error": None,
                     }
@@ -689,7 +746,6 @@ class Worker:
                     {
                         "id": item.id,
                         "status": DeliveryStatus.FAILED,
-                        "claimed_by": None,
                         "last_error": f"gave up: the server was unreachable past the retry "
                         f"window ({result.reason})"[:2000],
                     }
@@ -699,13 +755,12 @@ class Worker:
                     {
                         "id": item.id,
                         "status": DeliveryStatus.DEFERRED,
-                        "claimed_by": None,
                         "next_attempt_at": record.retry_at,
                         "last_error": result.reason[:2000],
                     }
                 )
             elif not record.attempted:
-                other.append({"id": item.id, "status": DeliveryStatus.PENDING, "claimed_by": None})
+                other.append({"id": item.id, "status": DeliveryStatus.PENDING})
             elif result.outcome is Outcome.DEFERRED:
                 other.append(self._deferral(item, result, now))
             else:
@@ -713,7 +768,6 @@ class Worker:
                     {
                         "id": item.id,
                         "status": DeliveryStatus.FAILED,
-                        "claimed_by": None,
                         "attempts": item.attempts + 1,
                         "last_error": result.reason[:2000],
                         "bounced": result.hard_bounce,
@@ -725,6 +779,7 @@ class Worker:
             for rows in (sent, other):
                 if rows:
                     await session.execute(update(Delivery), rows)
+            await self._unclaim(session, [record.claimed.id for record in batch])
             for record in bounces:
                 await suppress(
                     session,
@@ -752,7 +807,6 @@ class Worker:
             return {
                 "id": item.id,
                 "status": DeliveryStatus.FAILED,
-                "claimed_by": None,
                 "attempts": attempts,
                 "last_error": f"gave up after {attempts} attempts: {result.reason}"[:2000],
             }
@@ -762,7 +816,6 @@ class Worker:
         return {
             "id": item.id,
             "status": DeliveryStatus.DEFERRED,
-            "claimed_by": None,
             "attempts": attempts,
             "next_attempt_at": now + timedelta(seconds=delay),
             "last_error": result.reason[:2000],
@@ -791,13 +844,14 @@ class Worker:
     async def _return_to_queue(self, items: list[Claimed]) -> None:
         if not items:
             return
+        returned = {c.id for c in items}
         async with self.database.transaction() as session:
-            await session.execute(
-                update(Delivery)
-                .where(
-                    Delivery.id.in_([c.id for c in items]),
-                    Delivery.status == DeliveryStatus.SENDING,
-                    Delivery.claimed_by == self.worker_id,
+            claims = {self._claim_of[i] for i in returned if i in self._claim_of}
+            await self._unclaim(session, returned)
+            # Claims still holding other deliveries name only those from now on.
+            for claim_id in claims & set(self._claims):
+                await session.execute(
+                    update(DeliveryClaim)
+                    .where(DeliveryClaim.id == claim_id)
+                    .values(delivery_ids=sorted(self._claims[claim_id]))
                 )
-                .values(status=DeliveryStatus.PENDING, claimed_by=None)
-            )

@@ -71,7 +71,7 @@ async def subscriber_record(
             await session.scalars(
                 select(Delivery)
                 .where(Delivery.subscriber_id == subscriber_id)
-                .order_by(Delivery.created_at.desc(), Delivery.id.desc())
+                .order_by(Delivery.id.desc())
                 .limit(RECORD_DELIVERIES)
             )
         ).all()
@@ -162,9 +162,8 @@ async def export_data(database: Database, settings: Settings, subscriber_id: int
             {
                 "to": d.email,
                 "status": d.status.value,
-                "queued_at": _iso(d.created_at),
+                "queued_at": _iso(d.queued_at),
                 "sent_at": _iso(d.sent_at),
-                "message_id": d.message_id,
                 "release_ids": d.release_ids,
                 "bounced": d.bounced,
             }
@@ -232,7 +231,7 @@ async def _erase_row(
     await session.execute(
         update(Delivery)
         .where(Delivery.subscriber_id == subscriber_id)
-        .values(email="", subscriber_id=None)
+        .values(test_address=None, subscriber_id=None)
     )
     await session.execute(
         update(Bounce)

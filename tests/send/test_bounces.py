@@ -19,6 +19,7 @@ from mailer.models import Bounce, Delivery
 from mailer.send import start_digest
 from mailer.smtpstatus import Verdict
 from mailer.suppression import is_suppressed
+from mailer.tokens import MailTokenKind, MailTokenSigner
 from mailer.web.app import create_app
 from tests.conftest import make_settings
 from tests.send.conftest import seed
@@ -197,8 +198,11 @@ async def test_webhook_needs_the_secret_and_matching_reports(
     settings = await _settings(tmp_path, database_url)
     async with AppContext(settings=settings).database() as database:
         first, second, third = await _deliveries(database, settings, 3)
-        async with database.transaction() as session:
-            (await session.get(Delivery, third.id)).message_id = "<1.d3.abc@example.org>"
+    # The Message-ID mailer gave the third message (it names its delivery, signed),
+    # and one with the same shape that this site did not sign.
+    signed = MailTokenSigner(settings).token(MailTokenKind.DELIVERY, third.id)
+    third_message_id = f"<1700000000.{signed}@example.org>"
+    forged_message_id = f"<1700000000.d{third.id}.0123456789abcdef@example.org>"
     app = create_app(AppContext(settings=settings), run_background=False)
     with TestClient(app) as client:
         payload = {
@@ -215,9 +219,15 @@ async def test_webhook_needs_the_secret_and_matching_reports(
         auth = {"Authorization": f"Bearer {SECRET}"}
         ok = client.post("/webhooks/bounce", json=payload, headers=auth)
         assert ok.status_code == 200 and (ok.json()["recorded"], ok.json()["ignored"]) == (1, 0)
+        forged = client.post(
+            "/webhooks/bounce",
+            json={"email": third.email, "kind": "hard", "message_id": forged_message_id},
+            headers=auth,
+        )
+        assert (forged.json()["recorded"], forged.json()["ignored"]) == (0, 1)
         by_message_id = client.post(
             "/webhooks/bounce",
-            json={"email": third.email, "kind": "hard", "message_id": "<1.d3.abc@example.org>"},
+            json={"email": third.email, "kind": "hard", "message_id": third_message_id},
             headers=auth,
         )
         assert by_message_id.json()["recorded"] == 1

@@ -11,11 +11,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mailer.context import AppContext
 from mailer.journal import Journal
-from mailer.models import Delivery, DeliveryStatus, utcnow
+from mailer.models import Delivery, DeliveryClaim, DeliveryStatus, utcnow
 from mailer.send import journal_dir, recover, start_digest
 from tests.send.conftest import seed, write_config
 from tests.support.faulty_smtp import FaultPlan, FaultySmtpServer
@@ -85,12 +85,13 @@ async def test_journal_of_a_dead_worker_is_replayed(tmp_path: Path, sqlite_url: 
                         .order_by(Delivery.id)
                     )
                 ).all()
-                for row in rows:
-                    row.status, row.claimed_by, row.claimed_at = (
-                        DeliveryStatus.SENDING,
-                        "deadhost-1-abc",
-                        utcnow(),
+                session.add(
+                    DeliveryClaim(
+                        worker_id="deadhost-1-abc",
+                        claimed_at=utcnow(),
+                        delivery_ids=[row.id for row in rows],
                     )
+                )
             # The dead worker had journaled two acceptances, then died.
             journal = Journal(journal_dir(settings), "deadhost-1-abc")
             journal.record(rows[0].id, "<a@example.org>", utcnow())
@@ -100,12 +101,13 @@ async def test_journal_of_a_dead_worker_is_replayed(tmp_path: Path, sqlite_url: 
             assert requeued == 2
             async with database.session() as session:
                 after = {
-                    d.id: (d.status, d.message_id)
+                    d.id: (d.status, d.sent_at is not None)
                     for d in (await session.scalars(select(Delivery))).all()
                 }
-            assert after[rows[0].id] == (DeliveryStatus.SENT, "<a@example.org>")
-            assert after[rows[1].id] == (DeliveryStatus.SENT, "<b@example.org>")
-            assert after[rows[2].id][0] == after[rows[3].id][0] == DeliveryStatus.PENDING
+                claims = await session.scalar(select(func.count()).select_from(DeliveryClaim))
+            assert after[rows[0].id] == after[rows[1].id] == (DeliveryStatus.SENT, True)
+            assert after[rows[2].id] == after[rows[3].id] == (DeliveryStatus.PENDING, False)
+            assert claims == 0, "the dead worker's claims are gone: anyone may take its rows"
             assert not (journal_dir(settings) / "deadhost-1-abc.journal").exists()
     finally:
         server.stop()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import UTC, datetime
+from email import message_from_bytes
 from pathlib import Path
 
 from sqlalchemy import select
 
 from mailer.context import AppContext
+from mailer.message import delivery_of_message_id
 from mailer.models import (
     Bounce,
     Delivery,
@@ -21,6 +23,7 @@ from mailer.models import (
 )
 from mailer.send import Worker, digest_progress, set_digest_state, start_digest
 from mailer.suppression import is_suppressed
+from mailer.tokens import MailTokenSigner
 from tests.send.conftest import deliver_all, seed, write_config
 from tests.send.conftest import statuses as _statuses
 from tests.support.faulty_smtp import FaultySmtpServer
@@ -41,8 +44,15 @@ async def test_every_recipient_gets_exactly_one_message(
         async with database.session() as session:
             progress = await digest_progress(session, digest.id)
             assert progress.status == "done"
-            message_ids = (await session.scalars(select(Delivery.message_id))).all()
-        assert len(set(message_ids)) == 40 and all(message_ids)
+            ids = set((await session.scalars(select(Delivery.id))).all())
+        # Each message's Message-ID names its own delivery, signed (bounces quoting
+        # it are matched without the Message-ID being stored).
+        signer = MailTokenSigner(settings)
+        named = [
+            delivery_of_message_id(signer, message_from_bytes(data)["Message-ID"])
+            for _, data, _ in faulty_smtp.handler.accepted
+        ]
+        assert sorted(named) == sorted(ids) and len(ids) == 40
         # A second send right away finds nothing new: no release goes out twice.
         again = await start_digest(database, settings)
         assert again.recipient_count == 0 and again.status == DigestStatus.DONE
