@@ -15,7 +15,7 @@ from mailer.collect.dates import Published, parse_published
 from mailer.collect.dedupe import (
     Comparable,
     content_hash_of_normalised,
-    simhash_of_normalised,
+    simhash_of_shingles,
     to_signed,
     word_count,
 )
@@ -67,7 +67,8 @@ class Candidate:
     @cached_property
     def simhash(self) -> int:
         """Signed, as the BIGINT column stores it."""
-        return to_signed(simhash_of_normalised(self.comparable.normalised))
+        # The comparable's shingles: made once for the fingerprint and the text checks.
+        return to_signed(simhash_of_shingles(self.comparable.shingles))
 
     def as_json(self, source: str) -> dict[str, object]:
         return {
