@@ -255,12 +255,15 @@ class ReleaseStore:
         self._new_topics: list[tuple[int, int]] = []
         self._next_key = -1
         self._real: dict[int, int] = {}
+        bind = session.bind
+        self._sqlite = bind is not None and bind.dialect.name == "sqlite"
+        self._postgresql = bind is not None and bind.dialect.name == "postgresql"
         # recent.close() of candidates, as prepare found it (by id of the candidate).
         self._close: dict[int, list[tuple[int, int]]] = {}
 
     async def prepare(self, candidates: Sequence[Candidate]) -> None:
         """Load what matching needs in a few queries instead of several per candidate."""
-        if self.session.bind is not None and self.session.bind.dialect.name == "postgresql":
+        if self._postgresql:
             await self.session.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORE_LOCK_KEY}
             )
@@ -554,13 +557,22 @@ class ReleaseStore:
         links, self._new_links = self._new_links, []
         topics, self._new_topics = self._new_topics, []
         if new:
-            ids = await self.session.scalars(
-                insert(Release.__table__).returning(
-                    Release.__table__.c.id, sort_by_parameter_order=True
-                ),
-                [release.row() for release in new.values()],
-            )
-            self._renumber(dict(zip(new, ids.all(), strict=True)))
+            table = Release.__table__
+            rows = [release.row() for release in new.values()]
+            if self._sqlite:
+                # SQLAlchemy cannot keep RETURNING in parameter order on SQLite and
+                # falls back to one INSERT per row. Multi-row INSERTs instead: SQLite
+                # numbers new rows upwards in the order it inserts them (the largest
+                # id plus one; this transaction holds the write lock), so the ids in
+                # ascending order are the rows' ids in parameter order.
+                result = await self.session.scalars(insert(table).returning(table.c.id), rows)
+                ids = sorted(result.all())
+            else:
+                result = await self.session.scalars(
+                    insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
+                )
+                ids = list(result.all())
+            self._renumber(dict(zip(new, ids, strict=True)))
         if links:
             for link in links:
                 self._links[link.guid] = _WRITTEN
