@@ -58,6 +58,10 @@ class Candidate:
     @cached_property
     def words(self) -> int:
         """Words in the text (the title does not count)."""
+        if self.text and self.text.isascii():
+            # In ASCII, the \\w+ runs word_count finds are the words the comparable's
+            # normalised form keeps (case folding changes no letter into a non-letter).
+            return self.comparable.words
         return word_count(self.text)
 
     @cached_property
