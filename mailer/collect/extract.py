@@ -10,7 +10,13 @@ from datetime import UTC, datetime, tzinfo
 from functools import cached_property
 
 from mailer.collect.blocks import Body, Image, blocks_from_html, blocks_from_text, clean_line
-from mailer.collect.boilerplate import clean_blocks, clean_title, is_bare_host, photo_credit_of
+from mailer.collect.boilerplate import (
+    clean_blocks,
+    clean_title,
+    is_bare_host,
+    normalised_body,
+    photo_credit_of,
+)
 from mailer.collect.dates import Published, parse_published
 from mailer.collect.dedupe import (
     Comparable,
@@ -155,7 +161,7 @@ def build_candidate(
     summary = lead_summary(cleaned.blocks) if cleaned.blocks else ""
     if not guid:
         guid = link or "sha256:" + hashlib.sha256(f"{final_title}\n{text_out}".encode()).hexdigest()
-    return Candidate(
+    candidate = Candidate(
         guid=guid[:2000],
         title=final_title,
         url=link,
@@ -170,6 +176,10 @@ def build_candidate(
         publisher=_publisher(publisher, cleaned.publisher, fallback_publisher),
         warnings=warnings,
     )
+    if text_out:
+        # What Candidate.comparable would compute, from the lines' normalised forms.
+        candidate.comparable = Comparable.of_normalised(normalised_body(cleaned.blocks))
+    return candidate
 
 
 def published_text(value: datetime | None, *, date_only: bool) -> str | None:

@@ -22,10 +22,10 @@ from sqlalchemy import delete, distinct, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import raiseload
 
-from mailer.collect.boilerplate import normalise
+from mailer.collect.boilerplate import joined_normalised, normalise
 from mailer.collect.dedupe import MAX_DISTANCE, Comparable, SimhashIndex, distance, to_unsigned
 from mailer.collect.extract import Candidate
-from mailer.collect.topics import TopicRules, joined_normalised
+from mailer.collect.topics import TopicRules
 from mailer.models import Release, ReleaseLink, ReleaseTopic, utcnow
 
 # Near-duplicates are looked for among releases published this close to the candidate.

@@ -37,20 +37,12 @@ class TopicRules:
         return self.match_normalised(normalise("\n".join(texts)))
 
     def match_normalised(self, haystack: str) -> list[int]:
-        """``match`` of texts already normalised and joined (see ``joined_normalised``)."""
+        """``match`` of texts already normalised and joined (``joined_normalised``)."""
         return [topic_id for topic_id, _, pattern in self._rules if pattern.search(haystack)]
 
     def match_slugs(self, *texts: str) -> list[str]:
         haystack = normalise("\n".join(texts))
         return [slug for _, slug, pattern in self._rules if pattern.search(haystack)]
-
-
-def joined_normalised(*normalised: str) -> str:
-    """``normalise("\\n".join(texts))`` from each text's own normalised form: the line
-    break and any non-word characters around it become the one space between them, and
-    a text with no words leaves none. Lets a text normalised once (for dedupe) be
-    matched without normalising it again."""
-    return " ".join(part for part in normalised if part)
 
 
 def keyword_pattern(keywords: Sequence[str]) -> re.Pattern[str] | None:
