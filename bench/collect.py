@@ -13,7 +13,9 @@ the steadier figure.
 
 ``--profile FILE`` writes a cProfile of the first run, timed in process CPU time
 (read it with ``python -m pstats FILE``). A PostgreSQL ``--database`` should name
-a scratch database: the benchmark migrates it and adds its sources and releases.
+a scratch database: the benchmark migrates it and adds its sources and releases. With
+PostgreSQL on the same machine, the CPU time of the server processes serving that
+database is printed too, apart from the collector's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import cProfile
 import email.utils
 import io
 import multiprocessing
+import os
 import random
 import resource
 import socket
@@ -122,6 +125,28 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def server_cpu_seconds(database: str) -> float | None:
+    """CPU seconds (user + system) of the PostgreSQL server processes serving
+    ``database`` (named in their process titles), from /proc;
+    None where there is no /proc. Backends that exit between two readings are not
+    counted: the collector's pool keeps its connections for the whole run."""
+    if not Path("/proc/self").exists():
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for folder in Path("/proc").glob("[0-9]*"):
+        try:
+            title = (folder / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            # "postgres: [CLUSTER: ]USER DATABASE HOST(PORT) STATE"
+            if not title.startswith("postgres: ") or database not in title.split()[2:4]:
+                continue
+            fields = (folder / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def peak_rss_mb() -> float:
     # ru_maxrss is in kilobytes on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -190,6 +215,8 @@ async def run(
             await scratch.dispose()
         async with context.database() as database:
             print(f"{feeds} feeds x {items} items, database {database.dialect}")
+            # The PostgreSQL server's share, counted apart (on the same machine).
+            server_database = None if database.is_sqlite else database.url.database
             per_release = feeds * items
             for label in ("first run", "second run (all 304)"):
                 # Timed by CPU time: waiting for the network or the database costs nothing.
@@ -199,6 +226,7 @@ async def run(
                     else None
                 )
                 started, cpu_started = time.perf_counter(), cpu_seconds()
+                server_started = server_cpu_seconds(server_database) if server_database else None
                 if profiler:
                     profiler.enable()
                 results = await collect_all(database, settings)
@@ -206,6 +234,9 @@ async def run(
                     profiler.disable()
                     profiler.dump_stats(profile)
                 elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+                server_cpu = None
+                if server_database and server_started is not None:
+                    server_cpu = (server_cpu_seconds(server_database) or 0.0) - server_started
                 failed = [r for r in results if r.error]
                 print(
                     f"{label}: {elapsed:.1f} s wall, {cpu:.1f} s CPU"
@@ -216,6 +247,13 @@ async def run(
                     f" failed sources {len(failed)}"
                     + (f" (first error: {failed[0].error})" if failed else "")
                 )
+                if server_cpu is not None:
+                    print(
+                        f"  PostgreSQL server processes of {server_database}:"
+                        f" {server_cpu:.1f} s CPU ({server_cpu / per_release * 1000:.2f} ms"
+                        f" per release); collector and server together"
+                        f" {(cpu + server_cpu) / per_release * 1000:.2f} ms"
+                    )
             async with database.session() as session:
                 stored = await session.scalar(select(func.count()).select_from(Release))
             print(f"releases stored: {stored}")

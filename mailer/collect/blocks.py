@@ -36,7 +36,14 @@ def clean_line(text: str) -> str:
     if not text.isascii():
         # Invisible characters are all outside ASCII, and ASCII is already NFC.
         text = unicodedata.normalize("NFC", _INVISIBLE.sub("", text))
+    elif "  " not in text and not _ASCII_SPACING.intersection(text):
+        # Nothing for _SPACES to change (its only ASCII members are these and runs
+        # of spaces): skip the substitution, which copies the line.
+        return text.strip()
     return _SPACES.sub(" ", text).strip()
+
+
+_ASCII_SPACING = frozenset("\t\r\f\v")
 
 
 @dataclass

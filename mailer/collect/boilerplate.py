@@ -150,10 +150,33 @@ def normalise(text: str) -> str:
     return _NON_WORD.sub(" ", text.casefold()).strip()
 
 
+def joined_normalised(*normalised: str) -> str:
+    """``normalise("\\n".join(texts))`` from each text's own normalised form: the line
+    break and any non-word characters around it become the one space between them, and
+    a text with no words leaves none. Lets a text normalised once (for dedupe) be
+    matched without normalising it again."""
+    return " ".join(part for part in normalised if part)
+
+
 # A line is normalised by several checks in turn (newsletter prompt, boilerplate,
 # title, publisher): once per distinct line with this cache. Lines only; whole
 # texts (dedupe) would fill it with large strings used once.
 _line_key = lru_cache(maxsize=2048)(normalise)
+
+
+def normalised_body(blocks: Sequence[Block]) -> str:
+    """``normalise`` of the text the blocks make ("\\n\\n" between blocks, "\\n"
+    between lines, "- " or "1. " before list items: see Block.text), put together from
+    the normalised lines clean_blocks has just looked up, not by normalising the whole
+    text again."""
+    parts: list[str] = []
+    for block in blocks:
+        numbered = block.kind == "ol"
+        for number, line in enumerate(block.kept_lines, start=1):
+            if numbered:
+                parts.append(str(number))
+            parts.append(_line_key(line))
+    return joined_normalised(*parts)
 
 
 @dataclass

@@ -58,7 +58,12 @@ def simhash(text: str) -> int:
 
 
 def simhash_of_normalised(normalised: str) -> int:
-    features = shingles(normalised)
+    return simhash_of_shingles(shingles(normalised))
+
+
+def simhash_of_shingles(features: set[str]) -> int:
+    """SimHash of a text's shingles (``shingles``): for a caller that holds them
+    already, as a Comparable does, so they are not made twice."""
     if not features:
         return 0
     # The feature hashes side by side, 8 bytes each, most significant byte first. Bit
@@ -177,6 +182,10 @@ class SimhashIndex:
 
     def candidates(self, value: int, max_distance: int = MAX_DISTANCE) -> list[int]:
         """Keys whose fingerprint is within ``max_distance`` bits, closest first."""
+        return [key for _, key in self.scored(value, max_distance)]
+
+    def scored(self, value: int, max_distance: int = MAX_DISTANCE) -> list[tuple[int, int]]:
+        """(distance, key) of the keys ``candidates`` gives, in its order."""
         found: set[int] = set()
         for band, part in zip(self._bands, self._band_values(value), strict=True):
             found.update(band.get(part, ()))
@@ -188,4 +197,5 @@ class SimhashIndex:
             for key in found
             if (score := (unsigned ^ values[key]).bit_count()) <= max_distance
         ]
-        return [key for _, key in sorted(scored)]
+        scored.sort()
+        return scored

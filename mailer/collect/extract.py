@@ -10,12 +10,18 @@ from datetime import UTC, datetime, tzinfo
 from functools import cached_property
 
 from mailer.collect.blocks import Body, Image, blocks_from_html, blocks_from_text, clean_line
-from mailer.collect.boilerplate import clean_blocks, clean_title, is_bare_host, photo_credit_of
+from mailer.collect.boilerplate import (
+    clean_blocks,
+    clean_title,
+    is_bare_host,
+    normalised_body,
+    photo_credit_of,
+)
 from mailer.collect.dates import Published, parse_published
 from mailer.collect.dedupe import (
     Comparable,
     content_hash_of_normalised,
-    simhash_of_normalised,
+    simhash_of_shingles,
     to_signed,
     word_count,
 )
@@ -58,6 +64,10 @@ class Candidate:
     @cached_property
     def words(self) -> int:
         """Words in the text (the title does not count)."""
+        if self.text and self.text.isascii():
+            # In ASCII, the \\w+ runs word_count finds are the words the comparable's
+            # normalised form keeps (case folding changes no letter into a non-letter).
+            return self.comparable.words
         return word_count(self.text)
 
     @cached_property
@@ -67,7 +77,8 @@ class Candidate:
     @cached_property
     def simhash(self) -> int:
         """Signed, as the BIGINT column stores it."""
-        return to_signed(simhash_of_normalised(self.comparable.normalised))
+        # The comparable's shingles: made once for the fingerprint and the text checks.
+        return to_signed(simhash_of_shingles(self.comparable.shingles))
 
     def as_json(self, source: str) -> dict[str, object]:
         return {
@@ -150,7 +161,7 @@ def build_candidate(
     summary = lead_summary(cleaned.blocks) if cleaned.blocks else ""
     if not guid:
         guid = link or "sha256:" + hashlib.sha256(f"{final_title}\n{text_out}".encode()).hexdigest()
-    return Candidate(
+    candidate = Candidate(
         guid=guid[:2000],
         title=final_title,
         url=link,
@@ -165,6 +176,10 @@ def build_candidate(
         publisher=_publisher(publisher, cleaned.publisher, fallback_publisher),
         warnings=warnings,
     )
+    if text_out:
+        # What Candidate.comparable would compute, from the lines' normalised forms.
+        candidate.comparable = Comparable.of_normalised(normalised_body(cleaned.blocks))
+    return candidate
 
 
 def published_text(value: datetime | None, *, date_only: bool) -> str | None:

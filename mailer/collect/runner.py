@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -262,11 +262,13 @@ async def _take_lease(database: Database, name: str, lease: _Lease) -> Source | 
     now = utcnow()
     insert = sqlite_insert if database.is_sqlite else pg_insert
     statement = insert(Lock).values(name=lease.name, holder=lease.holder, expires_at=now + LEASE)
+    # RETURNING gives a row only when this holder's row was written (inserted, or
+    # taken over once expired): that is holding the lease, without reading it back.
     statement = statement.on_conflict_do_update(
         index_elements=["name"],
         set_={"holder": lease.holder, "expires_at": now + LEASE},
         where=Lock.__table__.c.expires_at < now,
-    )
+    ).returning(Lock.__table__.c.holder)
     async with _writing(database) as session:
         source = await session.scalar(
             select(Source).where(
@@ -275,8 +277,7 @@ async def _take_lease(database: Database, name: str, lease: _Lease) -> Source | 
         )
         if source is None:
             return None
-        await session.execute(statement)
-        current = await session.scalar(select(Lock.holder).where(Lock.name == lease.name))
+        current = (await session.execute(statement)).scalar()
     lease.held = current == lease.holder
     return source
 
@@ -630,20 +631,28 @@ async def _store_in_transaction(
         final.failed += counts[4]
         final.entry_errors = [*result.entry_errors, *outcome.entry_errors]
         final.new_release_ids = list(outcome.new_release_ids)
-        row = await session.get(Source, source.id)
-        if row is not None:
-            row.status = SourceStatus.OK
-            row.last_run_at = now
-            row.last_success_at = now
-            row.consecutive_failures = 0
-            if gathered.keep_validators:
-                row.etag = (gathered.etag or None) and gathered.etag[:500]
-                row.last_modified = (gathered.last_modified or None) and (
-                    gathered.last_modified[:100]
-                )
-            if gathered.seen_files is not None:
-                row.seen_files = gathered.seen_files
-            row.last_counts = final.counts()
+        # One UPDATE, not a SELECT of the row and an ORM flush (a source that was
+        # removed meanwhile is simply not updated, as before).
+        values: dict[str, Any] = {
+            "status": SourceStatus.OK,
+            "last_run_at": now,
+            "last_success_at": now,
+            "consecutive_failures": 0,
+            "last_counts": final.counts(),
+        }
+        if gathered.keep_validators:
+            values["etag"] = (gathered.etag or None) and gathered.etag[:500]
+            values["last_modified"] = (gathered.last_modified or None) and (
+                gathered.last_modified[:100]
+            )
+        if gathered.seen_files is not None:
+            values["seen_files"] = gathered.seen_files
+        await session.execute(
+            update(Source)
+            .where(Source.id == source.id)
+            .values(values)
+            .execution_options(synchronize_session=False)
+        )
         if lease is not None:
             await lease.end_in(session)
     # Only a committed transaction's counts are the run's.

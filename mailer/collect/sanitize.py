@@ -47,6 +47,18 @@ _NEVER_SHOWN = {"script", "style", "noscript", "template"}
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HIDDEN_HINT = re.compile(r"hidden|display|<script|<style|<noscript|<template", re.IGNORECASE)
+_HIDDEN_HINT_WORDS = ("hidden", "display", "<script", "<style", "<noscript", "<template")
+
+
+def _may_hide(html: str) -> bool:
+    """Whether ``html`` may hold hidden or active content (``_HIDDEN_HINT``). On ASCII
+    text lower() and substring checks give the regex's verdict at a tenth of its cost
+    (a case-insensitive alternation is tried at every position); other text keeps the
+    regex, whose case folding also matches letters such as U+017F and U+212A."""
+    if html.isascii():
+        lowered = html.lower()
+        return any(word in lowered for word in _HIDDEN_HINT_WORDS)
+    return _HIDDEN_HINT.search(html) is not None
 
 
 def drop_hidden(root: etree._Element) -> None:
@@ -79,7 +91,7 @@ def _parsed(html: str) -> etree._Element | None:
 
 
 def _without_hidden(html: str) -> str:
-    if _HIDDEN_HINT.search(html) is None:
+    if not _may_hide(html):
         return html
     root = _parsed(html)
     if root is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,7 +22,8 @@ from sqlalchemy import delete, distinct, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import raiseload
 
-from mailer.collect.dedupe import Comparable, SimhashIndex, to_unsigned
+from mailer.collect.boilerplate import joined_normalised, normalise
+from mailer.collect.dedupe import MAX_DISTANCE, Comparable, SimhashIndex, distance, to_unsigned
 from mailer.collect.extract import Candidate
 from mailer.collect.topics import TopicRules
 from mailer.models import Release, ReleaseLink, ReleaseTopic, utcnow
@@ -82,6 +84,12 @@ class RecentReleases:
         self.published: dict[int, datetime] = {}
         self.since: datetime | None = None
         self.max_id = 0
+        # Keys whose fingerprint was added, changed or removed since ``mark``.
+        self.touched: set[int] = set()
+
+    def mark(self) -> None:
+        """Start noting which entries change, for ``near_again``."""
+        self.touched = set()
 
     async def bring_up_to_date(self, session: AsyncSession, since: datetime) -> None:
         columns = (Release.id, Release.simhash, Release.published_at)
@@ -122,10 +130,12 @@ class RecentReleases:
     def put(self, release_id: int, fingerprint: int, published: datetime) -> None:
         self.index.add(release_id, fingerprint)
         self.published[release_id] = published
+        self.touched.add(release_id)
 
     def forget(self, release_id: int) -> None:
         self.index.remove(release_id)
         self.published.pop(release_id, None)
+        self.touched.add(release_id)
 
     def rename(self, old: int, new: int) -> None:
         fingerprint = self.index.value(old)
@@ -136,11 +146,41 @@ class RecentReleases:
 
     def near(self, fingerprint: int, since: datetime) -> list[int]:
         """Releases published since ``since`` whose fingerprint is close, closest first."""
-        return [
-            release_id
-            for release_id in self.index.candidates(fingerprint)
-            if self.published.get(release_id, since) >= since
-        ]
+        return self._published_since(self.index.candidates(fingerprint), since)
+
+    def _published_since(self, release_ids: Iterable[int], since: datetime) -> list[int]:
+        published = self.published
+        return [i for i in release_ids if published.get(i, since) >= since]
+
+    def close(self, fingerprint: int) -> list[tuple[int, int]]:
+        """(distance, release id) of every close fingerprint, closest first: what
+        ``near`` filters, kept by a caller that asks again with ``near_again``."""
+        return self.index.scored(fingerprint)
+
+    def near_again(
+        self, close: list[tuple[int, int]], fingerprint: int, since: datetime
+    ) -> list[int]:
+        """What ``near(fingerprint, since)`` answers now, given what ``close`` answered
+        at ``mark`` or after: its entries that did not change since, and the changed
+        entries checked one by one as the index would (a shared band, within
+        MAX_DISTANCE). Cheaper than asking the index again, which scores every
+        release sharing a band (hundreds once a run has stored thousands)."""
+        touched = self.touched
+        scored = [pair for pair in close if pair[1] not in touched] if touched else list(close)
+        if touched:
+            unsigned = to_unsigned(fingerprint)
+            bands = unsigned.to_bytes(8, "little")
+            for release_id in touched:
+                value = self.index.value(release_id)
+                if value is None:
+                    continue
+                apart = distance(unsigned, value)
+                if apart <= MAX_DISTANCE and any(
+                    map(operator.eq, bands, value.to_bytes(8, "little"))
+                ):
+                    scored.append((apart, release_id))
+            scored.sort()
+        return self._published_since((i for _, i in scored), since)
 
 
 @dataclass
@@ -215,10 +255,15 @@ class ReleaseStore:
         self._new_topics: list[tuple[int, int]] = []
         self._next_key = -1
         self._real: dict[int, int] = {}
+        bind = session.bind
+        self._sqlite = bind is not None and bind.dialect.name == "sqlite"
+        self._postgresql = bind is not None and bind.dialect.name == "postgresql"
+        # recent.close() of candidates, as prepare found it (by id of the candidate).
+        self._close: dict[int, list[tuple[int, int]]] = {}
 
     async def prepare(self, candidates: Sequence[Candidate]) -> None:
         """Load what matching needs in a few queries instead of several per candidate."""
-        if self.session.bind is not None and self.session.bind.dialect.name == "postgresql":
+        if self._postgresql:
             await self.session.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORE_LOCK_KEY}
             )
@@ -257,11 +302,16 @@ class ReleaseStore:
         self.since = min(dates) - NEAR_DUPLICATE_WINDOW
         await self.recent.bring_up_to_date(self.session, self.since)
         # The texts the candidates that nothing else matches will be compared with.
+        # What the index answers is kept for storing, which only has to check the
+        # entries that changed in between (recent.near_again).
+        self.recent.mark()
         wanted: set[int] = set()
         for candidate in candidates:
             if self._known(candidate) or candidate.words < EXACT_MATCH_MIN_WORDS:
                 continue
-            wanted.update(self.recent.near(candidate.simhash, self.since)[:_COMPARED])
+            close = self.recent.close(candidate.simhash)
+            self._close[id(candidate)] = close
+            wanted.update(self.recent.near_again(close, candidate.simhash, self.since)[:_COMPARED])
         await self._fetch_comparables(sorted(wanted - self._comparables.keys()))
 
     def _known(self, candidate: Candidate) -> bool:
@@ -335,7 +385,7 @@ class ReleaseStore:
             _take_best_date(survivor, candidate.published, _precision_of(candidate))
             _fill_missing(survivor, candidate, url)
             self._dated(survivor)
-            await self._add_topics(survivor.id, self.rules.match(candidate.title, candidate.text))
+            await self._add_topics(survivor.id, _topics_of(self.rules, candidate))
             return Stored(Outcome.MERGED, survivor.id)
 
         link.release_id = survivor.id
@@ -360,7 +410,7 @@ class ReleaseStore:
             self.recent.put(survivor.id, fingerprint, survivor.published_at)
             self._comparables[survivor.id] = _comparable(candidate)
             self._remember(survivor.id, url, digest)
-            await self._add_topics(survivor.id, self.rules.match(candidate.title, candidate.text))
+            await self._add_topics(survivor.id, _topics_of(self.rules, candidate))
         return Stored(Outcome.UPDATED, survivor.id)
 
     def _dated(self, release: Release | _NewRelease) -> None:
@@ -370,7 +420,12 @@ class ReleaseStore:
     async def _near_duplicates(self, candidate: Candidate, fingerprint: int) -> list[int]:
         if candidate.words < EXACT_MATCH_MIN_WORDS:
             return []
-        for release_id in self.recent.near(fingerprint, self.since)[:_COMPARED]:
+        close = self._close.get(id(candidate))
+        if close is None:
+            near = self.recent.near(fingerprint, self.since)
+        else:
+            near = self.recent.near_again(close, fingerprint, self.since)
+        for release_id in near[:_COMPARED]:
             if release_id not in self._comparables:
                 await self._fetch_comparables([release_id])
             stored = self._comparables.get(release_id)
@@ -449,7 +504,7 @@ class ReleaseStore:
         self._new[key] = release
         self._add_link(key, candidate, url, guid, digest)
         self._topics[key] = set()
-        self._add_new_topics(key, self.rules.match(candidate.title, candidate.text))
+        self._add_new_topics(key, _topics_of(self.rules, candidate))
         self.recent.put(key, fingerprint, release.published_at)
         self._comparables[key] = _comparable(candidate)
         self._remember(key, url, digest)
@@ -502,13 +557,22 @@ class ReleaseStore:
         links, self._new_links = self._new_links, []
         topics, self._new_topics = self._new_topics, []
         if new:
-            ids = await self.session.scalars(
-                insert(Release.__table__).returning(
-                    Release.__table__.c.id, sort_by_parameter_order=True
-                ),
-                [release.row() for release in new.values()],
-            )
-            self._renumber(dict(zip(new, ids.all(), strict=True)))
+            table = Release.__table__
+            rows = [release.row() for release in new.values()]
+            if self._sqlite:
+                # SQLAlchemy cannot keep RETURNING in parameter order on SQLite and
+                # falls back to one INSERT per row. Multi-row INSERTs instead: SQLite
+                # numbers new rows upwards in the order it inserts them (the largest
+                # id plus one; this transaction holds the write lock), so the ids in
+                # ascending order are the rows' ids in parameter order.
+                result = await self.session.scalars(insert(table).returning(table.c.id), rows)
+                ids = sorted(result.all())
+            else:
+                result = await self.session.scalars(
+                    insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
+                )
+                ids = list(result.all())
+            self._renumber(dict(zip(new, ids, strict=True)))
         if links:
             for link in links:
                 self._links[link.guid] = _WRITTEN
@@ -581,6 +645,12 @@ class ReleaseStore:
             if other.id in ids:
                 ids.discard(other.id)
                 ids.add(survivor.id)
+
+
+def _topics_of(rules: TopicRules, candidate: Candidate) -> list[int]:
+    """``rules.match(title, text)``, reusing the text as dedupe normalised it."""
+    text = candidate.comparable.normalised if candidate.text else ""
+    return rules.match_normalised(joined_normalised(normalise(candidate.title), text))
 
 
 def _comparable(candidate: Candidate) -> Comparable | None:

@@ -34,7 +34,10 @@ class TopicRules:
         return cls((row.id, row.slug, list(row.keywords or [])) for row in rows)
 
     def match(self, *texts: str) -> list[int]:
-        haystack = normalise("\n".join(texts))
+        return self.match_normalised(normalise("\n".join(texts)))
+
+    def match_normalised(self, haystack: str) -> list[int]:
+        """``match`` of texts already normalised and joined (``joined_normalised``)."""
         return [topic_id for topic_id, _, pattern in self._rules if pattern.search(haystack)]
 
     def match_slugs(self, *texts: str) -> list[str]:

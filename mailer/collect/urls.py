@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 # Query parameters that only say where a click came from.
@@ -10,6 +11,11 @@ _TRACKING_NAMES = {
     "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "igshid", "_ga",
     "_gl", "ref_src", "cmpid", "oly_enc_id", "oly_anon_id", "vero_id", "mkt_tok",
 }  # fmt: skip
+# Already canonical: a lower-case http(s) host without port, user or query, and a path
+# of unreserved characters. Joining it to any base and splitting it again gives it
+# back unchanged (an absolute URL is not resolved against the base), so the work of
+# urljoin, urlsplit and urlencode is skipped for the usual feed link.
+_CANONICAL = re.compile(r"https?://[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?/[A-Za-z0-9._~/-]*")
 
 
 def canonical_url(url: str | None, base: str | None = None) -> str | None:
@@ -18,6 +24,8 @@ def canonical_url(url: str | None, base: str | None = None) -> str | None:
     if not url:
         return None
     url = url.strip()
+    if _CANONICAL.fullmatch(url):
+        return url
     if base:
         url = urljoin(base, url)
     try:

@@ -387,3 +387,44 @@ async def test_a_run_sees_releases_another_process_stored_after_it_started(
     assert (wire.new, wire.merged) == (0, 1)
     assert sorted(r.id for r in releases if "NATO" in r.text) == [summit_id]
     assert len(releases) == 2
+
+
+def test_near_again_answers_what_the_index_answers_after_changes() -> None:
+    """Storing reuses what prepare asked the near-duplicate index and only rechecks
+    what changed since: added, moved, renamed, forgotten and re-dated entries must
+    give the answer asking the index afresh gives, order included."""
+    import random
+    from datetime import timedelta
+
+    rng = random.Random(12)
+    since = datetime(2024, 1, 1, tzinfo=UTC)
+    for _ in range(40):
+        recent = RecentReleases()
+        centres = [rng.getrandbits(64) - (1 << 63) for _ in range(3)]
+
+        def near_value(centres: list[int] = centres) -> int:
+            noise = rng.getrandbits(64) & rng.getrandbits(64) & rng.getrandbits(64)
+            return (rng.choice(centres) ^ noise) - (1 << 63)
+
+        def moment() -> datetime:
+            return since + timedelta(days=rng.randint(-5, 5))
+
+        for key in range(1, 200):
+            recent.put(key, near_value(), moment())
+        recent.mark()
+        queries = [near_value() for _ in range(10)]
+        kept = [recent.close(q) for q in queries]
+        for step in range(60):
+            key = rng.randint(-30, 230)
+            action = rng.random()
+            if action < 0.4:
+                recent.put(key, near_value(), moment())
+            elif action < 0.6:
+                recent.forget(key)
+            elif action < 0.8:
+                recent.rename(key, rng.randint(300, 400))
+            elif key in recent.published:
+                recent.published[key] = moment()
+            if step % 10 == 0:
+                for query, close in zip(queries, kept, strict=True):
+                    assert recent.near_again(close, query, since) == recent.near(query, since)
