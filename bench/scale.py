@@ -364,6 +364,14 @@ async def main_async(args: argparse.Namespace) -> None:
             )
         )
         print(f"import: {wall:.1f} s ({outputs[0].strip()[-200:]})", flush=True)
+        if args.import_only:
+            step = steps[-1]
+            print(
+                f"import of {args.readers:,} rows: {step.wall:.1f} s wall, {step.cpu:.1f} s CPU "
+                f"(mailer), {step.pg_cpu:.1f} s CPU (PostgreSQL, upper bound), "
+                f"peak RSS {step.rss_mb['import']:.0f} MB, DB {step.db_mb:.0f} MB"
+            )
+            return
 
         started, cpu_before, pg_before = time.perf_counter(), cpu_self(), postgres_cpu()
         await add_releases(config)
@@ -512,6 +520,11 @@ def main() -> None:
         "--skip-send",
         action="store_true",
         help="plan the send but do not deliver it (the pages then show a send of N pending)",
+    )
+    parser.add_argument(
+        "--import-only",
+        action="store_true",
+        help="stop after the import step (its seconds, CPU and peak RSS)",
     )
     args = parser.parse_args()
     if not args.database.startswith("postgresql"):
