@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -77,16 +77,14 @@ class _Fate(enum.Enum):
 @dataclass(slots=True)
 class _Held:
     """An address that occurs more than once in the file: its rows are merged into
-    ``row`` (the first row's line and address), which is written with the first
-    row's chunk; what later rows add is applied once the whole file has been read."""
+    ``row`` (the first row's line and address). A new subscriber is written with the
+    first row's chunk, as merged so far; one that was there before is left alone.
+    Once the whole file has been read, :meth:`_Writer.finish` applies the rest,
+    reading back from the database what it needs (nothing else changed those rows)
+    rather than keeping it here: about 450 bytes per repeated address."""
 
     row: _ImportRow
     fate: _Fate = _Fate.WAITING
-    # For NEW: the name and topics written with the first row's chunk.
-    written_name: str | None = None
-    written_topics: list[int] = field(default_factory=list)
-    # For EXISTING: the subscriber as it was before the import.
-    existing: _Existing | None = None
 
 
 # Rows written per round trip: big enough that COPY is not dominated by round trips,
@@ -607,14 +605,10 @@ class _Writer:
         report.imported += len(new_rows)
         for row in new_rows:
             if row.key in held:
-                late = held[row.key]
-                late.fate = _Fate.NEW
-                late.written_name = row.name
-                late.written_topics = list(row.topic_ids)
+                held[row.key].fate = _Fate.NEW
         for key in [key for key in existing if key in held]:
-            late = held[key]
-            late.fate = _Fate.EXISTING
-            late.existing = existing.pop(key)
+            held[key].fate = _Fate.EXISTING
+            del existing[key]
         await self._update_existing(wanted, existing)
 
     async def _update_existing(
@@ -648,51 +642,61 @@ class _Writer:
         """Apply what later rows of a repeated address added: to a subscriber this
         import created, the name if it had none and the topics (no topics meaning
         all); to one that was there before, the whole merged row, as if its rows had
-        been one."""
-        wanted: dict[str, _ImportRow] = {}
-        existing: dict[str, _Existing] = {}
-        created: list[_Held] = []
-        for key, late in held.items():
-            if late.fate is _Fate.EXISTING and late.existing is not None:
-                wanted[key] = late.row
-                existing[key] = late.existing
-            elif late.fate is _Fate.NEW and (
-                late.row.name != late.written_name or late.row.topic_ids != late.written_topics
-            ):
-                created.append(late)
-        await self._update_existing(wanted, existing)
-        if not created:
+        been one. A chunk at a time, like the rows: a file can repeat every address."""
+        before: list[_ImportRow] = []
+        created: list[_ImportRow] = []
+        for late in held.values():
+            if late.fate is _Fate.EXISTING:
+                before.append(late.row)
+            elif late.fate is _Fate.NEW:
+                created.append(late.row)
+            if len(before) >= _IMPORT_CHUNK:
+                await self._merge_existing(before)
+                before = []
+            if len(created) >= _IMPORT_CHUNK:
+                await self._merge_created(created)
+                created = []
+        await self._merge_existing(before)
+        await self._merge_created(created)
+
+    async def _lookup(self, rows: list[_ImportRow]) -> dict[str, _Existing]:
+        keys = [row.key for row in rows]
+        if self.copy:
+            return await _existing_by_key_copy(self.session, keys)
+        return await _existing_by_key(self.session, keys)
+
+    async def _merge_existing(self, rows: list[_ImportRow]) -> None:
+        if rows:
+            existing = await self._lookup(rows)
+            await self._update_existing({row.key: row for row in rows}, existing)
+
+    async def _merge_created(self, rows: list[_ImportRow]) -> None:
+        """Subscribers written by this import with their first rows: the database
+        holds what was written, the row what all their rows make together."""
+        if not rows:
             return
-        table = Subscriber.__table__
-        topics = SubscriberTopic.__table__
-        ids: dict[str, int] = {}
-        keys = [late.row.key for late in created]
-        for start in range(0, len(keys), _CHUNK):
-            rows = await self.session.execute(
-                select(table.c.email_key, table.c.id).where(
-                    table.c.email_key.in_(keys[start : start + _CHUNK])
-                )
-            )
-            ids.update((key, subscriber_id) for key, subscriber_id in rows)
+        written = await self._lookup(rows)
         names: list[dict[str, Any]] = []
         everything: list[int] = []
         pairs: list[dict[str, int]] = []
-        for late in created:
-            row, subscriber_id = late.row, ids[late.row.key]
-            if row.name and not late.written_name:
+        for row in rows:
+            current = written[row.key]
+            if row.name and not current.name:
                 names.append(
-                    {"sid": subscriber_id, "new_name": row.name, "new_key": search_key(row.name)}
+                    {"sid": current.id, "new_name": row.name, "new_key": search_key(row.name)}
                 )
-            if not late.written_topics:
+            if not current.topic_ids:
                 continue  # written with every topic; merging cannot narrow it
             if not row.topic_ids:
-                everything.append(subscriber_id)  # a later row asked for every topic
+                everything.append(current.id)  # a later row asked for every topic
             else:
                 pairs += [
-                    {"subscriber_id": subscriber_id, "topic_id": t}
+                    {"subscriber_id": current.id, "topic_id": t}
                     for t in row.topic_ids
-                    if t not in late.written_topics
+                    if t not in current.topic_ids
                 ]
+        table = Subscriber.__table__
+        topics = SubscriberTopic.__table__
         if names:
             await self.session.execute(
                 update(table)
@@ -701,9 +705,8 @@ class _Writer:
                 names,
             )
         for start in range(0, len(everything), _CHUNK):
-            await self.session.execute(
-                delete(topics).where(topics.c.subscriber_id.in_(everything[start : start + _CHUNK]))
-            )
+            chunk = everything[start : start + _CHUNK]
+            await self.session.execute(delete(topics).where(topics.c.subscriber_id.in_(chunk)))
         if pairs:
             await self.session.execute(insert(topics), pairs)
 
