@@ -81,7 +81,8 @@ class _Held:
     first row's chunk, as merged so far; one that was there before is left alone.
     Once the whole file has been read, :meth:`_Writer.finish` applies the rest,
     reading back from the database what it needs (nothing else changed those rows)
-    rather than keeping it here: about 450 bytes per repeated address."""
+    rather than keeping it here. Measured: 1,000,000 rows naming 500,000 addresses
+    twice peak at 460 MB, about 700 bytes per repeated address over the flat 110 MB."""
 
     row: _ImportRow
     fate: _Fate = _Fate.WAITING
