@@ -376,6 +376,14 @@ async def main_async(args: argparse.Namespace) -> None:
             )
         )
         print(f"import: {wall:.1f} s ({outputs[0].strip()[-200:]})", flush=True)
+        if args.import_only:
+            step = steps[-1]
+            print(
+                f"import of {args.readers:,} rows: {step.wall:.1f} s wall, {step.cpu:.1f} s CPU "
+                f"(mailer), {step.pg_cpu:.1f} s CPU (PostgreSQL, upper bound), "
+                f"peak RSS {step.rss_mb['import']:.0f} MB, DB {step.db_mb:.0f} MB"
+            )
+            return
 
         growth: list[Growth] = []
         digest_id = 0
@@ -574,6 +582,11 @@ def main() -> None:
         "--skip-send",
         action="store_true",
         help="plan the send but do not deliver it (the pages then show a send of N pending)",
+    )
+    parser.add_argument(
+        "--import-only",
+        action="store_true",
+        help="stop after the import step (its seconds, CPU and peak RSS)",
     )
     args = parser.parse_args()
     if not args.database.startswith("postgresql"):

@@ -24,6 +24,7 @@ from mailer.models import (
     Watermark,
     utcnow,
 )
+from mailer.subscribers import bulk
 from mailer.suppression import email_hash, is_suppressed
 from mailer.tokens import Purpose, link, make_token
 from tests.conftest import make_settings
@@ -441,6 +442,84 @@ async def test_import_reports_bad_rows_merges_duplicates_and_skips_suppressed(
     assert kept is not None and kept.topics == ("economy", "health") and kept.name == "Kept"
     assert await store.find_subscriber(database, "gone@example.org") is None
     assert len(await consents(database, "import")) == 3
+
+
+async def test_import_in_chunks_merges_repeats_and_numbers_lines_like_one_read(
+    database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The import writes a few rows at a time: with chunks of two rows, every repeat
+    # below comes chunks after its first row, and the result must still be that of
+    # the rows merged first (topics united, no topics meaning all, the first name).
+    await store.add(database, settings, "kept@example.org", topics=["health"], confirmed=True)
+    await store.add(database, settings, "named@example.org", confirmed=True)
+    await store.add(database, settings, "gone@example.org", confirmed=True)
+    await store.remove(database, settings, "gone@example.org")
+    csv_text = (
+        "email,name,topics\n"
+        "ona@example.org,,economy\n"  # 2
+        "kept@example.org,,economy\n"  # 3
+        "gone@example.org,,\n"  # 4
+        "jonas@example.org,Jonas,health\n"  # 5
+        "named@example.org,,\n"  # 6
+        '"bad@example.org","Line\nbreak",\n'  # 7-8: one record on two lines
+        "x@example.org,,astrology\n"  # 9
+        "ONA@example.org,Ona,health\n"  # 10
+        "kept@example.org,,\n"  # 11: "all topics" merged: no topic is added to kept
+        "GONE@example.org,,\n"  # 12
+        "jonas@example.org,Other,\n"  # 13: all topics; the first name stays
+        "named@example.org,Named,\n"  # 14
+        "not-an-address,,\n"  # 15
+        "ona@example.org,,foreign-affairs\n"  # 16
+    )
+    whole = await store.import_csv(
+        database, settings, io.StringIO(csv_text), status=SubscriberStatus.CONFIRMED, dry_run=True
+    )
+    monkeypatch.setattr(bulk, "_IMPORT_CHUNK", 2)
+    report = await store.import_csv(
+        database, settings, io.StringIO(csv_text), status=SubscriberStatus.CONFIRMED
+    )
+    assert report == whole
+    assert [line for line, _ in report.errors] == [7, 9, 15]
+    assert report.suppressed == [(4, "gone@example.org is on the suppression list")]
+    assert (report.imported, report.updated, report.unchanged) == (2, 1, 1)
+    assert report.merged_duplicates == 6
+
+    ona = await store.find_subscriber(database, "ona@example.org")
+    assert ona is not None
+    assert (ona.name, ona.topics) == ("Ona", ("economy", "health", "foreign-affairs"))
+    jonas = await store.find_subscriber(database, "jonas@example.org")
+    assert jonas is not None and (jonas.name, jonas.topics) == ("Jonas", ())
+    kept = await store.find_subscriber(database, "kept@example.org")
+    assert kept is not None and (kept.name, kept.topics) == (None, ("health",))
+    named = await store.find_subscriber(database, "named@example.org")
+    assert named is not None and named.name == "Named"
+    assert await store.find_subscriber(database, "gone@example.org") is None
+    # One consent record per address, naming the line of its first row.
+    lines = sorted(event.details["line"] for event in await consents(database, "import"))
+    assert lines == [2, 5, 6]
+
+
+class _Pipe(io.StringIO):
+    """Standard input from a pipe: read once, no going back."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+async def test_import_reads_a_stream_that_cannot_be_rewound(
+    database: Database, settings: Settings
+) -> None:
+    # The import reads its file twice; a pipe is first copied aside, so it loses nothing.
+    report = await store.import_csv(
+        database,
+        settings,
+        _Pipe("email,name\na@example.org,A\nbad,\nA@example.org,\nb@example.org,B\n"),
+        status=SubscriberStatus.CONFIRMED,
+    )
+    assert (report.imported, report.merged_duplicates) == (2, 1)
+    assert [line for line, _ in report.errors] == [3]
+    a = await store.find_subscriber(database, "a@example.org")
+    assert a is not None and a.name == "A"
 
 
 async def test_pending_import_is_mailed_by_the_resend_job(

@@ -9,7 +9,6 @@ was previewed; an upload nobody confirms is deleted after a day.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import re
 import secrets
@@ -108,11 +107,17 @@ async def _import_upload(
     *,
     dry_run: bool,
 ) -> ImportReport:
-    body = await asyncio.to_thread(path.read_text, encoding="utf-8")
-    stream = io.StringIO(body, newline="")
-    stream.name = filename  # the consent records name the file the operator chose
+    # Read from the kept file as it goes (not into memory); the report and the consent
+    # records name the file the operator chose.
     return await import_csv(
-        database, settings, stream, status=status, origin=origin, now=now, dry_run=dry_run
+        database,
+        settings,
+        path,
+        status=status,
+        origin=origin,
+        now=now,
+        dry_run=dry_run,
+        name=filename,
     )
 
 
@@ -131,7 +136,8 @@ async def stage_import(
     if len(raw) > MAX_IMPORT_BYTES:
         raise FileTooLarge(f"The file is larger than {MAX_IMPORT_BYTES // (1024 * 1024)} MB.")
     try:
-        body = raw.decode("utf-8-sig")
+        # Checked here to word the refusal for the upload; the text is not kept.
+        raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidFile(
             f"The file is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV."
@@ -141,7 +147,7 @@ async def stage_import(
     await asyncio.to_thread(_forget_stale_uploads, folder)
     token = secrets.token_urlsafe(24)
     path = folder / f"{token}.csv"
-    await asyncio.to_thread(path.write_text, body, encoding="utf-8")
+    await asyncio.to_thread(path.write_bytes, raw)
     name = _clean_filename(filename)
     try:
         report = await _import_upload(
