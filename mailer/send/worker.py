@@ -354,8 +354,16 @@ class Worker:
         all, so the deliveries themselves are not rewritten until their result is
         known."""
         now = utcnow()
+        ids: list[int] = []
+        try:
+            return await self._claim(limit, now, ids)
+        except BaseException:
+            self._forget_claim_of(ids)
+            raise
+
+    async def _claim(self, limit: int, now: datetime, ids: list[int]) -> list[Claimed]:
         async with self.database.transaction() as session:
-            ids = await self._claim_ids(session, limit, now)
+            ids += await self._claim_ids(session, limit, now)
             if not ids:
                 return []
             # Plain rows, not Delivery objects: nothing here changes them through the
@@ -482,6 +490,13 @@ class Worker:
             for delivery_id in taken:
                 self._claim_of[delivery_id] = claim.id
         return taken
+
+    def _forget_claim_of(self, delivery_ids: Iterable[int]) -> None:
+        """A claim transaction that rolled back holds nothing."""
+        for delivery_id in delivery_ids:
+            claim_id = self._claim_of.pop(delivery_id, None)
+            if claim_id is not None:
+                self._claims.pop(claim_id, None)
 
     async def _unclaim(self, session: AsyncSession, delivery_ids: Iterable[int]) -> None:
         """Give up this worker's hold on ``delivery_ids`` (their results are written,
