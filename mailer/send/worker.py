@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailer.config import Settings
 from mailer.db import Database
 from mailer.destinations import DomainQueues, DomainSlot, DomainSlots, recipient_domain
+from mailer.heap import release_free_heap
 from mailer.journal import Journal, orphan_journals
 from mailer.message import MessageComposer, load_topic_choices
 from mailer.models import (
@@ -67,6 +68,8 @@ SESSION_IDLE_HOLD = 1.0
 # for the process holding the slots, and this one skips the domain for as long.
 SLOT_POLL = 0.05
 DOMAIN_HANDBACK = 10.0
+# How often a worker gives the C heap's free pages back (see mailer/heap.py).
+HEAP_TRIM_EVERY = 5.0
 # --- recovery ---------------------------------------------------------------------
 
 
@@ -716,8 +719,14 @@ class Worker:
             self._pausing.add(digest_id)
 
     async def _recorder(self) -> None:
+        loop = asyncio.get_running_loop()
+        trimmed = loop.time()
         while not self._stopping.is_set():
             await self._sleep(RECORD_EVERY_SECONDS)
+            if loop.time() - trimmed >= HEAP_TRIM_EVERY:
+                # Keeps a long send's RSS flat (see mailer/heap.py).
+                release_free_heap()
+                trimmed = loop.time()
             if not self._results:
                 continue
             try:
