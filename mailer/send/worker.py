@@ -21,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailer.config import Settings
 from mailer.db import Database
 from mailer.destinations import DomainQueues, DomainSlot, DomainSlots, recipient_domain
+from mailer.heap import release_free_heap
 from mailer.journal import Journal, orphan_journals
-from mailer.message import MessageComposer
+from mailer.message import MessageComposer, load_topic_choices
 from mailer.models import (
     Bounce,
     ContentGroup,
@@ -67,6 +68,8 @@ SESSION_IDLE_HOLD = 1.0
 # for the process holding the slots, and this one skips the domain for as long.
 SLOT_POLL = 0.05
 DOMAIN_HANDBACK = 10.0
+# How often a worker gives the C heap's free pages back (see mailer/heap.py).
+HEAP_TRIM_EVERY = 5.0
 # --- recovery ---------------------------------------------------------------------
 
 
@@ -145,6 +148,8 @@ class Claimed:
     attempts: int
     created_at: datetime
     link_key: str | None = None
+    # The reader's topics when they chose several (their digest is grouped by them).
+    topics: tuple[int, ...] = ()
 
 
 @dataclass
@@ -292,6 +297,7 @@ class Worker:
                 continue
             batch = await self.claim(self.batch_size)
             if batch:
+                await self._read_topic_choices(batch)
                 for item in batch:
                     self._queues.put(recipient_domain(item.email), item)
                 continue
@@ -514,6 +520,18 @@ class Worker:
             for claim_id in finished:
                 del self._claims[claim_id]
 
+    async def _read_topic_choices(self, batch: list[Claimed]) -> None:
+        """Per claimed batch, not once per send: a map of every reader's choices
+        would grow the worker with the number of readers."""
+        readers = [c.subscriber_id for c in batch if c.subscriber_id is not None]
+        if not readers:
+            return
+        async with self.database.session() as session:
+            choices = await load_topic_choices(session, readers)
+        for claimed in batch:
+            if claimed.subscriber_id in choices:
+                claimed.topics = tuple(choices[claimed.subscriber_id])
+
     async def _composer(self, claimed: Claimed) -> Any:
         """The digest's composer, loaded once even when many senders ask at once."""
         composer = self._composers.get(claimed.digest_id)
@@ -657,6 +675,7 @@ class Worker:
             name=item.name,
             release_ids=item.release_ids,
             link_key=item.link_key,
+            topics=item.topics,
         )
         await self.rate.wait()
         result = await connection.send(
@@ -715,8 +734,14 @@ class Worker:
             self._pausing.add(digest_id)
 
     async def _recorder(self) -> None:
+        loop = asyncio.get_running_loop()
+        trimmed = loop.time()
         while not self._stopping.is_set():
             await self._sleep(RECORD_EVERY_SECONDS)
+            if loop.time() - trimmed >= HEAP_TRIM_EVERY:
+                # Keeps a long send's RSS flat (see mailer/heap.py).
+                release_free_heap()
+                trimmed = loop.time()
             if not self._results:
                 continue
             try:

@@ -205,7 +205,9 @@ async def test_composer_loads_releases_sources_and_topic_choices(
         await add_subscriber(session, "one@example.org", topics=["economy"])
 
     async with database.session() as session:
-        composer = await MessageComposer.load(session, settings, [merged.id])
+        composer = await MessageComposer.load(
+            session, settings, [merged.id], subscriber_ids=[both.id]
+        )
         assert composer.has_releases([merged.id]) and not composer.has_releases([health.id])
         await composer.add_releases(session, [health.id, 999_999])
         assert composer.has_releases([merged.id, health.id, 999_999])
