@@ -18,6 +18,9 @@ each delivery row stops carrying, and where it comes from instead:
   checking the hash, not by looking the text up).
 * ``created_at``: the send's ``started_at``.
 
+Emptying the stored addresses rewrites every row with one once: on a large
+PostgreSQL table run the upgrade at a quiet hour (dropping the columns is instant).
+
 Indexes: the per-reader unique key becomes ``(subscriber_id, digest_id)`` and
 replaces the subscriber index; the due and per-send status indexes become one
 partial index of unsent rows; on PostgreSQL the send and the send time are BRIN
