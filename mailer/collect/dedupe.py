@@ -152,7 +152,10 @@ class SimhashIndex:
     """Fingerprints of stored releases, banded for quick candidate lookup."""
 
     def __init__(self, items: Iterable[tuple[int, int]] = ()) -> None:
-        self._bands: list[dict[int, set[int]]] = [defaultdict(set) for _ in range(BANDS)]
+        # Each band's buckets map key → unsigned fingerprint (not a set of keys): a
+        # lookup merges the 8 buckets with dict.update and scores the merged items,
+        # without looking every key's fingerprint up again.
+        self._bands: list[dict[int, dict[int, int]]] = [defaultdict(dict) for _ in range(BANDS)]
         self._values: dict[int, int] = {}
         for key, value in items:
             self.add(key, value)
@@ -167,14 +170,14 @@ class SimhashIndex:
         unsigned = to_unsigned(value)
         self._values[key] = unsigned
         for band, part in zip(self._bands, unsigned.to_bytes(8, "little"), strict=True):
-            band[part].add(key)
+            band[part][key] = unsigned
 
     def remove(self, key: int) -> None:
         old = self._values.pop(key, None)
         if old is None:
             return
         for band, part in zip(self._bands, old.to_bytes(8, "little"), strict=True):
-            band[part].discard(key)
+            band[part].pop(key, None)
 
     def value(self, key: int) -> int | None:
         """The unsigned fingerprint stored under ``key``."""
@@ -186,16 +189,17 @@ class SimhashIndex:
 
     def scored(self, value: int, max_distance: int = MAX_DISTANCE) -> list[tuple[int, int]]:
         """(distance, key) of the keys ``candidates`` gives, in its order."""
-        found: set[int] = set()
+        found: dict[int, int] = {}
         for band, part in zip(self._bands, self._band_values(value), strict=True):
-            found.update(band.get(part, ()))
+            bucket = band.get(part)
+            if bucket:
+                found.update(bucket)
         unsigned = to_unsigned(value)
-        values = self._values
         # Both sides are unsigned 64-bit: the XOR's popcount is their distance.
         scored = [
             (score, key)
-            for key in found
-            if (score := (unsigned ^ values[key]).bit_count()) <= max_distance
+            for key, other in found.items()
+            if (score := (unsigned ^ other).bit_count()) <= max_distance
         ]
         scored.sort()
         return scored

@@ -16,9 +16,23 @@ import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import zip_longest
 from types import SimpleNamespace
 
-from sqlalchemy import delete, distinct, func, insert, select, text, update
+from sqlalchemy import (
+    any_,
+    bindparam,
+    delete,
+    distinct,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import raiseload
 
@@ -270,34 +284,40 @@ class ReleaseStore:
         guids = [_fit_guid(c.guid) for c in candidates]
         for chunk in _chunks(guids):
             rows = await self.session.scalars(
-                select(ReleaseLink).where(self._link_owner(), ReleaseLink.guid.in_(chunk))
+                select(ReleaseLink).where(self._link_owner(), self._in(ReleaseLink.guid, chunk))
             )
             self._links.update({link.guid: link for link in rows})
         # The releases these links belong to: a feed read again is matched in memory.
         await self._load({link.release_id for link in self._links.values() if link})
+        # Releases and links with a candidate's URL, and releases with its content
+        # hash: one statement (UNION ALL, the first column telling which) per chunk.
         urls = sorted({c.url for c in candidates if c.url})
-        for chunk in _chunks(urls):
-            rows = await self.session.execute(
-                select(Release.canonical_url, Release.id).where(
-                    Release.canonical_url.in_(chunk), Release.merged_into_id.is_(None)
-                )
-            )
-            for url, release_id in rows:
-                self._by_url.setdefault(url, set()).add(release_id)
-            rows = await self.session.execute(
-                select(ReleaseLink.url, ReleaseLink.release_id).where(ReleaseLink.url.in_(chunk))
-            )
-            for url, release_id in rows:
-                self._by_url.setdefault(url, set()).add(release_id)
         hashes = sorted({c.content_hash for c in candidates})
-        for chunk in _chunks(hashes):
-            rows = await self.session.execute(
-                select(Release.content_hash, Release.id).where(
-                    Release.content_hash.in_(chunk), Release.merged_into_id.is_(None)
+        for url_chunk, hash_chunk in zip_longest(_chunks(urls), _chunks(hashes)):
+            parts = []
+            if url_chunk:
+                parts.append(
+                    select(literal_column("0"), Release.canonical_url, Release.id).where(
+                        self._in(Release.canonical_url, url_chunk),
+                        Release.merged_into_id.is_(None),
+                    )
                 )
-            )
-            for digest, release_id in rows:
-                self._by_hash.setdefault(digest, set()).add(release_id)
+                parts.append(
+                    select(literal_column("0"), ReleaseLink.url, ReleaseLink.release_id).where(
+                        self._in(ReleaseLink.url, url_chunk)
+                    )
+                )
+            if hash_chunk:
+                parts.append(
+                    select(literal_column("1"), Release.content_hash, Release.id).where(
+                        self._in(Release.content_hash, hash_chunk),
+                        Release.merged_into_id.is_(None),
+                    )
+                )
+            rows = await self.session.execute(union_all(*parts))
+            for is_hash, key, release_id in rows:
+                found = self._by_hash if is_hash else self._by_url
+                found.setdefault(key, set()).add(release_id)
         dates = [c.published for c in candidates if c.published] + [self.now]
         self.since = min(dates) - NEAR_DUPLICATE_WINDOW
         await self.recent.bring_up_to_date(self.session, self.since)
@@ -313,6 +333,15 @@ class ReleaseStore:
             self._close[id(candidate)] = close
             wanted.update(self.recent.near_again(close, candidate.simhash, self.since)[:_COMPARED])
         await self._fetch_comparables(sorted(wanted - self._comparables.keys()))
+
+    def _in(self, column, values: Sequence[object]):  # type: ignore[no-untyped-def]
+        """``column IN values``. On PostgreSQL ``column = ANY(:array)``: one statement
+        text whatever the number of values, so SQLAlchemy's compiled cache and
+        asyncpg's prepared statements are reused instead of an ``IN (…)`` of another
+        length being rendered, prepared and planned for each chunk."""
+        if self._postgresql:
+            return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+        return column.in_(values)
 
     def _known(self, candidate: Candidate) -> bool:
         return (
@@ -442,7 +471,7 @@ class ReleaseStore:
         for chunk in _chunks(stored_ids):
             rows = await self.session.execute(
                 select(Release.id, Release.text, Release.simhash, Release.merged_into_id).where(
-                    Release.id.in_(chunk)
+                    self._in(Release.id, chunk)
                 )
             )
             for release_id, stored_text, fingerprint, merged_into in rows:
@@ -466,7 +495,7 @@ class ReleaseStore:
         missing = [i for i in ids if i > 0 and i not in self._loaded]
         for chunk in _chunks(missing):
             rows = await self.session.scalars(
-                select(Release).where(Release.id.in_(chunk)).options(raiseload("*"))
+                select(Release).where(self._in(Release.id, chunk)).options(raiseload("*"))
             )
             self._loaded.update({release.id: release for release in rows})
         found: list[Release | _NewRelease] = []

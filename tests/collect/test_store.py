@@ -428,3 +428,50 @@ def test_near_again_answers_what_the_index_answers_after_changes() -> None:
             if step % 10 == 0:
                 for query, close in zip(queries, kept, strict=True):
                     assert recent.near_again(close, query, since) == recent.near(query, since)
+
+
+def test_the_simhash_index_finds_every_close_fingerprint_sharing_a_band() -> None:
+    """What the index answers is what comparing every live fingerprint gives (a
+    shared 8-bit band and at most MAX_DISTANCE bits apart), closest first, after
+    fingerprints are added, replaced and removed."""
+    import random
+
+    from mailer.collect.dedupe import (
+        BANDS,
+        MAX_DISTANCE,
+        SimhashIndex,
+        distance,
+        to_signed,
+        to_unsigned,
+    )
+
+    rng = random.Random(7)
+    centre = rng.getrandbits(64)
+    index = SimhashIndex()
+    live: dict[int, int] = {}
+
+    def near() -> int:
+        return centre ^ (rng.getrandbits(64) & rng.getrandbits(64) & rng.getrandbits(64))
+
+    def shares_band(a: int, b: int) -> bool:
+        return any((a >> (8 * n)) & 0xFF == (b >> (8 * n)) & 0xFF for n in range(BANDS))
+
+    for step in range(3000):
+        key = rng.randint(1, 400)
+        if rng.random() < 0.25:
+            index.remove(key)
+            live.pop(key, None)
+        else:
+            value = to_signed(near())
+            index.add(key, value)
+            live[key] = to_unsigned(value)
+        if step % 50 == 0:
+            query = near()
+            expected = sorted(
+                (distance(query, value), key)
+                for key, value in live.items()
+                if shares_band(query, value) and distance(query, value) <= MAX_DISTANCE
+            )
+            assert expected, "the fingerprints are meant to be close to one another"
+            assert index.scored(to_signed(query)) == expected
+            assert index.candidates(query) == [key for _, key in expected]
