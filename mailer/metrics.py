@@ -36,7 +36,7 @@ from mailer.models import (
     Subscriber,
     utcnow,
 )
-from mailer.retention import in_flight
+from mailer.retention import unsent_counts
 
 RATE_WINDOW = timedelta(minutes=1)
 PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
@@ -67,21 +67,10 @@ class _Snapshot(Collector):
 async def _outbox_rows(session: AsyncSession) -> dict[DeliveryStatus, int]:
     """Outbox rows by status without counting the sent ones row by row: they are
     the kept sends' recipients less the unsent rows (see retention.send_counts)."""
-    rows: dict[DeliveryStatus, int] = dict(
-        (
-            await session.execute(
-                select(Delivery.status, func.count())
-                .where(Delivery.status != DeliveryStatus.SENT)
-                .group_by(Delivery.status)
-            )
-        ).all()
-    )
-    claimed: dict[DeliveryStatus, int] = {}
-    for (_, status), number in (await in_flight(session)).items():
-        claimed[status] = claimed.get(status, 0) + number
-    for status, number in claimed.items():
-        rows[status] -= number
-        rows[DeliveryStatus.SENDING] = rows.get(DeliveryStatus.SENDING, 0) + number
+    rows: dict[DeliveryStatus, int] = {}
+    for mine in (await unsent_counts(session)).values():
+        for status, number in mine.items():
+            rows[DeliveryStatus(status)] = rows.get(DeliveryStatus(status), 0) + number
     kept = await session.scalar(
         select(func.coalesce(func.sum(Digest.recipient_count), 0)).where(
             Digest.delivery_counts.is_(None)

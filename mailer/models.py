@@ -518,14 +518,15 @@ class Delivery(Base):
       (``test_address`` is set only for a test send, which has no subscriber);
     * the claim: a worker claims rows in ``delivery_claims`` instead of rewriting
       them, so a row is written twice (planned, then its result), not three times;
-    * the Message-ID: it is derived from the row id and a keyed hash
-      (mailer.message.delivery_message_id), so bounces are matched without storing it;
+    * the Message-ID: it carries the row's signed delivery token, as the return
+      path does (mailer.message.delivery_of_message_id), so bounces are matched
+      without storing it;
     * the queue time: the send's ``started_at``.
 
     Indexes: the primary key, one per reader (``subscriber_id, digest_id``, also
     the "never two rows per reader and send" check), and partial indexes that only
     hold unsent rows (claiming, progress, backlog) or bounced ones. Sent counts are
-    the send's recipients less its unsent rows (mailer.send.progress). On
+    the send's recipients less its unsent rows (mailer.retention.send_counts). On
     PostgreSQL, the send and the send time of the sent rows are found through BRIN
     indexes (a few pages for millions of rows), since a send writes its rows
     together and sends them in order.

@@ -13,6 +13,7 @@ stay. Bounces keep their record without the link to the delivery.
 from __future__ import annotations
 
 import logging
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,19 +65,8 @@ async def send_counts(
     ids = [d.id for d in live]
     if not ids:
         return counts
-    unsent = await session.execute(
-        select(Delivery.digest_id, Delivery.status, func.count())
-        .where(Delivery.digest_id.in_(ids), Delivery.status != DeliveryStatus.SENT)
-        .group_by(Delivery.digest_id, Delivery.status)
-    )
-    for digest_id, status, number in unsent:
-        counts[digest_id][status.value] = number
-    for (digest_id, status), number in (await in_flight(session)).items():
-        if digest_id not in counts:
-            continue
-        mine = counts[digest_id]
-        mine["sending"] = mine.get("sending", 0) + number
-        mine[status.value] = mine.get(status.value, 0) - number
+    for digest_id, mine in (await unsent_counts(session, ids)).items():
+        counts[digest_id].update(mine)
     bounced = await session.execute(
         select(Delivery.digest_id, func.count())
         .where(Delivery.digest_id.in_(ids), Delivery.bounced)
@@ -92,6 +82,29 @@ async def send_counts(
         digest_id: {status: n for status, n in mine.items() if n or status == "bounced"}
         for digest_id, mine in counts.items()
     }
+
+
+async def unsent_counts(
+    session: AsyncSession, digest_ids: Sequence[int] | None = None
+) -> dict[int, Counter[str]]:
+    """Each send's unsent rows by status (of ``digest_ids``, or of every send), with
+    the rows a worker holds now counted as ``sending`` instead: a claimed row keeps
+    its status until its result is written."""
+    query = (
+        select(Delivery.digest_id, Delivery.status, func.count())
+        .where(Delivery.status != DeliveryStatus.SENT)
+        .group_by(Delivery.digest_id, Delivery.status)
+    )
+    if digest_ids is not None:
+        query = query.where(Delivery.digest_id.in_(digest_ids))
+    counts: defaultdict[int, Counter[str]] = defaultdict(Counter)
+    for digest_id, status, number in await session.execute(query):
+        counts[digest_id][status.value] = number
+    for (digest_id, status), number in (await in_flight(session)).items():
+        if digest_id in counts:
+            counts[digest_id][status.value] -= number
+            counts[digest_id]["sending"] += number
+    return dict(counts)
 
 
 async def claimed_delivery_ids(session: AsyncSession) -> set[int]:

@@ -5,7 +5,6 @@ whose last delivery is done.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,7 +24,7 @@ from mailer.models import (
     DigestStatus,
     utcnow,
 )
-from mailer.retention import in_flight, send_counts
+from mailer.retention import send_counts, unsent_counts
 from mailer.send.control import NoSuchSend
 
 log = logging.getLogger(__name__)
@@ -228,37 +227,37 @@ class Backlog:
 
 async def outbox_backlog(session: AsyncSession, digest_id: int | None = None) -> Backlog:
     query = (
-        select(Digest.status, Delivery.status, func.count(), func.min(Delivery.next_attempt_at))
+        select(Delivery.digest_id, Digest.status, func.min(Delivery.next_attempt_at))
         .join(Digest, Digest.id == Delivery.digest_id)
         .where(
             Digest.status.in_([DigestStatus.SENDING, DigestStatus.PAUSED]),
-            Delivery.status.in_(list(OPEN_STATES)),
+            Delivery.status == DeliveryStatus.DEFERRED,
         )
-        .group_by(Digest.status, Delivery.status)
+        .group_by(Delivery.digest_id, Digest.status)
+    )
+    sends = select(Digest.id, Digest.status).where(
+        Digest.status.in_([DigestStatus.SENDING, DigestStatus.PAUSED])
     )
     if digest_id is not None:
-        query = query.where(Delivery.digest_id == digest_id)
+        sends = sends.where(Digest.id == digest_id)
+    running = dict((await session.execute(sends)).tuples().all())
     backlog = Backlog()
-    # Claimed rows keep their status until their result is written: count them as
-    # in flight, not as pending or deferred.
-    claimed: Counter[DeliveryStatus] = Counter()
-    for (held_digest, status), number in (await in_flight(session)).items():
-        if digest_id is None or held_digest == digest_id:
-            claimed[status] += number
-    backlog.sending = sum(claimed.values())
-    for digest_status, status, count, next_attempt in (await session.execute(query)).all():
-        if digest_status is not DigestStatus.PAUSED:
-            count -= claimed.get(status, 0)
-        if digest_status is DigestStatus.PAUSED:
-            backlog.paused += count
-        elif status is DeliveryStatus.PENDING:
-            backlog.pending += count
-        elif status is DeliveryStatus.SENDING:
-            backlog.sending += count
-        else:
-            backlog.deferred += count
-            if next_attempt is not None and next_attempt.tzinfo is None:
-                next_attempt = next_attempt.replace(tzinfo=UTC)  # SQLite keeps no zone
+    if not running:
+        return backlog
+    for send, counts in (await unsent_counts(session, list(running))).items():
+        open_rows = sum(counts[status.value] for status in OPEN_STATES)
+        if running[send] is DigestStatus.PAUSED:
+            backlog.paused += open_rows
+            continue
+        backlog.pending += counts["pending"]
+        backlog.sending += counts["sending"]
+        backlog.deferred += counts["deferred"]
+    for send, status, next_attempt in (await session.execute(query)).all():
+        if status is DigestStatus.PAUSED or send not in running or next_attempt is None:
+            continue
+        if next_attempt.tzinfo is None:
+            next_attempt = next_attempt.replace(tzinfo=UTC)  # SQLite keeps no zone
+        if backlog.next_retry_at is None or next_attempt < backlog.next_retry_at:
             backlog.next_retry_at = next_attempt
     return backlog
 

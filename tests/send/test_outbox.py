@@ -17,11 +17,12 @@ from mailer.models import (
     Delivery,
     DeliveryStatus,
     Digest,
+    DigestKind,
     DigestStatus,
     Subscriber,
     SubscriberStatus,
 )
-from mailer.send import Worker, digest_progress, set_digest_state, start_digest
+from mailer.send import Worker, digest_progress, outbox_backlog, set_digest_state, start_digest
 from mailer.suppression import is_suppressed
 from mailer.tokens import MailTokenSigner
 from tests.send.conftest import deliver_all, seed, write_config
@@ -278,3 +279,30 @@ async def test_planning_plans_everyone_once(
             rows = (await session.execute(select(Delivery.email, Delivery.release_ids))).all()
         assert sorted(email for email, _ in rows) == addresses
         assert all(len(ids) == 2 for _, ids in rows)
+
+
+async def test_what_is_left_counts_a_paused_sends_claimed_rows_as_paused(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    """Claimed rows keep their status until their result is written; the backlog
+    counts them as in flight only in a running send, and a paused send's claimed
+    rows as paused, not out of another send's pending rows."""
+    settings = write_config(tmp_path, database_url, faulty_smtp.port)
+    async with AppContext(settings=settings).database() as database:
+        await seed(database, 4)
+        paused = await start_digest(database, settings)
+        assert len(await Worker(database, settings, digest_id=paused.id).claim(2)) == 2
+        await set_digest_state(database, paused.id, "pause")
+        running = await start_digest(
+            database, settings, kind=DigestKind.TEST, test_address="editor@example.org"
+        )
+        async with database.session() as session:
+            left = await outbox_backlog(session)
+            only_running = await outbox_backlog(session, running.id)
+        assert (left.paused, left.pending, left.sending, left.deferred) == (4, 1, 0, 0)
+        assert (only_running.paused, only_running.pending, only_running.sending) == (0, 1, 0)
+        claimed = await Worker(database, settings, digest_id=running.id).claim(5)
+        async with database.session() as session:
+            left = await outbox_backlog(session)
+        assert [c.email for c in claimed] == ["editor@example.org"]
+        assert (left.paused, left.pending, left.sending) == (4, 0, 1)
