@@ -133,6 +133,19 @@ async def recover(database: Database, settings: Settings, now: datetime | None =
     return released
 
 
+async def _add_topic_choices(session: AsyncSession, batch: list[Claimed]) -> None:
+    """The readers' topic choices, read with their claim: per claimed batch, not
+    once per send, as a map of every reader's choices would grow the worker with
+    the number of readers."""
+    readers = [c.subscriber_id for c in batch if c.subscriber_id is not None]
+    if not readers:
+        return
+    choices = await load_topic_choices(session, readers)
+    for claimed in batch:
+        if claimed.subscriber_id in choices:
+            claimed.topics = tuple(choices[claimed.subscriber_id])
+
+
 # --- the worker -------------------------------------------------------------------
 
 
@@ -146,7 +159,8 @@ class Claimed:
     release_ids: list[int]
     content_key: str
     attempts: int
-    created_at: datetime
+    # When its send queued it: the retry window counts from here.
+    queued_at: datetime
     link_key: str | None = None
     # The reader's topics when they chose several (their digest is grouped by them).
     topics: tuple[int, ...] = ()
@@ -297,7 +311,6 @@ class Worker:
                 continue
             batch = await self.claim(self.batch_size)
             if batch:
-                await self._read_topic_choices(batch)
                 for item in batch:
                     self._queues.put(recipient_domain(item.email), item)
                 continue
@@ -431,6 +444,7 @@ class Worker:
                         row.link_key,
                     )
                 )
+            await _add_topic_choices(session, claimed)
             if withdrawn:
                 await session.execute(
                     update(Delivery)
@@ -519,18 +533,6 @@ class Worker:
             await session.execute(delete(DeliveryClaim).where(DeliveryClaim.id.in_(finished)))
             for claim_id in finished:
                 del self._claims[claim_id]
-
-    async def _read_topic_choices(self, batch: list[Claimed]) -> None:
-        """Per claimed batch, not once per send: a map of every reader's choices
-        would grow the worker with the number of readers."""
-        readers = [c.subscriber_id for c in batch if c.subscriber_id is not None]
-        if not readers:
-            return
-        async with self.database.session() as session:
-            choices = await load_topic_choices(session, readers)
-        for claimed in batch:
-            if claimed.subscriber_id in choices:
-                claimed.topics = tuple(choices[claimed.subscriber_id])
 
     async def _composer(self, claimed: Claimed) -> Any:
         """The digest's composer, loaded once even when many senders ask at once."""
@@ -781,7 +783,7 @@ class Worker:
                         "last_error": None,
                     }
                 )
-            elif record.retry_at is not None and now - item.created_at >= retry_for:
+            elif record.retry_at is not None and now - item.queued_at >= retry_for:
                 other.append(
                     {
                         "id": item.id,
@@ -843,7 +845,7 @@ class Worker:
     def _deferral(self, item: Claimed, result: SendResult, now: datetime) -> dict[str, Any]:
         smtp = self.settings.smtp
         attempts = item.attempts + 1
-        if now - item.created_at >= smtp.retry_for:
+        if now - item.queued_at >= smtp.retry_for:
             return {
                 "id": item.id,
                 "status": DeliveryStatus.FAILED,
