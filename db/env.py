@@ -6,14 +6,14 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from mailer.models import Base, is_search_object
+from mailer.models import Base, is_unmapped_object
 
 target_metadata = Base.metadata
 
 
 def include_name(name: str | None, type_: str, parent_names: object) -> bool:
     # The full-text search table and index are made by hand in migration 0006.
-    return not is_search_object(name)
+    return not is_unmapped_object(name)
 
 
 def _run(connection: Connection) -> None:

@@ -36,7 +36,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 from text_unidecode import unidecode
 
-from mailer.db import Database
+from mailer.db import Database, execute_past_moved_rows
 from mailer.message import SourceLink, content_key, credit_line, shown_publication
 from mailer.models import (
     SEARCH_COLUMN,
@@ -827,11 +827,12 @@ async def pull_from_unsent_digests(session: AsyncSession, release_id: int) -> Pu
                 status=DeliveryStatus.CANCELLED,
                 last_error="its only release was withdrawn before sending",
             )
-        moved = await session.execute(
+        moved = await execute_past_moved_rows(
+            session,
             update(Delivery)
             .where(unsent)
             .values(**values)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
         count = moved.rowcount or 0
         copy.recipients = count if remaining else 0

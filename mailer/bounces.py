@@ -42,11 +42,11 @@ from email.message import Message
 from pathlib import Path
 
 from flufl.bounce import all_failures
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import BounceConfig, MailboxConfig, Settings
-from mailer.db import Database
+from mailer.db import Database, execute_past_moved_rows
 from mailer.message import delivery_of_message_id
 from mailer.models import Bounce, Delivery, Subscriber, utcnow
 from mailer.smtpstatus import Verdict, enhanced_code, permanent_verdict
@@ -237,7 +237,15 @@ async def record_bounce(database: Database, settings: Settings, report: BounceRe
         )
         if report.kind is Verdict.HARD:
             if delivery is not None:
-                delivery.bounced = True
+                # By statement, not through the loaded row: a bounce can arrive before
+                # the worker has recorded the message sent, which moves the row.
+                await execute_past_moved_rows(
+                    session,
+                    update(Delivery)
+                    .where(Delivery.id == delivery.id)
+                    .values(bounced=True)
+                    .execution_options(synchronize_session=False),
+                )
             await suppress(session, settings, address, "hard-bounce", report.status)
             outcome = "suppressed (hard bounce)"
         elif report.kind is Verdict.SOFT:

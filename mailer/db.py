@@ -16,9 +16,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Executable, event
+from sqlalchemy.engine import URL, Result, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -27,6 +27,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# How often a statement is tried again when the rows it waited for were moved to
+# another partition meanwhile (see execute_past_moved_rows).
+_MOVED_ROW_ATTEMPTS = 5
 _WRITE_OPTION = "mailer_write_transaction"
 
 
@@ -107,6 +110,34 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _moved_by_concurrent_update(error: DBAPIError) -> bool:
+    return getattr(error.orig, "sqlstate", None) == "40001" and "another partition" in str(
+        error.orig
+    )
+
+
+async def execute_past_moved_rows(session: AsyncSession, statement: Executable) -> Result[Any]:
+    """Run an UPDATE or DELETE of deliveries that may race a worker recording results.
+
+    On PostgreSQL a result moves a delivery to another partition (migration 0015).
+    A statement that waited for that row's lock then fails instead of re-reading
+    the row, as it would for an update in place. Run again, in a savepoint so the
+    transaction survives, it takes a new snapshot and sees the row where it now is
+    (sent, so most statements no longer match it). SQLite has no partitions and
+    runs write transactions one at a time.
+    """
+    if session.bind.dialect.name == "sqlite":
+        return await session.execute(statement)
+    for attempt in range(1, _MOVED_ROW_ATTEMPTS + 1):
+        try:
+            async with session.begin_nested():
+                return await session.execute(statement)
+        except DBAPIError as error:
+            if attempt == _MOVED_ROW_ATTEMPTS or not _moved_by_concurrent_update(error):
+                raise
+    raise AssertionError("unreachable")
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

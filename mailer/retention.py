@@ -23,7 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import Settings
 from mailer.db import Database
-from mailer.models import Delivery, DeliveryClaim, DeliveryStatus, Digest, DigestStatus, utcnow
+from mailer.models import (
+    Bounce,
+    Delivery,
+    DeliveryClaim,
+    DeliveryStatus,
+    Digest,
+    DigestStatus,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +175,17 @@ async def prune_deliveries(
                 counts = await delivery_counts(session, digest)
                 await session.execute(
                     update(Digest).where(Digest.id == digest_id).values(delivery_counts=counts)
+                )
+                # What a foreign key did before deliveries were partitioned (0015).
+                await session.execute(
+                    update(Bounce)
+                    .where(
+                        Bounce.delivery_id.in_(
+                            select(Delivery.id).where(Delivery.digest_id == digest_id)
+                        )
+                    )
+                    .values(delivery_id=None)
+                    .execution_options(synchronize_session=False)
                 )
                 result = await session.execute(
                     delete(Delivery)

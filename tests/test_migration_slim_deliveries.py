@@ -4,19 +4,18 @@ what is still to be sent."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select, text
-from sqlalchemy.engine import make_url
 
 from mailer.db import Database
 from mailer.migrate import head_revision, upgrade
 from mailer.models import Delivery, DeliveryStatus, Digest, utcnow
 from mailer.retention import send_counts
 from mailer.send.worker import Worker
-from tests.conftest import _postgres_admin, make_settings
+from tests.conftest import make_settings
+from tests.support.old_schema import insert_confirmed_reader
 
 NOW = utcnow()
 
@@ -31,15 +30,7 @@ async def _fill_at_0008(database: Database) -> None:
     await upgrade(database, "0008")
     async with database.write_engine.begin() as connection:
         for sid, name in ((1, "ona"), (2, "jonas"), (3, "ruta")):
-            await connection.execute(
-                text(
-                    "INSERT INTO subscribers (id, email, email_key, name, name_key, status, "
-                    "frequency, created_at, confirmed_at, digest_since, soft_bounces, link_key) "
-                    f"VALUES ({sid}, '{name}@x.org', '{name}@x.org', '{name}', '{name}', "
-                    f"'confirmed', 'daily', '{_stamp(48)}', '{_stamp(48)}', '{_stamp(48)}', 0, "
-                    f"'k{sid}')"
-                )
-            )
+            await insert_confirmed_reader(connection, sid, name, _stamp(48))
         await connection.execute(
             text(
                 "INSERT INTO digests (id, public_id, kind, frequency, status, created_at, "
@@ -123,15 +114,11 @@ async def test_sqlite_upgrade_keeps_every_send_as_it_was(tmp_path: Path) -> None
 
 
 async def test_postgresql_upgrade_keeps_every_send_as_it_was(
-    postgres_url: str, tmp_path: Path
+    empty_postgres_url: str, tmp_path: Path
 ) -> None:
-    name = f"mailer_upgrade_{uuid.uuid4().hex[:8]}"
-    await _postgres_admin(f'CREATE DATABASE "{name}"')
-    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    database = Database(url)
+    database = Database(empty_postgres_url)
     try:
         await _fill_at_0008(database)
-        await _check(database, tmp_path, url)
+        await _check(database, tmp_path, empty_postgres_url)
     finally:
         await database.dispose()
-        await _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

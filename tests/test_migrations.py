@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from click.testing import CliRunner
 from sqlalchemy import inspect
-from sqlalchemy.engine import make_url
 
 from mailer.cli import main
 from mailer.db import Database
@@ -19,8 +17,7 @@ from mailer.migrate import (
     head_revision,
     upgrade,
 )
-from mailer.models import Base, is_search_object
-from tests.conftest import _postgres_admin
+from mailer.models import Base, is_unmapped_object
 
 
 async def test_migrated_schema_matches_models(database_url: str) -> None:
@@ -31,7 +28,7 @@ async def test_migrated_schema_matches_models(database_url: str) -> None:
             diff = await connection.run_sync(
                 lambda c: compare_metadata(
                     MigrationContext.configure(
-                        c, opts={"include_name": lambda name, *_: not is_search_object(name)}
+                        c, opts={"include_name": lambda name, *_: not is_unmapped_object(name)}
                     ),
                     Base.metadata,
                 )
@@ -64,11 +61,11 @@ async def test_sqlite_is_upgraded_automatically(tmp_path) -> None:
         await database.dispose()
 
 
-async def test_postgresql_with_an_old_schema_is_refused_not_changed(postgres_url: str) -> None:
+async def test_postgresql_with_an_old_schema_is_refused_not_changed(
+    empty_postgres_url: str,
+) -> None:
     """Only SQLite is upgraded behind the operator's back; PostgreSQL says what to run."""
-    name = f"mailer_empty_{uuid.uuid4().hex[:8]}"
-    await _postgres_admin(f'CREATE DATABASE "{name}"')
-    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    url = empty_postgres_url
     database = Database(url)
     try:
         with pytest.raises(SchemaOutdated, match="run `mailer db upgrade`"):
@@ -92,4 +89,3 @@ async def test_postgresql_with_an_old_schema_is_refused_not_changed(postgres_url
         assert await current_revision(database) == head_revision()
     finally:
         await database.dispose()
-        await _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailer import audit
 from mailer.config import Settings
 from mailer.datewindow import DateOutOfRange, check_send_time
-from mailer.db import Database
+from mailer.db import Database, execute_past_moved_rows
 from mailer.digest import SelectionReport, explain_digest, plan_digest
 from mailer.models import (
     Audience,
@@ -302,13 +302,14 @@ async def set_digest_state(
         if action == "cancel":
             digest.finished_at = utcnow()
             # Rows on the wire right now finish; everything else is withdrawn.
-            await session.execute(
+            await execute_past_moved_rows(
+                session,
                 update(Delivery)
                 .where(
                     Delivery.digest_id == digest_id,
                     Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.DEFERRED]),
                 )
-                .values(status=DeliveryStatus.CANCELLED, last_error="cancelled")
+                .values(status=DeliveryStatus.CANCELLED, last_error="cancelled"),
             )
         if requester is not None:
             await requester.record(session, f"digest.{action}", digest)

@@ -240,7 +240,7 @@ async def outbox_backlog(session: AsyncSession, digest_id: int | None = None) ->
     )
     if digest_id is not None:
         sends = sends.where(Digest.id == digest_id)
-    running = dict((await session.execute(sends)).tuples().all())
+    running = {digest_id: status for digest_id, status in await session.execute(sends)}
     backlog = Backlog()
     if not running:
         return backlog

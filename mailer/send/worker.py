@@ -409,7 +409,9 @@ class Worker:
                     .join(Digest, Digest.id == Delivery.digest_id)
                     .join(ContentGroup, ContentGroup.id == Delivery.content_group_id)
                     .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                    .where(Delivery.id.in_(ids))
+                    # Claimed rows are never sent ones: on PostgreSQL this reads only
+                    # the unsent partition (migration 0015).
+                    .where(Delivery.id.in_(ids), Delivery.status != DeliveryStatus.SENT)
                     .order_by(Delivery.id)
                 )
             ).all()

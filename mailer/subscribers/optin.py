@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer import audit
 from mailer.config import Settings
-from mailer.db import Database
+from mailer.db import Database, execute_past_moved_rows
 from mailer.models import (
     ConsentEvent,
     Delivery,
@@ -520,13 +520,14 @@ async def unsubscribe_and_get(
 async def _cancel_pending_deliveries(
     session: AsyncSession, subscriber_id: int, now: datetime
 ) -> None:
-    await session.execute(
+    await execute_past_moved_rows(
+        session,
         update(Delivery)
         .where(
             Delivery.subscriber_id == subscriber_id,
             Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.DEFERRED)),
         )
-        .values(status=DeliveryStatus.CANCELLED, last_error="recipient unsubscribed")
+        .values(status=DeliveryStatus.CANCELLED, last_error="recipient unsubscribed"),
     )
     # When this reader's message was the last one a send had left, the send is done now.
     await finish_completed(session, now)

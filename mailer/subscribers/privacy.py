@@ -11,7 +11,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import Settings
-from mailer.db import Database
+from mailer.db import Database, execute_past_moved_rows
 from mailer.engagement import forget_reader, reader_activity
 from mailer.models import (
     Bounce,
@@ -228,10 +228,11 @@ async def _erase_row(
         .values(ip=None, user_agent=None, form_url=None, details={})
     )
     await _cancel_pending_deliveries(session, subscriber_id, now)
-    await session.execute(
+    await execute_past_moved_rows(
+        session,
         update(Delivery)
         .where(Delivery.subscriber_id == subscriber_id)
-        .values(test_address=None, subscriber_id=None)
+        .values(test_address=None, subscriber_id=None),
     )
     await session.execute(
         update(Bounce)

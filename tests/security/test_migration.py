@@ -7,14 +7,10 @@ working) and lose nothing on the way (the table rebuild must not cascade)."""
 
 from __future__ import annotations
 
-import uuid
-
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from mailer.db import Database
 from mailer.migrate import head_revision, upgrade
-from tests.conftest import _postgres_admin
 
 ROWS = """
 INSERT INTO subscribers (id, email, email_key, status, frequency, created_at, soft_bounces)
@@ -115,11 +111,8 @@ async def test_upgrade_stops_id_reuse_and_rekeys_every_reader_on_sqlite(tmp_path
         await database.dispose()
 
 
-async def test_upgrade_rekeys_every_reader_on_postgresql(postgres_url: str) -> None:
-    name = f"mailer_upgrade_{uuid.uuid4().hex[:8]}"
-    await _postgres_admin(f'CREATE DATABASE "{name}"')
-    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    database = Database(url)
+async def test_upgrade_rekeys_every_reader_on_postgresql(empty_postgres_url: str) -> None:
+    database = Database(empty_postgres_url)
     try:
         await _fill_and_upgrade(database)
         async with database.write_engine.begin() as connection:
@@ -132,4 +125,3 @@ async def test_upgrade_rekeys_every_reader_on_postgresql(postgres_url: str) -> N
         await _check(database)
     finally:
         await database.dispose()
-        await _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
