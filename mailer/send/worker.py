@@ -38,7 +38,7 @@ from mailer.models import (
     UTCDateTime,
     utcnow,
 )
-from mailer.retention import claimed_delivery_ids
+from mailer.retention import claimed_ids
 from mailer.send.progress import finish_completed, outbox_backlog
 from mailer.smtpstatus import policy_reason
 from mailer.suppression import email_hash, suppress
@@ -363,9 +363,7 @@ class Worker:
             if self.digest_id is not None:
                 query = query.where(Delivery.digest_id == self.digest_id)
             # Rows another worker holds are its work, not due here.
-            held = sorted(await claimed_delivery_ids(session))
-            if held:
-                query = query.where(Delivery.id.not_in(held))
+            query = query.where(Delivery.id.not_in(claimed_ids(session)))
             return (await session.scalar(query)) is not None
 
     async def claim(self, limit: int) -> list[Claimed]:
@@ -474,7 +472,7 @@ class Worker:
         sends = select(Digest.id).where(Digest.status == DigestStatus.SENDING)
         if self.digest_id is not None:
             sends = sends.where(Digest.id == self.digest_id)
-        held = sorted(await claimed_delivery_ids(session))
+        held = claimed_ids(session)
         skipped = self._domains_to_skip()
         taken: list[int] = []
         for digest_id in (await session.scalars(sends.order_by(Digest.id))).all():
@@ -495,8 +493,7 @@ class Worker:
                     .where(Delivery.digest_id == digest_id, due)
                     .limit(limit - len(taken))
                 )
-                if held:
-                    query = query.where(Delivery.id.not_in(held))
+                query = query.where(Delivery.id.not_in(held))
                 if skipped:
                     address = func.lower(func.coalesce(Delivery.test_address, Subscriber.email))
                     query = query.outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
