@@ -71,8 +71,7 @@ def simhash_of_shingles(features: set[str]) -> int:
     # hashes read as one integer, shifted and masked to one bit a byte, then counted
     # with int.bit_count (C speed instead of a Python loop over features). A bit of
     # the result is set when more than half of the features have it set.
-    blake2b = hashlib.blake2b
-    hashes = b"".join([blake2b(feature.encode(), digest_size=8).digest() for feature in features])
+    hashes = _feature_hashes(features)
     count = len(features)
     half = count / 2
     ones = int.from_bytes(b"\x01" * count, "big")
@@ -82,6 +81,23 @@ def simhash_of_shingles(features: set[str]) -> int:
         for bit in range(7, -1, -1):
             result = (result << 1) | (((column >> bit) & ones).bit_count() > half)
     return result
+
+
+# An empty 8-byte BLAKE2b state: copying it and feeding a feature gives the digest
+# ``blake2b(feature, digest_size=8)`` gives, without setting up the parameter block
+# again for every feature (a third of the cost of a new hash object).
+_BLAKE2B_8 = hashlib.blake2b(digest_size=8)
+
+
+def _feature_hashes(features: Iterable[str]) -> bytes:
+    """The 8-byte BLAKE2b digest of each feature's UTF-8 form, side by side."""
+    empty = _BLAKE2B_8
+    digests = []
+    for feature in features:
+        state = empty.copy()
+        state.update(feature.encode())
+        digests.append(state.digest())
+    return b"".join(digests)
 
 
 def to_signed(value: int) -> int:
