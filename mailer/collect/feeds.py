@@ -220,6 +220,17 @@ def _struct_time(value: Any) -> datetime | None:
     return plausible_moment(moment)
 
 
+# An RFC 822 date with a time of day ("Sat, 01 Jun 2024 10:00:00 +0300"), as most RSS
+# feeds write pubDate. parse_published never reads one as a date without a time (no
+# numeric or ISO pattern fits it; the textual one must take the time to reach the
+# end, and failing that the time sends it to email.utils): such a date is not
+# parsed again only to be told it has a time.
+_RFC822_WITH_TIME = re.compile(
+    r"\s*(?:[A-Za-z]{3},\s*)?[0-9]{1,2}\s+[A-Za-z]{3}\s+[0-9]{4}\s+[0-9]{1,2}:[0-9]{2}"
+    r"(?::[0-9]{2})?(?:\s*(?:[+-][0-9]{4}|[A-Za-z]{1,5}))?\s*\Z"
+)
+
+
 def _entry_candidate(
     entry: Any,
     label: str,
@@ -234,10 +245,11 @@ def _entry_candidate(
         _get(entry, "created_parsed")
     )
     written = _get(entry, "published") or _get(entry, "created")
-    stated = parse_published(written, default_tz=default_tz) if written else None
-    if stated is not None and stated.date_only:
-        # feedparser reads "2025-10-23" as midnight UTC; keep it a date.
-        published = None
+    if published is not None and written and not _RFC822_WITH_TIME.match(written):
+        stated = parse_published(written, default_tz=default_tz)
+        if stated is not None and stated.date_only:
+            # feedparser reads "2025-10-23" as midnight UTC; keep it a date.
+            published = None
     image_url, image_alt = _entry_image(entry)
     credits = _get(entry, "media_credit") or []
     credit = _get(credits[0], "content") if credits and isinstance(credits[0], dict) else None
