@@ -7,6 +7,7 @@ import re
 import pytest
 from lxml import html as lxml_html
 
+from mailer.collect import blocks
 from mailer.collect.extract import build_candidate
 from mailer.collect.sanitize import sanitize_html
 
@@ -109,3 +110,32 @@ def test_relative_links_become_absolute_and_safe_markup_stays() -> None:
 def test_relative_links_without_a_base_are_dropped() -> None:
     cleaned = sanitize_html('<p><a href="/x">x</a><img src="y.png"></p>', None)
     assert "href" not in cleaned and "<img" not in cleaned
+
+
+def test_plain_paragraphs_give_the_blocks_parsing_gives() -> None:
+    """The shortcut for fragments of plain paragraphs (no parse) gives the blocks,
+    lines and HTML that parsing and walking the same fragment gives."""
+    pieces = ["Text, \"quoted\" ", "Žodis ąž ", "&amp;", "&lt;", "&gt;", "&nbsp;", "\u00a0",
+              "\u200b", "Cafe\u0301", "\n", "  ", "\t", "\x0c", "\u2028", "a > b", "x\r\ny",
+              "1 < 2", "&quot;", "\x00"]  # fmt: skip
+    checked = 0
+    for first in pieces:
+        for second in pieces:
+            for gap in ("", " ", "\n", "\u00a0"):
+                raw = f"{gap}<p>{first}{second}</p>{gap}<p>{second}x{first}</p>{gap}"
+                fragment = sanitize_html(raw)
+                shortcut = blocks._plain_paragraphs(fragment)
+                if shortcut is None:
+                    continue
+                parsed = blocks.Body([])
+                blocks._walk(lxml_html.fragment_fromstring(fragment, create_parent="div"), parsed)
+                assert [(b.kind, b.lines, b.html) for b in shortcut.blocks] == [
+                    (b.kind, b.lines, b.html) for b in parsed.blocks
+                ], fragment
+                checked += 1
+    assert checked > 1000
+    # What the sanitiser never writes is left to the parser.
+    assert blocks._plain_paragraphs("<p>a &quot;b&quot;</p>") is None
+    assert blocks._plain_paragraphs("<p>a > b</p>") is None
+    assert blocks._plain_paragraphs("<p>a\r\nb</p>") is None
+    assert blocks._plain_paragraphs("<p>a <b>b</b></p>") is None
