@@ -65,11 +65,13 @@ class Block:
 
     @property
     def kept_lines(self) -> list[str]:
+        if not self.removed:
+            return list(self.lines)
         return [line for index, line in enumerate(self.lines) if index not in self.removed]
 
     @property
     def is_empty(self) -> bool:
-        return not any(line.strip() for line in self.kept_lines)
+        return not any(map(str.strip, self.kept_lines))
 
     def text(self) -> str:
         lines = self.kept_lines

@@ -222,7 +222,11 @@ class _Line:
 
 
 def strip_box(text: str) -> str:
-    return text.strip().strip(_BOX_CHARS).strip()
+    inner = text.strip()
+    if inner and (inner[0] in _BOX_CHARS or inner[-1] in _BOX_CHARS):
+        return inner.strip(_BOX_CHARS).strip()
+    # Neither end is a box character: stripping them would change nothing.
+    return inner
 
 
 def is_boilerplate(line: str) -> bool:
@@ -362,6 +366,11 @@ def clean_title(title: str | None, site_names: list[str | None] = ()) -> str | N
     title = clean_line(title.replace("\n", " "))
     for name in site_names:
         if name:
+            folded_name = name.casefold()
+            if not title.casefold().endswith(folded_name):
+                # Every suffix below ends with the name (casefold works a character
+                # at a time), and a title only loses one that it ends with.
+                continue
             for separator in (" | ", " - ", " – ", " — ", " :: ", " · "):
                 suffix = f"{separator}{name}"
                 if title.casefold().endswith(suffix.casefold()) and len(title) > len(suffix):
