@@ -65,11 +65,13 @@ class Block:
 
     @property
     def kept_lines(self) -> list[str]:
+        if not self.removed:
+            return list(self.lines)
         return [line for index, line in enumerate(self.lines) if index not in self.removed]
 
     @property
     def is_empty(self) -> bool:
-        return not any(line.strip() for line in self.kept_lines)
+        return not any(map(str.strip, self.kept_lines))
 
     def text(self) -> str:
         lines = self.kept_lines
@@ -158,12 +160,48 @@ def blocks_from_html(fragment: str, root: etree._Element | None = None) -> Body:
     if not fragment.strip():
         return body
     if root is None:
+        plain = _plain_paragraphs(fragment)
+        if plain is not None:
+            return plain
         try:
             root = lxml_html.fragment_fromstring(fragment, create_parent="div")
         except (etree.ParserError, ValueError):
             return blocks_from_text(lxml_html.fromstring(fragment).text_content())
     _walk(root, body)
     return body
+
+
+# A fragment that is only paragraphs of text, as the sanitiser writes them: "<p>",
+# text in which "<" and ">" never occur and "&" only starts one of the four entities
+# the sanitiser writes in text (a quote stays a character), "</p>", with white space
+# between paragraphs, and no carriage return or NUL (which the HTML parser would turn
+# into a line feed and U+FFFD). lxml writes such a paragraph back as it is, but for "&nbsp;".
+_PLAIN_PARAGRAPHS = re.compile(r"(?:\s*<p>[^<>&\r\0]*(?:&(?:amp|lt|gt|nbsp);[^<>&\r\0]*)*</p>)+\s*")
+_PLAIN_PARAGRAPH = re.compile(r"<p>([^<]*)</p>")
+_ENTITY = re.compile(r"&(?:amp|lt|gt|nbsp);")
+_ENTITY_TEXT = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&nbsp;": "\u00a0"}
+
+
+def _plain_paragraphs(fragment: str) -> Body | None:
+    """The blocks of a fragment of plain paragraphs (``_PLAIN_PARAGRAPHS``) without
+    parsing it, else None. They are the blocks parsing and walking it gives: one "p"
+    block a paragraph with any text, its lines the text's lines (entities decoded),
+    and its HTML what lxml writes for it: the paragraph as it is but for "&nbsp;",
+    which lxml writes as the character."""
+    if not _PLAIN_PARAGRAPHS.fullmatch(fragment):
+        return None
+    body = Body([])
+    for inner in _PLAIN_PARAGRAPH.findall(fragment):
+        text = _ENTITY.sub(_entity_text, inner) if "&" in inner else inner
+        lines = [line for line in (clean_line(part) for part in text.split("\n")) if line]
+        if lines:
+            html = "<p>" + inner.replace("&nbsp;", "\u00a0") + "</p>"
+            body.blocks.append(Block("p", lines, html))
+    return body
+
+
+def _entity_text(match: re.Match[str]) -> str:
+    return _ENTITY_TEXT[match.group()]
 
 
 class _Inline:

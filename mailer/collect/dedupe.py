@@ -57,8 +57,24 @@ def simhash(text: str) -> int:
     return simhash_of_normalised(normalised_text(text))
 
 
+def utf8_shingles(normalised: str) -> set[bytes]:
+    """``shingles(normalised)``, each in UTF-8: made from one encoding of the whole text
+    rather than one per shingle. For a text as ``normalise`` writes it (runs of word
+    characters between single spaces): its UTF-8 form splits at ASCII spaces where the
+    text splits, and encoding is one-to-one, so the set is the same set encoded."""
+    words = normalised.encode().split()
+    if len(words) < SHINGLE_WORDS:
+        return {b" ".join(words)} if words else set()
+    return set(map(b" ".join, zip(*[words[i:] for i in range(SHINGLE_WORDS)], strict=False)))
+
+
 def simhash_of_normalised(normalised: str) -> int:
-    return simhash_of_shingles(shingles(normalised))
+    """``simhash_of_shingles(shingles(normalised))`` for a text as ``normalise``
+    writes it, without making the shingles as strings (see ``utf8_shingles``)."""
+    features = utf8_shingles(normalised)
+    if not features:
+        return 0
+    return _majority_bits(_utf8_feature_hashes(features), len(features))
 
 
 def simhash_of_shingles(features: set[str]) -> int:
@@ -71,9 +87,11 @@ def simhash_of_shingles(features: set[str]) -> int:
     # hashes read as one integer, shifted and masked to one bit a byte, then counted
     # with int.bit_count (C speed instead of a Python loop over features). A bit of
     # the result is set when more than half of the features have it set.
-    blake2b = hashlib.blake2b
-    hashes = b"".join([blake2b(feature.encode(), digest_size=8).digest() for feature in features])
-    count = len(features)
+    return _majority_bits(_feature_hashes(features), len(features))
+
+
+def _majority_bits(hashes: bytes, count: int) -> int:
+    """The 64 bits that more than half of ``count`` 8-byte hashes have set."""
     half = count / 2
     ones = int.from_bytes(b"\x01" * count, "big")
     result = 0
@@ -82,6 +100,34 @@ def simhash_of_shingles(features: set[str]) -> int:
         for bit in range(7, -1, -1):
             result = (result << 1) | (((column >> bit) & ones).bit_count() > half)
     return result
+
+
+# An empty 8-byte BLAKE2b state: copying it and feeding a feature gives the digest
+# ``blake2b(feature, digest_size=8)`` gives, without setting up the parameter block
+# again for every feature (a third of the cost of a new hash object).
+_BLAKE2B_8 = hashlib.blake2b(digest_size=8)
+
+
+def _feature_hashes(features: Iterable[str]) -> bytes:
+    """The 8-byte BLAKE2b digest of each feature's UTF-8 form, side by side."""
+    empty = _BLAKE2B_8
+    digests = []
+    for feature in features:
+        state = empty.copy()
+        state.update(feature.encode())
+        digests.append(state.digest())
+    return b"".join(digests)
+
+
+def _utf8_feature_hashes(features: Iterable[bytes]) -> bytes:
+    """``_feature_hashes`` of features already in UTF-8."""
+    empty = _BLAKE2B_8
+    digests = []
+    for feature in features:
+        state = empty.copy()
+        state.update(feature)
+        digests.append(state.digest())
+    return b"".join(digests)
 
 
 def to_signed(value: int) -> int:

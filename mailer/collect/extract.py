@@ -21,7 +21,7 @@ from mailer.collect.dates import Published, parse_published
 from mailer.collect.dedupe import (
     Comparable,
     content_hash_of_normalised,
-    simhash_of_shingles,
+    simhash_of_normalised,
     to_signed,
     word_count,
 )
@@ -77,8 +77,9 @@ class Candidate:
     @cached_property
     def simhash(self) -> int:
         """Signed, as the BIGINT column stores it."""
-        # The comparable's shingles: made once for the fingerprint and the text checks.
-        return to_signed(simhash_of_shingles(self.comparable.shingles))
+        # From the comparable's normalised text, as UTF-8 shingles: its shingles as
+        # strings are only made if the store compares its text with another's.
+        return to_signed(simhash_of_normalised(self.comparable.normalised))
 
     def as_json(self, source: str) -> dict[str, object]:
         return {

@@ -98,7 +98,7 @@ def parse_feed(
     # The same for every entry: decided once per feed.
     fallback_publisher = _feed_publisher(result.title)
     for number, entry in enumerate(parsed.entries, start=1):
-        guid = (entry.get("id") or entry.get("link") or "").strip() or None
+        guid = (_get(entry, "id") or _get(entry, "link") or "").strip() or None
         label = f"entry {number}" + (f" ({guid})" if guid else "")
         if guid and guid in seen:
             result.errors.append(f"{label}: duplicate GUID in this feed; kept the first")
@@ -119,6 +119,12 @@ def parse_feed(
         result.candidates.append(candidate)
     return result
 
+
+# An entry's keys as feedparser stores them. FeedParserDict.get goes through its
+# __getitem__ (aliases such as "guid" → "id", the "updated" → "published" fallback)
+# and costs a Python call or two per lookup; for the keys read here, none of which is
+# an alias or special-cased, plain dict.get gives the same answer.
+_get = dict.get
 
 # feedparser flags these although the feed was read correctly.
 _HARMLESS = (feedparser.NonXMLContentType, feedparser.CharacterEncodingOverride)
@@ -214,6 +220,17 @@ def _struct_time(value: Any) -> datetime | None:
     return plausible_moment(moment)
 
 
+# An RFC 822 date with a time of day ("Sat, 01 Jun 2024 10:00:00 +0300"), as most RSS
+# feeds write pubDate. parse_published never reads one as a date without a time (no
+# numeric or ISO pattern fits it; the textual one must take the time to reach the
+# end, and failing that the time sends it to email.utils): such a date is not
+# parsed again only to be told it has a time.
+_RFC822_WITH_TIME = re.compile(
+    r"\s*(?:[A-Za-z]{3},\s*)?[0-9]{1,2}\s+[A-Za-z]{3}\s+[0-9]{4}\s+[0-9]{1,2}:[0-9]{2}"
+    r"(?::[0-9]{2})?(?:\s*(?:[+-][0-9]{4}|[A-Za-z]{1,5}))?\s*\Z"
+)
+
+
 def _entry_candidate(
     entry: Any,
     label: str,
@@ -224,23 +241,24 @@ def _entry_candidate(
     default_tz: tzinfo,
 ) -> Candidate:
     html, text = _entry_body(entry)
-    published = _struct_time(entry.get("published_parsed")) or _struct_time(
-        entry.get("created_parsed")
+    published = _struct_time(_get(entry, "published_parsed")) or _struct_time(
+        _get(entry, "created_parsed")
     )
-    written = entry.get("published") or entry.get("created")
-    stated = parse_published(written, default_tz=default_tz) if written else None
-    if stated is not None and stated.date_only:
-        # feedparser reads "2025-10-23" as midnight UTC; keep it a date.
-        published = None
+    written = _get(entry, "published") or _get(entry, "created")
+    if published is not None and written and not _RFC822_WITH_TIME.match(written):
+        stated = parse_published(written, default_tz=default_tz)
+        if stated is not None and stated.date_only:
+            # feedparser reads "2025-10-23" as midnight UTC; keep it a date.
+            published = None
     image_url, image_alt = _entry_image(entry)
-    credits = entry.get("media_credit") or []
-    credit = credits[0].get("content") if credits and isinstance(credits[0], dict) else None
-    source = entry.get("source") or {}
+    credits = _get(entry, "media_credit") or []
+    credit = _get(credits[0], "content") if credits and isinstance(credits[0], dict) else None
+    source = _get(entry, "source") or {}
     return build_candidate(
         label=label,
         guid=guid,
-        title=_text(entry.get("title")),
-        url=entry.get("link"),
+        title=_text(_get(entry, "title")),
+        url=_get(entry, "link"),
         html=html,
         text=text,
         published=published,
@@ -251,7 +269,7 @@ def _entry_candidate(
         image_url=image_url,
         image_alt=image_alt,
         photo_credit=credit,
-        publisher=_text(source.get("title")) or None,
+        publisher=_text(_get(source, "title")) or None,
         fallback_publisher=fallback_publisher,
         site_names=(feed_title,),
         base_url=base,
@@ -262,11 +280,11 @@ def _entry_candidate(
 def _entry_body(entry: Any) -> tuple[str | None, str | None]:
     """The fullest body the entry carries: content over summary, HTML over text."""
     options: list[tuple[str, str]] = []
-    for content in entry.get("content") or []:
-        options.append((content.get("type") or "text/html", content.get("value") or ""))
-    summary = entry.get("summary")
+    for content in _get(entry, "content") or []:
+        options.append((_get(content, "type") or "text/html", _get(content, "value") or ""))
+    summary = _get(entry, "summary")
     if summary:
-        kind = (entry.get("summary_detail") or {}).get("type") or "text/html"
+        kind = (_get(entry, "summary_detail") or {}).get("type") or "text/html"
         options.append((kind, summary))
     options = [(kind, value) for kind, value in options if value.strip()]
     if not options:
@@ -278,20 +296,21 @@ def _entry_body(entry: Any) -> tuple[str | None, str | None]:
 
 
 def _entry_image(entry: Any) -> tuple[str | None, str | None]:
-    for media in entry.get("media_content") or []:
-        medium = (media.get("medium") or "").lower()
-        kind = (media.get("type") or "").lower()
+    # "url" goes through FeedParserDict.get: it is an alias of "href" there.
+    for media in _get(entry, "media_content") or []:
+        medium = (_get(media, "medium") or "").lower()
+        kind = (_get(media, "type") or "").lower()
         if media.get("url") and (medium == "image" or kind.startswith("image/")):
             return media["url"], None
-    for thumbnail in entry.get("media_thumbnail") or []:
+    for thumbnail in _get(entry, "media_thumbnail") or []:
         if thumbnail.get("url"):
             return thumbnail["url"], None
-    for link in entry.get("links") or []:
-        if link.get("rel") == "enclosure" and (link.get("type") or "").startswith("image/"):
-            return link.get("href"), None
-    image = entry.get("image")
-    if isinstance(image, dict) and image.get("href"):
-        return image["href"], image.get("title")
+    for link in _get(entry, "links") or []:
+        if _get(link, "rel") == "enclosure" and (_get(link, "type") or "").startswith("image/"):
+            return _get(link, "href"), None
+    image = _get(entry, "image")
+    if isinstance(image, dict) and _get(image, "href"):
+        return image["href"], _get(image, "title")
     return None, None
 
 

@@ -130,6 +130,8 @@ def sanitize_fragment(html: str, base_url: str | None = None) -> tuple[str, etre
     same tree parsing the fragment would give, so a caller need not parse it again."""
     if not html or not html.strip():
         return "", None
+    if _UNCHANGED_PARAGRAPHS.fullmatch(html):
+        return html, None
     cleaned = nh3.clean(
         _without_hidden(html),
         tags=ALLOWED_TAGS,
@@ -141,6 +143,16 @@ def sanitize_fragment(html: str, base_url: str | None = None) -> tuple[str, etre
         url_relative=("rewrite_with_base", base_url) if _is_http(base_url) else "deny",
     )
     return _drop_pixels_and_empty_images(cleaned)
+
+
+# Paragraphs of text with no markup in them, which sanitising gives back as they are:
+# "<p>", text without "<", ">", "&" (so no tag, comment or entity), carriage return,
+# NUL, other control characters, no-break space (written back as "&nbsp;") or
+# surrogate (which nh3 refuses), "</p>", then spaces, tabs or line feeds, from the
+# first character (leading white space is not kept). Checked against nh3 in a test.
+_UNCHANGED_PARAGRAPHS = re.compile(
+    "(?:<p>[^<>&\r\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u00a0\ud800-\udfff]*</p>[ \t\n]*)+"
+)
 
 
 def _is_http(url: str | None) -> bool:

@@ -28,6 +28,7 @@ _ABBREVIATIONS = {
 }  # fmt: skip
 _BOUNDARY = re.compile(r"([.!?…]+)([\"”’»)]*)\s+(?=[\"“„«(]?[0-9A-ZÀ-ÖØ-ÞĀ-ŽА-Я])")
 _PREVIOUS_WORD = re.compile(r"([\w.]+)$")
+_ENDS_SENTENCE = re.compile(r"[.!?…][\"”’»)]*$")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -71,7 +72,7 @@ def lead_summary(blocks: list[Block], limit: int = SUMMARY_CHARS) -> str:
     paragraphs = [b for b in blocks if b.kind in ("p", "quote") and not b.is_empty]
     for block in paragraphs:
         text = " ".join(block.kept_lines)
-        if len(text) >= LEAD_MIN_CHARS and re.search(r"[.!?…][\"”’»)]*$", text):
+        if len(text) >= LEAD_MIN_CHARS and _ENDS_SENTENCE.search(text):
             return cut_at_sentence(text, limit)
     for block in paragraphs:
         text = " ".join(block.kept_lines)

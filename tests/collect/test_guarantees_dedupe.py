@@ -186,3 +186,21 @@ async def test_two_ministry_releases_with_shared_intro_and_outro_both_reach_read
     assert distance(simhash(budget.text), simhash(bonds.text)) <= MAX_DISTANCE
     assert delivery is not None
     assert sorted(delivery.release_ids) == sorted(r.id for r in releases)
+
+
+def test_simhash_from_utf8_shingles_is_the_simhash_of_the_shingles() -> None:
+    """The fingerprint made from the UTF-8 shingles of a normalised text is the one
+    made from its shingles as strings (stored fingerprints stay valid)."""
+    from mailer.collect.dedupe import simhash_of_normalised, simhash_of_shingles
+
+    texts = [
+        "",
+        "one",
+        "two words",
+        "Šimonytė meets the Ministry of Foreign Affairs; Ø ß İ ﬁ Ⅻ 12_3 —",
+        "again\u00a0and\u2028again",
+        " ".join(f"word{n % 17} žodis{n % 5}" for n in range(300)),
+    ]
+    for text in texts:
+        normalised = normalised_text(text)
+        assert simhash_of_normalised(normalised) == simhash_of_shingles(shingles(normalised))

@@ -7,6 +7,7 @@ import re
 import pytest
 from lxml import html as lxml_html
 
+from mailer.collect import blocks
 from mailer.collect.extract import build_candidate
 from mailer.collect.sanitize import sanitize_html
 
@@ -109,3 +110,68 @@ def test_relative_links_become_absolute_and_safe_markup_stays() -> None:
 def test_relative_links_without_a_base_are_dropped() -> None:
     cleaned = sanitize_html('<p><a href="/x">x</a><img src="y.png"></p>', None)
     assert "href" not in cleaned and "<img" not in cleaned
+
+
+def test_plain_paragraphs_give_the_blocks_parsing_gives() -> None:
+    """The shortcut for fragments of plain paragraphs (no parse) gives the blocks,
+    lines and HTML that parsing and walking the same fragment gives."""
+    pieces = ["Text, \"quoted\" ", "Žodis ąž ", "&amp;", "&lt;", "&gt;", "&nbsp;", "\u00a0",
+              "\u200b", "Cafe\u0301", "\n", "  ", "\t", "\x0c", "\u2028", "a > b", "x\r\ny",
+              "1 < 2", "&quot;", "\x00"]  # fmt: skip
+    checked = 0
+    for first in pieces:
+        for second in pieces:
+            for gap in ("", " ", "\n", "\u00a0"):
+                raw = f"{gap}<p>{first}{second}</p>{gap}<p>{second}x{first}</p>{gap}"
+                fragment = sanitize_html(raw)
+                shortcut = blocks._plain_paragraphs(fragment)
+                if shortcut is None:
+                    continue
+                parsed = blocks.Body([])
+                blocks._walk(lxml_html.fragment_fromstring(fragment, create_parent="div"), parsed)
+                assert [(b.kind, b.lines, b.html) for b in shortcut.blocks] == [
+                    (b.kind, b.lines, b.html) for b in parsed.blocks
+                ], fragment
+                checked += 1
+    assert checked > 1000
+    # What the sanitiser never writes is left to the parser.
+    assert blocks._plain_paragraphs("<p>a &quot;b&quot;</p>") is None
+    assert blocks._plain_paragraphs("<p>a > b</p>") is None
+    assert blocks._plain_paragraphs("<p>a\r\nb</p>") is None
+    assert blocks._plain_paragraphs("<p>a <b>b</b></p>") is None
+
+
+def test_plain_paragraphs_are_what_the_sanitiser_would_write() -> None:
+    """Paragraphs of text with no markup skip nh3 only where nh3 gives them back
+    unchanged; the characters it would rewrite send them through it."""
+    import random
+
+    from mailer.collect import sanitize
+
+    rng = random.Random(12)
+    letters = list("abc XYZ .,;:'\"!?-–—()=/\\\u200b\t\n\u2028\u0301žąĘ€\u00a0\x0c\x01\r&<>")
+    letters += ["hidden", "display", "script", "&amp;", "<b>", "\x00", "\x85", "\ufffe"]
+    skipped = 0
+    for _ in range(3000):
+        fragment = "".join(
+            "<p>"
+            + "".join(rng.choice(letters) for _ in range(rng.randint(0, 12)))
+            + "</p>"
+            + rng.choice(["", " ", "\n", "\t "])
+            for _ in range(rng.randint(1, 3))
+        )
+        cleaned = sanitize.nh3.clean(
+            sanitize._without_hidden(fragment),
+            tags=sanitize.ALLOWED_TAGS,
+            clean_content_tags=sanitize.DROPPED_WITH_CONTENT,
+            attributes=sanitize.ALLOWED_ATTRIBUTES,
+            url_schemes=sanitize.URL_SCHEMES,
+            strip_comments=True,
+            link_rel="noopener noreferrer nofollow",
+            url_relative="deny",
+        )
+        if sanitize._UNCHANGED_PARAGRAPHS.fullmatch(fragment):
+            skipped += 1
+            assert cleaned == fragment
+        assert sanitize_html(fragment) == cleaned
+    assert skipped > 300
