@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import zip_longest
 from types import SimpleNamespace
+from typing import Any
 
 from sqlalchemy import (
+    Table,
     any_,
     bindparam,
     delete,
     distinct,
     func,
-    insert,
     literal_column,
     select,
     text,
@@ -33,7 +34,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import raiseload
 
 from mailer.collect.boilerplate import joined_normalised, normalise
@@ -291,33 +293,45 @@ class ReleaseStore:
         await self._load({link.release_id for link in self._links.values() if link})
         # Releases and links with a candidate's URL, and releases with its content
         # hash: one statement (UNION ALL, the first column telling which) per chunk.
+        # Merged releases are left out here rather than in SQL: with the condition
+        # ``merged_into_id IS NULL`` SQLite's planner took the index on merged_into_id
+        # (true of nearly every row) over the one on the URL or the hash, and read
+        # every live release twice per source.
         urls = sorted({c.url for c in candidates if c.url})
         hashes = sorted({c.content_hash for c in candidates})
         for url_chunk, hash_chunk in zip_longest(_chunks(urls), _chunks(hashes)):
             parts = []
             if url_chunk:
                 parts.append(
-                    select(literal_column("0"), Release.canonical_url, Release.id).where(
-                        self._in(Release.canonical_url, url_chunk),
-                        Release.merged_into_id.is_(None),
-                    )
+                    select(
+                        literal_column("0"),
+                        Release.canonical_url,
+                        Release.id,
+                        Release.merged_into_id,
+                    ).where(self._in(Release.canonical_url, url_chunk))
                 )
                 parts.append(
-                    select(literal_column("0"), ReleaseLink.url, ReleaseLink.release_id).where(
-                        self._in(ReleaseLink.url, url_chunk)
-                    )
+                    select(
+                        literal_column("0"),
+                        ReleaseLink.url,
+                        ReleaseLink.release_id,
+                        literal_column("NULL"),
+                    ).where(self._in(ReleaseLink.url, url_chunk))
                 )
             if hash_chunk:
                 parts.append(
-                    select(literal_column("1"), Release.content_hash, Release.id).where(
-                        self._in(Release.content_hash, hash_chunk),
-                        Release.merged_into_id.is_(None),
-                    )
+                    select(
+                        literal_column("1"),
+                        Release.content_hash,
+                        Release.id,
+                        Release.merged_into_id,
+                    ).where(self._in(Release.content_hash, hash_chunk))
                 )
             rows = await self.session.execute(union_all(*parts))
-            for is_hash, key, release_id in rows:
-                found = self._by_hash if is_hash else self._by_url
-                found.setdefault(key, set()).add(release_id)
+            for is_hash, key, release_id, merged_into in rows:
+                if merged_into is None:
+                    found = self._by_hash if is_hash else self._by_url
+                    found.setdefault(key, set()).add(release_id)
         dates = [c.published for c in candidates if c.published] + [self.now]
         self.since = min(dates) - NEAR_DUPLICATE_WINDOW
         await self.recent.bring_up_to_date(self.session, self.since)
@@ -585,32 +599,20 @@ class ReleaseStore:
         new, self._new = self._new, {}
         links, self._new_links = self._new_links, []
         topics, self._new_topics = self._new_topics, []
+        if not (new or links or topics):
+            return
+        connection = await self.session.connection()
         if new:
-            table = Release.__table__
             rows = [release.row() for release in new.values()]
-            if self._sqlite:
-                # SQLAlchemy cannot keep RETURNING in parameter order on SQLite and
-                # falls back to one INSERT per row. Multi-row INSERTs instead: SQLite
-                # numbers new rows upwards in the order it inserts them (the largest
-                # id plus one; this transaction holds the write lock), so the ids in
-                # ascending order are the rows' ids in parameter order.
-                result = await self.session.scalars(insert(table).returning(table.c.id), rows)
-                ids = sorted(result.all())
-            else:
-                result = await self.session.scalars(
-                    insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
-                )
-                ids = list(result.all())
+            ids = await _RELEASES.insert(connection, rows, with_ids=True)
             self._renumber(dict(zip(new, ids, strict=True)))
         if links:
             for link in links:
                 self._links[link.guid] = _WRITTEN
-            await self.session.execute(
-                insert(ReleaseLink.__table__), [link.row(self._real) for link in links]
-            )
+            await _LINKS.insert(connection, [link.row(self._real) for link in links])
         if topics:
-            await self.session.execute(
-                insert(ReleaseTopic.__table__),
+            await _TOPICS.insert(
+                connection,
                 [
                     {"release_id": self.real_id(release_id), "topic_id": topic_id}
                     for release_id, topic_id in topics
@@ -674,6 +676,105 @@ class ReleaseStore:
             if other.id in ids:
                 ids.discard(other.id)
                 ids.add(survivor.id)
+
+
+# (column key, scalar default or None, bind processor or None)
+_Spec = tuple[str, Any, Any]
+
+
+class _DriverInsert:
+    """A multi-row INSERT into ``table`` handed to the driver as SQL text with plain
+    tuples: SQLAlchemy's executemany of a compiled INSERT cost more CPU per row
+    (parameters built and processed per row, insertmanyvalues batching) than the
+    rest of writing a batch.
+
+    Values go through each column's own bind processor, and a column a row leaves
+    out takes its scalar Python default, so the stored values are the ones the
+    compiled INSERT stored. With ``with_ids`` the new rows' ids come back in row
+    order: on PostgreSQL they are drawn from the table's sequence first
+    (``nextval`` once per row, in order: the ids the INSERT would have drawn) and
+    inserted explicitly; on SQLite a multi-row ``INSERT … RETURNING id`` is used,
+    whose ids in ascending order are the rows' in order (SQLite numbers the rows
+    it inserts upwards, and the transaction holds the write lock). The SQL is made
+    from this table's own names, never from data."""
+
+    # SQLite's limit on host parameters in one statement (since 3.32).
+    _SQLITE_PARAMETERS = 32766
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self._prepared: dict[tuple[str, bool], tuple[str, list[_Spec]]] = {}
+
+    def _prepare(self, dialect: Dialect, explicit_id: bool) -> tuple[str, list[_Spec]]:
+        """``INSERT INTO table (columns) VALUES`` and, per column, (key, default,
+        bind processor)."""
+        key = (dialect.name, explicit_id)
+        if key not in self._prepared:
+            generated = self.table.autoincrement_column
+            specs = []
+            for column in self.table.columns:
+                if column is generated and not explicit_id:
+                    continue
+                default = column.default
+                value = default.arg if default is not None and default.is_scalar else None
+                specs.append((column.key, value, column.type._cached_bind_processor(dialect)))
+            quote = dialect.identifier_preparer
+            names = ", ".join(quote.quote(self.table.c[name].name) for name, _, _ in specs)
+            table = quote.format_table(self.table)
+            self._prepared[key] = (f"INSERT INTO {table} ({names}) VALUES ", specs)  # noqa: S608
+        return self._prepared[key]
+
+    @staticmethod
+    def _tuples(specs: list[_Spec], rows: Iterable[dict[str, object]]) -> list[tuple[object, ...]]:
+        return [
+            tuple(
+                process(row.get(name, default)) if process is not None else row.get(name, default)
+                for name, default, process in specs
+            )
+            for row in rows
+        ]
+
+    async def insert(
+        self,
+        connection: AsyncConnection,
+        rows: Sequence[dict[str, object]],
+        *,
+        with_ids: bool = False,
+    ) -> list[int]:
+        dialect = connection.dialect
+        ids: list[int] = []
+        if dialect.name == "postgresql":
+            if with_ids:
+                result = await connection.exec_driver_sql(
+                    "SELECT nextval(pg_get_serial_sequence($1, 'id'))"
+                    " FROM generate_series(1, $2::integer)",
+                    (self.table.name, len(rows)),
+                )
+                ids = sorted(result.scalars().all())
+                rows = [{**row, "id": i} for row, i in zip(rows, ids, strict=True)]
+            insert, specs = self._prepare(dialect, explicit_id=with_ids)
+            marks = ", ".join(f"${n}" for n in range(1, len(specs) + 1))
+            await connection.exec_driver_sql(f"{insert}({marks})", self._tuples(specs, rows))
+            return ids
+        insert, specs = self._prepare(dialect, explicit_id=False)
+        marks = "(" + ", ".join("?" * len(specs)) + ")"
+        tuples = self._tuples(specs, rows)
+        per_statement = self._SQLITE_PARAMETERS // len(specs)
+        for start in range(0, len(tuples), per_statement):
+            chunk = tuples[start : start + per_statement]
+            statement = insert + ", ".join([marks] * len(chunk))
+            flat = tuple(value for values in chunk for value in values)
+            if with_ids:
+                result = await connection.exec_driver_sql(statement + " RETURNING id", flat)
+                ids.extend(sorted(result.scalars().all()))
+            else:
+                await connection.exec_driver_sql(statement, flat)
+        return ids
+
+
+_RELEASES = _DriverInsert(Release.__table__)
+_LINKS = _DriverInsert(ReleaseLink.__table__)
+_TOPICS = _DriverInsert(ReleaseTopic.__table__)
 
 
 def _topics_of(rules: TopicRules, candidate: Candidate) -> list[int]:
