@@ -51,6 +51,9 @@ EXACT_MATCH_MIN_WORDS = 8
 _CHUNK = 500
 # Stored releases whose text a candidate is compared with, closest fingerprints first.
 _COMPARED = 8
+# Characters of normalised text a collection run keeps of what it wrote (see
+# RecentReleases.keep_text): some 16-32 MB, the texts of 10,000-20,000 releases.
+_KEPT_CHARACTERS = 16_000_000
 # Serialises the matching-and-storing step across processes on PostgreSQL (SQLite
 # already serialises writers with BEGIN IMMEDIATE).
 _STORE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mailer.collect.store").digest()[:8], "big") >> 1
@@ -102,6 +105,35 @@ class RecentReleases:
         self.max_id = 0
         # Keys whose fingerprint was added, changed or removed since ``mark``.
         self.touched: set[int] = set()
+        # Normalised texts this run wrote: release id -> (content hash, normalised
+        # text, words), oldest first, at most _KEPT_CHARACTERS in all (see keep_text).
+        self.texts: dict[int, tuple[str, str, int]] = {}
+        self._kept_characters = 0
+
+    def keep_text(self, release_id: int, digest: str, comparable: Comparable) -> None:
+        """Keep the normalised text this run wrote for a release, under the content
+        hash written with it. A later source that compares a candidate with that
+        release reads its row all the same (to see it is still live and unchanged)
+        but, when the row's hash is this one, does not normalise its text again: the
+        same hash is the same normalised text. Only the normalised text is kept, not
+        its shingles (about ten times its size), and only the newest
+        _KEPT_CHARACTERS characters of them."""
+        old = self.texts.pop(release_id, None)
+        if old is not None:
+            self._kept_characters -= len(old[1])
+        self.texts[release_id] = (digest, comparable.normalised, comparable.words)
+        self._kept_characters += len(comparable.normalised)
+        while self._kept_characters > _KEPT_CHARACTERS:
+            oldest = next(iter(self.texts))
+            self._kept_characters -= len(self.texts.pop(oldest)[1])
+
+    def kept_text(self, release_id: int, digest: str) -> Comparable | None:
+        """A Comparable of the text kept for ``release_id`` if it was kept under
+        ``digest`` (a new one: shingles made for one store are not kept)."""
+        kept = self.texts.get(release_id)
+        if kept is None or kept[0] != digest:
+            return None
+        return Comparable(kept[1], kept[2])
 
     def mark(self) -> None:
         """Start noting which entries change, for ``near_again``."""
@@ -451,7 +483,9 @@ class ReleaseStore:
             _apply_body(survivor, candidate, digest, fingerprint)
             survivor.updated_at = self.now
             self.recent.put(survivor.id, fingerprint, survivor.published_at)
-            self._comparables[survivor.id] = _comparable(candidate)
+            self._comparables[survivor.id] = comparable = _comparable(candidate)
+            if comparable is not None and survivor.id > 0:
+                self.recent.keep_text(survivor.id, digest, comparable)
             self._remember(survivor.id, url, digest)
             await self._add_topics(survivor.id, _topics_of(self.rules, candidate))
         return Stored(Outcome.UPDATED, survivor.id)
@@ -484,11 +518,15 @@ class ReleaseStore:
         found: set[int] = set()
         for chunk in _chunks(stored_ids):
             rows = await self.session.execute(
-                select(Release.id, Release.text, Release.simhash, Release.merged_into_id).where(
-                    self._in(Release.id, chunk)
-                )
+                select(
+                    Release.id,
+                    Release.text,
+                    Release.simhash,
+                    Release.merged_into_id,
+                    Release.content_hash,
+                ).where(self._in(Release.id, chunk))
             )
-            for release_id, stored_text, fingerprint, merged_into in rows:
+            for release_id, stored_text, fingerprint, merged_into, digest in rows:
                 found.add(release_id)
                 indexed = self.recent.index.value(release_id)
                 if merged_into is not None:
@@ -498,7 +536,12 @@ class ReleaseStore:
                 if indexed is not None and indexed != to_unsigned(fingerprint):
                     published = self.recent.published[release_id]
                     self.recent.put(release_id, fingerprint, published)
-                self._comparables[release_id] = Comparable.of(stored_text) if stored_text else None
+                comparable = None
+                if stored_text:
+                    comparable = self.recent.kept_text(release_id, digest) or Comparable.of(
+                        stored_text
+                    )
+                self._comparables[release_id] = comparable
         for release_id in ids:
             if release_id not in found and release_id not in self._new:
                 self.recent.forget(release_id)
@@ -606,6 +649,10 @@ class ReleaseStore:
             rows = [release.row() for release in new.values()]
             ids = await _RELEASES.insert(connection, rows, with_ids=True)
             self._renumber(dict(zip(new, ids, strict=True)))
+            for release, release_id in zip(new.values(), ids, strict=True):
+                comparable = self._comparables.get(release_id)
+                if comparable is not None and release.text:
+                    self.recent.keep_text(release_id, str(release.content_hash), comparable)
         if links:
             for link in links:
                 self._links[link.guid] = _WRITTEN
