@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import zip_longest
@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import raiseload
+from sqlalchemy.sql.expression import Executable
 
 from mailer.collect.boilerplate import joined_normalised, normalise
 from mailer.collect.dedupe import MAX_DISTANCE, Comparable, SimhashIndex, distance, to_unsigned
@@ -57,6 +58,13 @@ _KEPT_CHARACTERS = 16_000_000
 # Serialises the matching-and-storing step across processes on PostgreSQL (SQLite
 # already serialises writers with BEGIN IMMEDIATE).
 _STORE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mailer.collect.store").digest()[:8], "big") >> 1
+_STORE_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+# Statements run once or more per source, built once (see ReleaseStore._statement).
+_STATEMENTS: dict[tuple[str, str], Executable] = {}
+# Releases stored since the index was last brought up to date.
+_STORED_SINCE = select(
+    Release.id, Release.simhash, Release.published_at, Release.merged_into_id
+).where(Release.id > bindparam("max_id"))
 
 
 class Outcome(enum.StrEnum):
@@ -161,9 +169,7 @@ class RecentReleases:
             )
             self.since = since
             self._add_all(rows)
-        rows = await session.execute(
-            select(*columns, Release.merged_into_id).where(Release.id > self.max_id)
-        )
+        rows = await session.execute(_STORED_SINCE, {"max_id": self.max_id})
         for release_id, fingerprint, published, merged_into in rows:
             self.max_id = max(self.max_id, release_id)
             if merged_into is None and published >= self.since:
@@ -304,22 +310,38 @@ class ReleaseStore:
         self._next_key = -1
         self._real: dict[int, int] = {}
         bind = session.bind
-        self._sqlite = bind is not None and bind.dialect.name == "sqlite"
-        self._postgresql = bind is not None and bind.dialect.name == "postgresql"
+        self._dialect = bind.dialect.name if bind is not None else ""
+        self._sqlite = self._dialect == "sqlite"
+        self._postgresql = self._dialect == "postgresql"
         # recent.close() of candidates, as prepare found it (by id of the candidate).
         self._close: dict[int, list[tuple[int, int]]] = {}
 
     async def prepare(self, candidates: Sequence[Candidate]) -> None:
         """Load what matching needs in a few queries instead of several per candidate."""
         if self._postgresql:
-            await self.session.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORE_LOCK_KEY}
-            )
+            await self.session.execute(_STORE_LOCK, {"key": _STORE_LOCK_KEY})
         guids = [_fit_guid(c.guid) for c in candidates]
-        for chunk in _chunks(guids):
-            rows = await self.session.scalars(
-                select(ReleaseLink).where(self._link_owner(), self._in(ReleaseLink.guid, chunk))
+        if self.source_id is not None:
+            by_guid = self._statement(
+                "links by guid",
+                lambda: select(ReleaseLink).where(
+                    ReleaseLink.source_id == bindparam("owner_id"),
+                    self._in(ReleaseLink.guid, "values"),
+                ),
             )
+            owner: dict[str, object] = {"owner_id": self.source_id}
+        else:
+            by_guid = self._statement(
+                "links by guid, no source row",
+                lambda: select(ReleaseLink).where(
+                    ReleaseLink.source_id.is_(None),
+                    ReleaseLink.source_name == bindparam("owner_name"),
+                    self._in(ReleaseLink.guid, "values"),
+                ),
+            )
+            owner = {"owner_name": self.source_name}
+        for chunk in _chunks(guids):
+            rows = await self.session.scalars(by_guid, {"values": list(chunk), **owner})
             self._links.update({link.guid: link for link in rows})
         # The releases these links belong to: a feed read again is matched in memory.
         await self._load({link.release_id for link in self._links.values() if link})
@@ -332,34 +354,16 @@ class ReleaseStore:
         urls = sorted({c.url for c in candidates if c.url})
         hashes = sorted({c.content_hash for c in candidates})
         for url_chunk, hash_chunk in zip_longest(_chunks(urls), _chunks(hashes)):
-            parts = []
+            values: dict[str, object] = {}
             if url_chunk:
-                parts.append(
-                    select(
-                        literal_column("0"),
-                        Release.canonical_url,
-                        Release.id,
-                        Release.merged_into_id,
-                    ).where(self._in(Release.canonical_url, url_chunk))
-                )
-                parts.append(
-                    select(
-                        literal_column("0"),
-                        ReleaseLink.url,
-                        ReleaseLink.release_id,
-                        literal_column("NULL"),
-                    ).where(self._in(ReleaseLink.url, url_chunk))
-                )
+                values["urls"] = list(url_chunk)
             if hash_chunk:
-                parts.append(
-                    select(
-                        literal_column("1"),
-                        Release.content_hash,
-                        Release.id,
-                        Release.merged_into_id,
-                    ).where(self._in(Release.content_hash, hash_chunk))
-                )
-            rows = await self.session.execute(union_all(*parts))
+                values["hashes"] = list(hash_chunk)
+            statement = self._statement(
+                "by url and hash " + " ".join(values),
+                lambda keys=tuple(values): self._by_url_and_hash("urls" in keys, "hashes" in keys),
+            )
+            rows = await self.session.execute(statement, values)
             for is_hash, key, release_id, merged_into in rows:
                 if merged_into is None:
                     found = self._by_hash if is_hash else self._by_url
@@ -380,14 +384,55 @@ class ReleaseStore:
             wanted.update(self.recent.near_again(close, candidate.simhash, self.since)[:_COMPARED])
         await self._fetch_comparables(sorted(wanted - self._comparables.keys()))
 
-    def _in(self, column, values: Sequence[object]):  # type: ignore[no-untyped-def]
-        """``column IN values``. On PostgreSQL ``column = ANY(:array)``: one statement
-        text whatever the number of values, so SQLAlchemy's compiled cache and
-        asyncpg's prepared statements are reused instead of an ``IN (…)`` of another
-        length being rendered, prepared and planned for each chunk."""
+    def _by_url_and_hash(self, urls: bool, hashes: bool):  # type: ignore[no-untyped-def]
+        parts = []
+        if urls:
+            parts.append(
+                select(
+                    literal_column("0"),
+                    Release.canonical_url,
+                    Release.id,
+                    Release.merged_into_id,
+                ).where(self._in(Release.canonical_url, "urls"))
+            )
+            parts.append(
+                select(
+                    literal_column("0"),
+                    ReleaseLink.url,
+                    ReleaseLink.release_id,
+                    literal_column("NULL"),
+                ).where(self._in(ReleaseLink.url, "urls"))
+            )
+        if hashes:
+            parts.append(
+                select(
+                    literal_column("1"),
+                    Release.content_hash,
+                    Release.id,
+                    Release.merged_into_id,
+                ).where(self._in(Release.content_hash, "hashes"))
+            )
+        return union_all(*parts)
+
+    def _statement(self, name: str, build: Callable[[], Executable]) -> Executable:
+        """The statement ``build`` makes for this database's dialect, built once per
+        process: executing the same statement object again skips building it and
+        computing its cache key (the values are given at execution)."""
+        key = (self._dialect, name)
+        statement = _STATEMENTS.get(key)
+        if statement is None:
+            statement = _STATEMENTS[key] = build()
+        return statement
+
+    def _in(self, column, name: str):  # type: ignore[no-untyped-def]
+        """``column IN :name``, the list given at execution. On PostgreSQL
+        ``column = ANY(:name)``: one statement text whatever the number of values,
+        so asyncpg's prepared statements are reused instead of an ``IN (…)`` of
+        another length being rendered, prepared and planned for each chunk; on
+        SQLite an expanding ``IN``."""
         if self._postgresql:
-            return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
-        return column.in_(values)
+            return column == any_(bindparam(name, type_=ARRAY(column.type)))
+        return column.in_(bindparam(name, expanding=True))
 
     def _known(self, candidate: Candidate) -> bool:
         return (
@@ -516,16 +561,18 @@ class ReleaseStore:
         here, and only a text whose fingerprint is still close is kept."""
         stored_ids = [i for i in ids if i > 0]
         found: set[int] = set()
+        statement = self._statement(
+            "texts by id",
+            lambda: select(
+                Release.id,
+                Release.text,
+                Release.simhash,
+                Release.merged_into_id,
+                Release.content_hash,
+            ).where(self._in(Release.id, "ids")),
+        )
         for chunk in _chunks(stored_ids):
-            rows = await self.session.execute(
-                select(
-                    Release.id,
-                    Release.text,
-                    Release.simhash,
-                    Release.merged_into_id,
-                    Release.content_hash,
-                ).where(self._in(Release.id, chunk))
-            )
+            rows = await self.session.execute(statement, {"ids": list(chunk)})
             for release_id, stored_text, fingerprint, merged_into, digest in rows:
                 found.add(release_id)
                 indexed = self.recent.index.value(release_id)
@@ -550,10 +597,12 @@ class ReleaseStore:
     async def _load(self, ids: Iterable[int]) -> list[Release | _NewRelease]:
         ids = list(ids)
         missing = [i for i in ids if i > 0 and i not in self._loaded]
+        statement = self._statement(
+            "releases by id",
+            lambda: select(Release).where(self._in(Release.id, "ids")).options(raiseload("*")),
+        )
         for chunk in _chunks(missing):
-            rows = await self.session.scalars(
-                select(Release).where(self._in(Release.id, chunk)).options(raiseload("*"))
-            )
+            rows = await self.session.scalars(statement, {"ids": list(chunk)})
             self._loaded.update({release.id: release for release in rows})
         found: list[Release | _NewRelease] = []
         for release_id in ids:
