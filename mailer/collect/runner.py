@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -251,33 +251,65 @@ class _Lease:
     async def end_in(self, session: AsyncSession) -> None:
         """Delete the lock row in ``session``'s transaction; the caller clears
         ``held`` once that has committed."""
-        await session.execute(
-            delete(Lock).where(Lock.name == self.name, Lock.holder == self.holder)
+        connection = await session.connection()
+        await connection.execute(_END_LEASE, {"lock_name": self.name, "lock_holder": self.holder})
+
+
+# The statements run once per source, built once: executing a statement object again
+# skips building it and computing its cache key, and running Core statements on the
+# session's connection skips the ORM's per-statement work.
+_LOCKS = Lock.__table__
+_END_LEASE = delete(_LOCKS).where(
+    _LOCKS.c.name == bindparam("lock_name"), _LOCKS.c.holder == bindparam("lock_holder")
+)
+_SOURCE_TO_RUN = select(Source).where(
+    Source.name == bindparam("source_name"), Source.enabled, Source.kind.in_(COLLECTABLE_KINDS)
+)
+# The run's record: ``UPDATE sources SET <the keys given> WHERE id = :source_id``.
+_RECORD = update(Source.__table__).where(Source.__table__.c.id == bindparam("source_id"))
+
+
+def _lease_statement(dialect: str):  # type: ignore[no-untyped-def]
+    """Take the lease: insert the lock row, or take it over once it has expired.
+    RETURNING gives a row only when this holder's row was written (inserted, or
+    taken over): that is holding the lease, without reading it back."""
+    if dialect not in _TAKE_LEASE:
+        insert = sqlite_insert if dialect == "sqlite" else pg_insert
+        statement = insert(_LOCKS).values(
+            name=bindparam("lock_name"),
+            holder=bindparam("lock_holder"),
+            expires_at=bindparam("lock_expires"),
         )
+        _TAKE_LEASE[dialect] = statement.on_conflict_do_update(
+            index_elements=["name"],
+            set_={"holder": statement.excluded.holder, "expires_at": statement.excluded.expires_at},
+            where=_LOCKS.c.expires_at < bindparam("lock_now"),
+        ).returning(_LOCKS.c.holder)
+    return _TAKE_LEASE[dialect]
+
+
+_TAKE_LEASE: dict[str, Any] = {}
 
 
 async def _take_lease(database: Database, name: str, lease: _Lease) -> Source | None:
     """The enabled source named ``name`` (None: there is none) and, in the same
     transaction, the lease on it (``lease.held`` says whether it was free)."""
     now = utcnow()
-    insert = sqlite_insert if database.is_sqlite else pg_insert
-    statement = insert(Lock).values(name=lease.name, holder=lease.holder, expires_at=now + LEASE)
-    # RETURNING gives a row only when this holder's row was written (inserted, or
-    # taken over once expired): that is holding the lease, without reading it back.
-    statement = statement.on_conflict_do_update(
-        index_elements=["name"],
-        set_={"holder": lease.holder, "expires_at": now + LEASE},
-        where=Lock.__table__.c.expires_at < now,
-    ).returning(Lock.__table__.c.holder)
     async with _writing(database) as session:
-        source = await session.scalar(
-            select(Source).where(
-                Source.name == name, Source.enabled, Source.kind.in_(COLLECTABLE_KINDS)
-            )
-        )
+        source = await session.scalar(_SOURCE_TO_RUN, {"source_name": name})
         if source is None:
             return None
-        current = (await session.execute(statement)).scalar()
+        connection = await session.connection()
+        result = await connection.execute(
+            _lease_statement(database.dialect),
+            {
+                "lock_name": lease.name,
+                "lock_holder": lease.holder,
+                "lock_expires": now + LEASE,
+                "lock_now": now,
+            },
+        )
+        current = result.scalar()
     lease.held = current == lease.holder
     return source
 
@@ -647,12 +679,8 @@ async def _store_in_transaction(
             )
         if gathered.seen_files is not None:
             values["seen_files"] = gathered.seen_files
-        await session.execute(
-            update(Source)
-            .where(Source.id == source.id)
-            .values(values)
-            .execution_options(synchronize_session=False)
-        )
+        connection = await session.connection()
+        await connection.execute(_RECORD, {"source_id": source.id, **values})
         if lease is not None:
             await lease.end_in(session)
     # Only a committed transaction's counts are the run's.

@@ -13,19 +13,20 @@ from __future__ import annotations
 import enum
 import hashlib
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import zip_longest
 from types import SimpleNamespace
+from typing import Any
 
 from sqlalchemy import (
+    Table,
     any_,
     bindparam,
     delete,
     distinct,
     func,
-    insert,
     literal_column,
     select,
     text,
@@ -33,8 +34,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import raiseload
+from sqlalchemy.sql.expression import Executable
 
 from mailer.collect.boilerplate import joined_normalised, normalise
 from mailer.collect.dedupe import MAX_DISTANCE, Comparable, SimhashIndex, distance, to_unsigned
@@ -49,9 +52,19 @@ EXACT_MATCH_MIN_WORDS = 8
 _CHUNK = 500
 # Stored releases whose text a candidate is compared with, closest fingerprints first.
 _COMPARED = 8
+# Characters of normalised text a collection run keeps of what it wrote (see
+# RecentReleases.keep_text): some 16-32 MB, the texts of 10,000-20,000 releases.
+_KEPT_CHARACTERS = 16_000_000
 # Serialises the matching-and-storing step across processes on PostgreSQL (SQLite
 # already serialises writers with BEGIN IMMEDIATE).
 _STORE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mailer.collect.store").digest()[:8], "big") >> 1
+_STORE_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+# Statements run once or more per source, built once (see ReleaseStore._statement).
+_STATEMENTS: dict[tuple[str, str], Executable] = {}
+# Releases stored since the index was last brought up to date.
+_STORED_SINCE = select(
+    Release.id, Release.simhash, Release.published_at, Release.merged_into_id
+).where(Release.id > bindparam("max_id"))
 
 
 class Outcome(enum.StrEnum):
@@ -100,6 +113,35 @@ class RecentReleases:
         self.max_id = 0
         # Keys whose fingerprint was added, changed or removed since ``mark``.
         self.touched: set[int] = set()
+        # Normalised texts this run wrote: release id -> (content hash, normalised
+        # text, words), oldest first, at most _KEPT_CHARACTERS in all (see keep_text).
+        self.texts: dict[int, tuple[str, str, int]] = {}
+        self._kept_characters = 0
+
+    def keep_text(self, release_id: int, digest: str, comparable: Comparable) -> None:
+        """Keep the normalised text this run wrote for a release, under the content
+        hash written with it. A later source that compares a candidate with that
+        release reads its row all the same (to see it is still live and unchanged)
+        but, when the row's hash is this one, does not normalise its text again: the
+        same hash is the same normalised text. Only the normalised text is kept, not
+        its shingles (about ten times its size), and only the newest
+        _KEPT_CHARACTERS characters of them."""
+        old = self.texts.pop(release_id, None)
+        if old is not None:
+            self._kept_characters -= len(old[1])
+        self.texts[release_id] = (digest, comparable.normalised, comparable.words)
+        self._kept_characters += len(comparable.normalised)
+        while self._kept_characters > _KEPT_CHARACTERS:
+            oldest = next(iter(self.texts))
+            self._kept_characters -= len(self.texts.pop(oldest)[1])
+
+    def kept_text(self, release_id: int, digest: str) -> Comparable | None:
+        """A Comparable of the text kept for ``release_id`` if it was kept under
+        ``digest`` (a new one: shingles made for one store are not kept)."""
+        kept = self.texts.get(release_id)
+        if kept is None or kept[0] != digest:
+            return None
+        return Comparable(kept[1], kept[2])
 
     def mark(self) -> None:
         """Start noting which entries change, for ``near_again``."""
@@ -127,9 +169,7 @@ class RecentReleases:
             )
             self.since = since
             self._add_all(rows)
-        rows = await session.execute(
-            select(*columns, Release.merged_into_id).where(Release.id > self.max_id)
-        )
+        rows = await session.execute(_STORED_SINCE, {"max_id": self.max_id})
         for release_id, fingerprint, published, merged_into in rows:
             self.max_id = max(self.max_id, release_id)
             if merged_into is None and published >= self.since:
@@ -270,54 +310,64 @@ class ReleaseStore:
         self._next_key = -1
         self._real: dict[int, int] = {}
         bind = session.bind
-        self._sqlite = bind is not None and bind.dialect.name == "sqlite"
-        self._postgresql = bind is not None and bind.dialect.name == "postgresql"
+        self._dialect = bind.dialect.name if bind is not None else ""
+        self._sqlite = self._dialect == "sqlite"
+        self._postgresql = self._dialect == "postgresql"
         # recent.close() of candidates, as prepare found it (by id of the candidate).
         self._close: dict[int, list[tuple[int, int]]] = {}
 
     async def prepare(self, candidates: Sequence[Candidate]) -> None:
         """Load what matching needs in a few queries instead of several per candidate."""
         if self._postgresql:
-            await self.session.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STORE_LOCK_KEY}
-            )
+            await self.session.execute(_STORE_LOCK, {"key": _STORE_LOCK_KEY})
         guids = [_fit_guid(c.guid) for c in candidates]
-        for chunk in _chunks(guids):
-            rows = await self.session.scalars(
-                select(ReleaseLink).where(self._link_owner(), self._in(ReleaseLink.guid, chunk))
+        if self.source_id is not None:
+            by_guid = self._statement(
+                "links by guid",
+                lambda: select(ReleaseLink).where(
+                    ReleaseLink.source_id == bindparam("owner_id"),
+                    self._in(ReleaseLink.guid, "values"),
+                ),
             )
+            owner: dict[str, object] = {"owner_id": self.source_id}
+        else:
+            by_guid = self._statement(
+                "links by guid, no source row",
+                lambda: select(ReleaseLink).where(
+                    ReleaseLink.source_id.is_(None),
+                    ReleaseLink.source_name == bindparam("owner_name"),
+                    self._in(ReleaseLink.guid, "values"),
+                ),
+            )
+            owner = {"owner_name": self.source_name}
+        for chunk in _chunks(guids):
+            rows = await self.session.scalars(by_guid, {"values": list(chunk), **owner})
             self._links.update({link.guid: link for link in rows})
         # The releases these links belong to: a feed read again is matched in memory.
         await self._load({link.release_id for link in self._links.values() if link})
         # Releases and links with a candidate's URL, and releases with its content
         # hash: one statement (UNION ALL, the first column telling which) per chunk.
+        # Merged releases are left out here rather than in SQL: with the condition
+        # ``merged_into_id IS NULL`` SQLite's planner took the index on merged_into_id
+        # (true of nearly every row) over the one on the URL or the hash, and read
+        # every live release twice per source.
         urls = sorted({c.url for c in candidates if c.url})
         hashes = sorted({c.content_hash for c in candidates})
         for url_chunk, hash_chunk in zip_longest(_chunks(urls), _chunks(hashes)):
-            parts = []
+            values: dict[str, object] = {}
             if url_chunk:
-                parts.append(
-                    select(literal_column("0"), Release.canonical_url, Release.id).where(
-                        self._in(Release.canonical_url, url_chunk),
-                        Release.merged_into_id.is_(None),
-                    )
-                )
-                parts.append(
-                    select(literal_column("0"), ReleaseLink.url, ReleaseLink.release_id).where(
-                        self._in(ReleaseLink.url, url_chunk)
-                    )
-                )
+                values["urls"] = list(url_chunk)
             if hash_chunk:
-                parts.append(
-                    select(literal_column("1"), Release.content_hash, Release.id).where(
-                        self._in(Release.content_hash, hash_chunk),
-                        Release.merged_into_id.is_(None),
-                    )
-                )
-            rows = await self.session.execute(union_all(*parts))
-            for is_hash, key, release_id in rows:
-                found = self._by_hash if is_hash else self._by_url
-                found.setdefault(key, set()).add(release_id)
+                values["hashes"] = list(hash_chunk)
+            statement = self._statement(
+                "by url and hash " + " ".join(values),
+                lambda keys=tuple(values): self._by_url_and_hash("urls" in keys, "hashes" in keys),
+            )
+            rows = await self.session.execute(statement, values)
+            for is_hash, key, release_id, merged_into in rows:
+                if merged_into is None:
+                    found = self._by_hash if is_hash else self._by_url
+                    found.setdefault(key, set()).add(release_id)
         dates = [c.published for c in candidates if c.published] + [self.now]
         self.since = min(dates) - NEAR_DUPLICATE_WINDOW
         await self.recent.bring_up_to_date(self.session, self.since)
@@ -334,14 +384,55 @@ class ReleaseStore:
             wanted.update(self.recent.near_again(close, candidate.simhash, self.since)[:_COMPARED])
         await self._fetch_comparables(sorted(wanted - self._comparables.keys()))
 
-    def _in(self, column, values: Sequence[object]):  # type: ignore[no-untyped-def]
-        """``column IN values``. On PostgreSQL ``column = ANY(:array)``: one statement
-        text whatever the number of values, so SQLAlchemy's compiled cache and
-        asyncpg's prepared statements are reused instead of an ``IN (…)`` of another
-        length being rendered, prepared and planned for each chunk."""
+    def _by_url_and_hash(self, urls: bool, hashes: bool):  # type: ignore[no-untyped-def]
+        parts = []
+        if urls:
+            parts.append(
+                select(
+                    literal_column("0"),
+                    Release.canonical_url,
+                    Release.id,
+                    Release.merged_into_id,
+                ).where(self._in(Release.canonical_url, "urls"))
+            )
+            parts.append(
+                select(
+                    literal_column("0"),
+                    ReleaseLink.url,
+                    ReleaseLink.release_id,
+                    literal_column("NULL"),
+                ).where(self._in(ReleaseLink.url, "urls"))
+            )
+        if hashes:
+            parts.append(
+                select(
+                    literal_column("1"),
+                    Release.content_hash,
+                    Release.id,
+                    Release.merged_into_id,
+                ).where(self._in(Release.content_hash, "hashes"))
+            )
+        return union_all(*parts)
+
+    def _statement(self, name: str, build: Callable[[], Executable]) -> Executable:
+        """The statement ``build`` makes for this database's dialect, built once per
+        process: executing the same statement object again skips building it and
+        computing its cache key (the values are given at execution)."""
+        key = (self._dialect, name)
+        statement = _STATEMENTS.get(key)
+        if statement is None:
+            statement = _STATEMENTS[key] = build()
+        return statement
+
+    def _in(self, column, name: str):  # type: ignore[no-untyped-def]
+        """``column IN :name``, the list given at execution. On PostgreSQL
+        ``column = ANY(:name)``: one statement text whatever the number of values,
+        so asyncpg's prepared statements are reused instead of an ``IN (…)`` of
+        another length being rendered, prepared and planned for each chunk; on
+        SQLite an expanding ``IN``."""
         if self._postgresql:
-            return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
-        return column.in_(values)
+            return column == any_(bindparam(name, type_=ARRAY(column.type)))
+        return column.in_(bindparam(name, expanding=True))
 
     def _known(self, candidate: Candidate) -> bool:
         return (
@@ -437,7 +528,9 @@ class ReleaseStore:
             _apply_body(survivor, candidate, digest, fingerprint)
             survivor.updated_at = self.now
             self.recent.put(survivor.id, fingerprint, survivor.published_at)
-            self._comparables[survivor.id] = _comparable(candidate)
+            self._comparables[survivor.id] = comparable = _comparable(candidate)
+            if comparable is not None and survivor.id > 0:
+                self.recent.keep_text(survivor.id, digest, comparable)
             self._remember(survivor.id, url, digest)
             await self._add_topics(survivor.id, _topics_of(self.rules, candidate))
         return Stored(Outcome.UPDATED, survivor.id)
@@ -468,13 +561,19 @@ class ReleaseStore:
         here, and only a text whose fingerprint is still close is kept."""
         stored_ids = [i for i in ids if i > 0]
         found: set[int] = set()
+        statement = self._statement(
+            "texts by id",
+            lambda: select(
+                Release.id,
+                Release.text,
+                Release.simhash,
+                Release.merged_into_id,
+                Release.content_hash,
+            ).where(self._in(Release.id, "ids")),
+        )
         for chunk in _chunks(stored_ids):
-            rows = await self.session.execute(
-                select(Release.id, Release.text, Release.simhash, Release.merged_into_id).where(
-                    self._in(Release.id, chunk)
-                )
-            )
-            for release_id, stored_text, fingerprint, merged_into in rows:
+            rows = await self.session.execute(statement, {"ids": list(chunk)})
+            for release_id, stored_text, fingerprint, merged_into, digest in rows:
                 found.add(release_id)
                 indexed = self.recent.index.value(release_id)
                 if merged_into is not None:
@@ -484,7 +583,12 @@ class ReleaseStore:
                 if indexed is not None and indexed != to_unsigned(fingerprint):
                     published = self.recent.published[release_id]
                     self.recent.put(release_id, fingerprint, published)
-                self._comparables[release_id] = Comparable.of(stored_text) if stored_text else None
+                comparable = None
+                if stored_text:
+                    comparable = self.recent.kept_text(release_id, digest) or Comparable.of(
+                        stored_text
+                    )
+                self._comparables[release_id] = comparable
         for release_id in ids:
             if release_id not in found and release_id not in self._new:
                 self.recent.forget(release_id)
@@ -493,10 +597,12 @@ class ReleaseStore:
     async def _load(self, ids: Iterable[int]) -> list[Release | _NewRelease]:
         ids = list(ids)
         missing = [i for i in ids if i > 0 and i not in self._loaded]
+        statement = self._statement(
+            "releases by id",
+            lambda: select(Release).where(self._in(Release.id, "ids")).options(raiseload("*")),
+        )
         for chunk in _chunks(missing):
-            rows = await self.session.scalars(
-                select(Release).where(self._in(Release.id, chunk)).options(raiseload("*"))
-            )
+            rows = await self.session.scalars(statement, {"ids": list(chunk)})
             self._loaded.update({release.id: release for release in rows})
         found: list[Release | _NewRelease] = []
         for release_id in ids:
@@ -585,32 +691,24 @@ class ReleaseStore:
         new, self._new = self._new, {}
         links, self._new_links = self._new_links, []
         topics, self._new_topics = self._new_topics, []
+        if not (new or links or topics):
+            return
+        connection = await self.session.connection()
         if new:
-            table = Release.__table__
             rows = [release.row() for release in new.values()]
-            if self._sqlite:
-                # SQLAlchemy cannot keep RETURNING in parameter order on SQLite and
-                # falls back to one INSERT per row. Multi-row INSERTs instead: SQLite
-                # numbers new rows upwards in the order it inserts them (the largest
-                # id plus one; this transaction holds the write lock), so the ids in
-                # ascending order are the rows' ids in parameter order.
-                result = await self.session.scalars(insert(table).returning(table.c.id), rows)
-                ids = sorted(result.all())
-            else:
-                result = await self.session.scalars(
-                    insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
-                )
-                ids = list(result.all())
+            ids = await _RELEASES.insert(connection, rows, with_ids=True)
             self._renumber(dict(zip(new, ids, strict=True)))
+            for release, release_id in zip(new.values(), ids, strict=True):
+                comparable = self._comparables.get(release_id)
+                if comparable is not None and release.text:
+                    self.recent.keep_text(release_id, str(release.content_hash), comparable)
         if links:
             for link in links:
                 self._links[link.guid] = _WRITTEN
-            await self.session.execute(
-                insert(ReleaseLink.__table__), [link.row(self._real) for link in links]
-            )
+            await _LINKS.insert(connection, [link.row(self._real) for link in links])
         if topics:
-            await self.session.execute(
-                insert(ReleaseTopic.__table__),
+            await _TOPICS.insert(
+                connection,
                 [
                     {"release_id": self.real_id(release_id), "topic_id": topic_id}
                     for release_id, topic_id in topics
@@ -674,6 +772,105 @@ class ReleaseStore:
             if other.id in ids:
                 ids.discard(other.id)
                 ids.add(survivor.id)
+
+
+# (column key, scalar default or None, bind processor or None)
+_Spec = tuple[str, Any, Any]
+
+
+class _DriverInsert:
+    """A multi-row INSERT into ``table`` handed to the driver as SQL text with plain
+    tuples: SQLAlchemy's executemany of a compiled INSERT cost more CPU per row
+    (parameters built and processed per row, insertmanyvalues batching) than the
+    rest of writing a batch.
+
+    Values go through each column's own bind processor, and a column a row leaves
+    out takes its scalar Python default, so the stored values are the ones the
+    compiled INSERT stored. With ``with_ids`` the new rows' ids come back in row
+    order: on PostgreSQL they are drawn from the table's sequence first
+    (``nextval`` once per row, in order: the ids the INSERT would have drawn) and
+    inserted explicitly; on SQLite a multi-row ``INSERT … RETURNING id`` is used,
+    whose ids in ascending order are the rows' in order (SQLite numbers the rows
+    it inserts upwards, and the transaction holds the write lock). The SQL is made
+    from this table's own names, never from data."""
+
+    # SQLite's limit on host parameters in one statement (since 3.32).
+    _SQLITE_PARAMETERS = 32766
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self._prepared: dict[tuple[str, bool], tuple[str, list[_Spec]]] = {}
+
+    def _prepare(self, dialect: Dialect, explicit_id: bool) -> tuple[str, list[_Spec]]:
+        """``INSERT INTO table (columns) VALUES`` and, per column, (key, default,
+        bind processor)."""
+        key = (dialect.name, explicit_id)
+        if key not in self._prepared:
+            generated = self.table.autoincrement_column
+            specs = []
+            for column in self.table.columns:
+                if column is generated and not explicit_id:
+                    continue
+                default = column.default
+                value = default.arg if default is not None and default.is_scalar else None
+                specs.append((column.key, value, column.type._cached_bind_processor(dialect)))
+            quote = dialect.identifier_preparer
+            names = ", ".join(quote.quote(self.table.c[name].name) for name, _, _ in specs)
+            table = quote.format_table(self.table)
+            self._prepared[key] = (f"INSERT INTO {table} ({names}) VALUES ", specs)  # noqa: S608
+        return self._prepared[key]
+
+    @staticmethod
+    def _tuples(specs: list[_Spec], rows: Iterable[dict[str, object]]) -> list[tuple[object, ...]]:
+        return [
+            tuple(
+                process(row.get(name, default)) if process is not None else row.get(name, default)
+                for name, default, process in specs
+            )
+            for row in rows
+        ]
+
+    async def insert(
+        self,
+        connection: AsyncConnection,
+        rows: Sequence[dict[str, object]],
+        *,
+        with_ids: bool = False,
+    ) -> list[int]:
+        dialect = connection.dialect
+        ids: list[int] = []
+        if dialect.name == "postgresql":
+            if with_ids:
+                result = await connection.exec_driver_sql(
+                    "SELECT nextval(pg_get_serial_sequence($1, 'id'))"
+                    " FROM generate_series(1, $2::integer)",
+                    (self.table.name, len(rows)),
+                )
+                ids = sorted(result.scalars().all())
+                rows = [{**row, "id": i} for row, i in zip(rows, ids, strict=True)]
+            insert, specs = self._prepare(dialect, explicit_id=with_ids)
+            marks = ", ".join(f"${n}" for n in range(1, len(specs) + 1))
+            await connection.exec_driver_sql(f"{insert}({marks})", self._tuples(specs, rows))
+            return ids
+        insert, specs = self._prepare(dialect, explicit_id=False)
+        marks = "(" + ", ".join("?" * len(specs)) + ")"
+        tuples = self._tuples(specs, rows)
+        per_statement = self._SQLITE_PARAMETERS // len(specs)
+        for start in range(0, len(tuples), per_statement):
+            chunk = tuples[start : start + per_statement]
+            statement = insert + ", ".join([marks] * len(chunk))
+            flat = tuple(value for values in chunk for value in values)
+            if with_ids:
+                result = await connection.exec_driver_sql(statement + " RETURNING id", flat)
+                ids.extend(sorted(result.scalars().all()))
+            else:
+                await connection.exec_driver_sql(statement, flat)
+        return ids
+
+
+_RELEASES = _DriverInsert(Release.__table__)
+_LINKS = _DriverInsert(ReleaseLink.__table__)
+_TOPICS = _DriverInsert(ReleaseTopic.__table__)
 
 
 def _topics_of(rules: TopicRules, candidate: Candidate) -> list[int]:

@@ -198,11 +198,11 @@ async def test_feed_from_a_file(tmp_path: Path, open_database, sqlite_url: str) 
 
 
 async def test_one_source_never_runs_twice_at_once(
-    server: LocalServer, open_database, sqlite_url: str
+    server: LocalServer, open_database, database_url: str
 ) -> None:
     server.serve_slow("/slow-feed", delay=0.5, body=(FIXTURES / "ministry.xml").read_bytes())
     feed = source("Feed", "feed", url=server.url("/slow-feed"))
-    async with open_database(sqlite_url, [feed]) as (settings, database):
+    async with open_database(database_url, [feed]) as (settings, database):
         first, second = await asyncio.gather(
             collect_source(database, settings, "Feed"), collect_source(database, settings, "Feed")
         )

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from mailer.collect import collect_all, collect_source, retag_release
+from mailer.collect import store as store_module
+from mailer.collect.dedupe import Comparable, content_hash
 from mailer.collect.extract import Candidate, build_candidate
 from mailer.collect.store import Outcome, RecentReleases, store_candidates
 from mailer.db import Database
@@ -387,6 +389,69 @@ async def test_a_run_sees_releases_another_process_stored_after_it_started(
     assert (wire.new, wire.merged) == (0, 1)
     assert sorted(r.id for r in releases if "NATO" in r.text) == [summit_id]
     assert len(releases) == 2
+
+
+async def test_a_run_compares_with_the_text_a_release_has_now_not_the_one_it_wrote(
+    open_database, database_url: str
+) -> None:
+    """A run keeps the normalised texts it wrote (RecentReleases.keep_text) and uses
+    one only while the release's row still has the content hash written with it."""
+    other_news = (
+        "The ministry opened a consular office in Kraków that serves residents of the region. "
+        "It is open on weekdays and issues passports, certificates and visas for residents "
+        "of the whole voivodeship and of the neighbouring regions."
+    )
+
+    def copy(n: int) -> str:
+        return BODY.replace("Prime Minister", "The Prime Minister").replace(
+            "on Friday", "on Friday" + " afternoon" * n
+        )
+
+    async def store(source_name: str, candidate: Candidate) -> tuple[Outcome, int]:
+        async with database.transaction() as session:
+            [stored] = await store_candidates(
+                session,
+                source_id=None,
+                source_name=source_name,
+                candidates=[candidate],
+                now=utcnow(),
+                isolate=False,
+                recent=run,
+            )
+        assert not isinstance(stored, Exception)
+        return stored.outcome, stored.release_id
+
+    async with open_database(database_url, []) as (_settings, database):
+        run = RecentReleases()
+        outcome, summit_id = await store("Ministry", release("m-1", "Summit", BODY))
+        assert outcome is Outcome.NEW and summit_id in run.texts
+        assert await store("Wire", release("w-1", "Summit", copy(1))) == (
+            Outcome.MERGED,
+            summit_id,
+        )
+        # The release's row changes under the run: another text and content hash (the
+        # fingerprint is left as it was, so the copy is still compared with it).
+        async with database.transaction() as session:
+            row = await session.get(Release, summit_id)
+            assert row is not None
+            row.text = other_news
+            row.content_hash = content_hash(other_news)
+        outcome, copy_id = await store("Agency", release("a-1", "Summit", copy(2)))
+    assert outcome is Outcome.NEW and copy_id != summit_id
+
+
+def test_kept_texts_are_bounded_and_tied_to_their_content_hash(monkeypatch) -> None:
+    monkeypatch.setattr(store_module, "_KEPT_CHARACTERS", 100)
+    run = RecentReleases()
+    for release_id in range(1, 6):
+        run.keep_text(release_id, f"hash-{release_id}", Comparable.of("word " * 10))
+    # 49 characters each ("word word … word"): the two newest fit in 100.
+    assert list(run.texts) == [4, 5]
+    kept = run.kept_text(5, "hash-5")
+    assert kept is not None and kept.normalised == Comparable.of("word " * 10).normalised
+    assert run.kept_text(5, "another hash") is None and run.kept_text(1, "hash-1") is None
+    run.reset()
+    assert run.kept_text(5, "hash-5") is None
 
 
 def test_near_again_answers_what_the_index_answers_after_changes() -> None:
