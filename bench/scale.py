@@ -118,6 +118,7 @@ class PostgresCpu:
         self.database = database
         self._seen: dict[tuple[int, str], float] = {}
         self._background: set[tuple[int, str]] = set()
+        self._sessions: set[int] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._read()
@@ -137,7 +138,13 @@ class PostgresCpu:
                 if not command.startswith("postgres: "):
                     continue
                 words = command.replace("\0", " ").split()
-                ours = self.database in words or any(n in command for n in _SERVER_PROCESSES)
+                # A parallel worker names its leader's pid, not the database.
+                leader = words[-1] if "parallel worker for PID" in command else ""
+                ours = (
+                    self.database in words
+                    or (leader.isdigit() and int(leader) in self._sessions)
+                    or any(n in command for n in _SERVER_PROCESSES)
+                )
                 if not ours:
                     continue
                 values = stat.read_text().rsplit(")", 1)[1].split()
@@ -146,7 +153,9 @@ class PostgresCpu:
             # The pid's start time keeps a reused pid from taking over a total.
             key = (int(stat.parent.name), values[19])
             readings[key] = (int(values[11]) + int(values[12])) / ticks
-            if self.database not in words:
+            if self.database in words:
+                self._sessions.add(int(stat.parent.name))
+            elif not leader:
                 self._background.add(key)
         with self._lock:
             self._seen.update(readings)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Integer, Select, cast, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import Settings
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # Sends pruned per transaction: each may hold a million rows.
 _SENDS_PER_TRANSACTION = 1
+# Ids bound in one IN list (SQLite allows 32,766 parameters a statement).
+_IDS_PER_STATEMENT = 10_000
 
 
 @dataclass
@@ -115,32 +117,41 @@ async def unsent_counts(
     return dict(counts)
 
 
-def claimed_ids(session: AsyncSession) -> Select[tuple[int]]:
-    """The deliveries workers hold now, as a subquery for ``IN`` / ``NOT IN``.
+async def claimed_ids(session: AsyncSession) -> set[int]:
+    """The deliveries workers hold now: every claim's ids, read in one statement.
 
-    The ids stay in the database: sending them as one bound parameter each (a few
-    thousand with two busy workers) cost the worker more CPU to render than the rest
-    of a claim.
+    The set is kept out of SQL on purpose. As a ``NOT IN (subquery)`` in the claim
+    query, PostgreSQL planned it from estimates of ``delivery_claims``, a table of a
+    few rows that churn all day: once the estimate outgrew its hash memory the
+    subquery was searched row by row for every pending row read, and at a million
+    readers one claim took a second (bench/RESULTS.md). As one bound parameter per id
+    it cost the worker more to render than the rest of a claim. Callers that need
+    ``limit`` rows that are not held read ``limit + len(held)`` and drop the held
+    ones (at most ``len(held)`` of them are among what they read).
     """
-    if session.bind.dialect.name == "sqlite":
-        held = func.json_each(DeliveryClaim.delivery_ids).table_valued(
-            "value", joins_implicitly=True
-        )
-        return select(held.c.value).select_from(DeliveryClaim)
-    held = func.json_array_elements_text(DeliveryClaim.delivery_ids).table_valued(
-        "value", joins_implicitly=True
-    )
-    return select(cast(held.c.value, Integer)).select_from(DeliveryClaim)
+    held: set[int] = set()
+    for ids in await session.scalars(select(DeliveryClaim.delivery_ids)):
+        held.update(ids)
+    return held
 
 
 async def in_flight(session: AsyncSession) -> dict[tuple[int, DeliveryStatus], int]:
     """Claimed deliveries not yet recorded, by send and status."""
-    rows = await session.execute(
-        select(Delivery.digest_id, Delivery.status, func.count())
-        .where(Delivery.id.in_(claimed_ids(session)), Delivery.status != DeliveryStatus.SENT)
-        .group_by(Delivery.digest_id, Delivery.status)
-    )
-    return {(digest_id, status): number for digest_id, status, number in rows}
+    held = sorted(await claimed_ids(session))
+    counts: Counter[tuple[int, DeliveryStatus]] = Counter()
+    # Chunks keep each statement's parameter list within SQLite's limit.
+    for start in range(0, len(held), _IDS_PER_STATEMENT):
+        rows = await session.execute(
+            select(Delivery.digest_id, Delivery.status, func.count())
+            .where(
+                Delivery.id.in_(held[start : start + _IDS_PER_STATEMENT]),
+                Delivery.status != DeliveryStatus.SENT,
+            )
+            .group_by(Delivery.digest_id, Delivery.status)
+        )
+        for digest_id, status, number in rows:
+            counts[digest_id, status] += number
+    return dict(counts)
 
 
 async def delivery_counts(session: AsyncSession, digest: Digest) -> dict[str, int]:

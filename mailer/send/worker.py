@@ -358,13 +358,14 @@ class Worker:
                         ),
                     ),
                 )
-                .limit(1)
             )
             if self.digest_id is not None:
                 query = query.where(Delivery.digest_id == self.digest_id)
-            # Rows another worker holds are its work, not due here.
-            query = query.where(Delivery.id.not_in(claimed_ids(session)))
-            return (await session.scalar(query)) is not None
+            # Rows another worker holds are its work, not due here (see claimed_ids
+            # for why they are left out here rather than in SQL).
+            held = await claimed_ids(session)
+            due = (await session.scalars(query.limit(1 + len(held)))).all()
+            return any(delivery_id not in held for delivery_id in due)
 
     async def claim(self, limit: int) -> list[Claimed]:
         """Take up to ``limit`` due deliveries: one row in delivery_claims names them
@@ -472,7 +473,7 @@ class Worker:
         sends = select(Digest.id).where(Digest.status == DigestStatus.SENDING)
         if self.digest_id is not None:
             sends = sends.where(Digest.id == self.digest_id)
-        held = claimed_ids(session)
+        held = await claimed_ids(session)
         skipped = self._domains_to_skip()
         taken: list[int] = []
         for digest_id in (await session.scalars(sends.order_by(Digest.id))).all():
@@ -488,18 +489,21 @@ class Worker:
                 # No ORDER BY: the unsent index keeps a send's rows of one status
                 # in the order they were written, and sorting a million pending
                 # rows for each claim would cost more than the claim.
+                wanted = limit - len(taken)
+                # Held rows are read and dropped here: at most len(held) of what is
+                # read, so `wanted` others are among it when there are that many.
                 query = (
                     select(Delivery.id)
                     .where(Delivery.digest_id == digest_id, due)
-                    .limit(limit - len(taken))
+                    .limit(wanted + len(held))
                 )
-                query = query.where(Delivery.id.not_in(held))
                 if skipped:
                     address = func.lower(func.coalesce(Delivery.test_address, Subscriber.email))
                     query = query.outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
                     for domain in skipped:
                         query = query.where(~address.endswith(f"@{domain}", autoescape=True))
-                taken += (await session.scalars(query)).all()
+                found = (await session.scalars(query)).all()
+                taken += [i for i in found if i not in held][:wanted]
         if taken:
             taken.sort()
             claim = DeliveryClaim(worker_id=self.worker_id, claimed_at=now, delivery_ids=taken)

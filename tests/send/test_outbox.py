@@ -306,3 +306,24 @@ async def test_what_is_left_counts_a_paused_sends_claimed_rows_as_paused(
             left = await outbox_backlog(session)
         assert [c.email for c in claimed] == ["editor@example.org"]
         assert (left.paused, left.pending, left.sending) == (4, 0, 1)
+
+
+async def test_a_claim_skips_rows_another_worker_holds_however_many(
+    tmp_path: Path, database_url: str, faulty_smtp: FaultySmtpServer
+) -> None:
+    """A second worker gets only rows the first does not hold, also when the first
+    holds more rows than the second asks for, and sees work left while there is."""
+    settings = write_config(tmp_path, database_url, faulty_smtp.port)
+    async with AppContext(settings=settings).database() as database:
+        await seed(database, 10)
+        await start_digest(database, settings)
+        first, second = Worker(database, settings), Worker(database, settings)
+        held = {c.id for c in await first.claim(7)}
+        assert len(held) == 7
+        two = {c.id for c in await second.claim(2)}
+        assert len(two) == 2 and not two & held
+        assert await second._work_due()
+        last = {c.id for c in await second.claim(5)}
+        assert len(last) == 1 and not last & (held | two)
+        assert not await second._work_due()
+        assert await second.claim(5) == []
