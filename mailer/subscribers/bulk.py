@@ -218,8 +218,14 @@ async def import_csv(
                     now,
                 )
                 if copy and report.imported >= _ANALYZE_AFTER:
-                    # The list's counts are PostgreSQL's estimates at this size: refresh them.
-                    await session.execute(text("ANALYZE subscribers"))
+                    # The list's counts are PostgreSQL's estimates at this size, and
+                    # every table the import filled is planned from its statistics:
+                    # left unanalyzed, subscriber_topics was taken for 300,000 rows
+                    # a sender's batch and read whole for each (54 ms a batch at a
+                    # million readers, bench/RESULTS.md). Refresh them all.
+                    await session.execute(
+                        text("ANALYZE subscribers, subscriber_topics, consent_events")
+                    )
     return report
 
 
