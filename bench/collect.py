@@ -126,13 +126,22 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def usage_snapshot() -> tuple[float, float, int, int, int]:
-    """User and system seconds, voluntary and involuntary context switches, and
-    garbage collections so far: what tells a run on a quiet machine from one on a
-    loaded one (a quiet machine wakes the collector from idle more often)."""
+def usage_snapshot() -> tuple[float, float, int, int, int, int]:
+    """User and system seconds, voluntary and involuntary context switches, page
+    faults that had to read from storage, and garbage collections so far: what can
+    tell a run on a quiet machine from one on a busy one. (On this VM the kernel
+    pages out memory left cold, files included, so after a quiet spell the
+    libraries and data files are read in again.)"""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     collections = sum(generation["collections"] for generation in gc.get_stats())
-    return usage.ru_utime, usage.ru_stime, usage.ru_nvcsw, usage.ru_nivcsw, collections
+    return (
+        usage.ru_utime,
+        usage.ru_stime,
+        usage.ru_nvcsw,
+        usage.ru_nivcsw,
+        usage.ru_majflt,
+        collections,
+    )
 
 
 def server_cpu_seconds(database: str) -> float | None:
@@ -251,7 +260,7 @@ async def run(
                     profiler.disable()
                     profiler.dump_stats(profile)
                 elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
-                user, system, voluntary, involuntary, collections = (
+                user, system, voluntary, involuntary, major_faults, collections = (
                     after - before
                     for after, before in zip(usage_snapshot(), usage_started, strict=True)
                 )
@@ -271,7 +280,7 @@ async def run(
                 print(
                     f"  user {user:.1f} s, system {system:.1f} s; context switches"
                     f" {voluntary:,} voluntary, {involuntary:,} involuntary;"
-                    f" {collections:,} garbage collections"
+                    f" {major_faults:,} major page faults; {collections:,} garbage collections"
                 )
                 if server_cpu is not None:
                     print(
