@@ -2,8 +2,9 @@
 
     start_digest ─ plan: one Delivery row per recipient, in one transaction
     Worker
-      claim     ─ a batch of due rows → "sending" (FOR UPDATE SKIP LOCKED on
-                  PostgreSQL; an IMMEDIATE transaction on SQLite)
+      claim     ─ a batch of due rows, named in one delivery_claims row; the rows
+                  keep their status until their result (one claim at a time: an
+                  advisory lock on PostgreSQL, an IMMEDIATE transaction on SQLite)
       compose   ─ MessageComposer renders each distinct content once
       send      ─ one task per SMTP connection, each carrying one recipient domain's
                   messages at a time under a per-domain slot (destinations.py);
@@ -11,10 +12,10 @@
       journal   ─ each accepted message is appended to the worker's journal at once
       record    ─ states are written back in batches (sent, deferred, failed)
 
-Nothing is marked sent before the server accepted it. Rows left "sending" by a
-dead worker are recovered on start: journal entries become "sent", the rest go
-back to "pending" (see journal.py). Workers on other machines are covered by a
-claim lease.
+Nothing is marked sent before the server accepted it. Rows a dead worker had
+claimed are recovered on start: its journal's entries become "sent" and its claims
+are deleted, so the rest are due again (see journal.py). Workers on other machines
+are covered by a claim lease.
 
 The package is split along its seams: ``control`` (starting, scheduling, pausing and
 cancelling a send), ``progress`` (how far a send has got, finishing it) and
