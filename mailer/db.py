@@ -16,7 +16,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Executable, event
+from sqlalchemy import Executable, event, text
 from sqlalchemy.engine import URL, Result, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
@@ -31,6 +31,9 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # another partition meanwhile (see execute_past_moved_rows).
 _MOVED_ROW_ATTEMPTS = 5
 _WRITE_OPTION = "mailer_write_transaction"
+# Rows written in one bulk operation from which PostgreSQL's statistics of the
+# tables are refreshed at once (see refresh_statistics).
+BULK_WRITE_ROWS = 10_000
 
 
 def day_of(value: Any) -> date:
@@ -110,6 +113,21 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def refresh_statistics(session: AsyncSession, rows: int, *tables: str) -> None:
+    """ANALYZE ``tables`` after ``rows`` were written to them in bulk (at least
+    BULK_WRITE_ROWS), in the writing transaction: ANALYZE sees its rows.
+
+    PostgreSQL plans from these statistics, and at this size its plans change:
+    left stale, an import's subscriber_topics was read whole for every sender batch,
+    and a new send's pending rows were estimated at a handful, so each claim gathered
+    all of them (bench/RESULTS.md). Autovacuum would analyze the tables only later,
+    and not at all where it is off. ANALYZE samples a fixed number of rows (a few
+    hundred milliseconds at a million). SQLite's planner keeps no such estimates.
+    """
+    if rows >= BULK_WRITE_ROWS and session.bind.dialect.name == "postgresql":
+        await session.execute(text(f"ANALYZE {', '.join(tables)}"))
 
 
 def _moved_by_concurrent_update(error: DBAPIError) -> bool:

@@ -122,7 +122,7 @@ from sqlalchemy.orm import aliased
 
 from mailer.archive import mailable_conditions
 from mailer.config import Settings
-from mailer.db import Database
+from mailer.db import Database, refresh_statistics
 from mailer.message import ComposedMessage, MessageComposer, content_key
 from mailer.models import (
     Audience,
@@ -341,29 +341,9 @@ async def plan_digest(
     else:
         count = await _plan_subscribers(session, settings, digest, now, report)
     digest.recipient_count = count
-    if count >= _ANALYZE_FROM_ROWS:
-        await _refresh_outbox_statistics(session)
+    # The claim query reads the unsent rows by send and status (mailer.send.worker).
+    await refresh_statistics(session, count, "deliveries_unsent")
     return count
-
-
-# A send this large changes what the claim query should read (mailer.send.worker).
-_ANALYZE_FROM_ROWS = 10_000
-
-
-async def _refresh_outbox_statistics(session: AsyncSession) -> None:
-    """ANALYZE the unsent outbox rows after a large plan, in the plan's transaction.
-
-    The new send's id is in no statistics yet, so PostgreSQL estimates its pending
-    rows at a handful and plans each worker claim as a bitmap scan that gathers all of
-    them (a million at a million readers) to return a few hundred: 54 ms a claim,
-    measured. With the new rows counted, a claim reads the index only as far as it
-    needs. Autovacuum would analyze the table too, but only after the send had run
-    for a while, and not at all where it is off. ANALYZE samples a fixed number of
-    rows (a few hundred milliseconds at a million) and sees this transaction's rows;
-    SQLite's planner has no such estimate to correct.
-    """
-    if session.bind.dialect.name == "postgresql":
-        await session.execute(text("ANALYZE deliveries_unsent"))
 
 
 async def _serialise_planning(session: AsyncSession) -> None:

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import asyncpg
-from sqlalchemy import Table, bindparam, delete, insert, select, text, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.config import Settings
-from mailer.db import Database
+from mailer.db import Database, refresh_statistics
 from mailer.models import (
     ConsentEvent,
     Frequency,
@@ -217,20 +217,16 @@ async def import_csv(
                     },
                     now,
                 )
-                if copy and report.imported >= _ANALYZE_AFTER:
-                    # The list's counts are PostgreSQL's estimates at this size, and
-                    # every table the import filled is planned from its statistics:
-                    # left unanalyzed, subscriber_topics was taken for 300,000 rows
-                    # a sender's batch and read whole for each (54 ms a batch at a
-                    # million readers, bench/RESULTS.md). Refresh them all.
-                    await session.execute(
-                        text("ANALYZE subscribers, subscriber_topics, consent_events")
-                    )
+                # Every table the import filled; the list's counts are PostgreSQL's
+                # estimates at this size too.
+                await refresh_statistics(
+                    session,
+                    report.imported,
+                    "subscribers",
+                    "subscriber_topics",
+                    "consent_events",
+                )
     return report
-
-
-# A bulk import this large changes the table's statistics enough to refresh them.
-_ANALYZE_AFTER = 10_000
 
 
 def _check_utf8(path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from mailer import digest as planning
+from mailer import db
 from mailer.context import AppContext
 from mailer.send import start_digest
 from tests.send.conftest import seed, write_config
@@ -17,7 +17,7 @@ from tests.send.conftest import seed, write_config
 async def test_a_planned_send_is_estimated_at_its_size(
     tmp_path: Path, postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(planning, "_ANALYZE_FROM_ROWS", 30)
+    monkeypatch.setattr(db, "BULK_WRITE_ROWS", 30)
     settings = write_config(tmp_path, postgres_database_url, 25)
     async with AppContext(settings=settings).database() as database:
         await seed(database, 60)
