@@ -41,12 +41,13 @@ the same work:
 Readers with the same topic choice, watermark, owed group and start get the same
 releases, so planning decides once per such *class* (a few dozen on a real list,
 however many readers) and writes: one row per class outcome into
-``content_groups``, one ``INSERT ... SELECT`` of the deliveries and one upsert
-(``INSERT ... SELECT ... ON CONFLICT``) of the watermarks, through a temporary
-table of the readers and their class (SQL on both PostgreSQL and SQLite; no
-per-reader Python). Every reader of the send moves their watermark, also those
-who got nothing. Measured in bench/RESULTS.md: a daily send to 1,000,000 readers
-plans in about 9 s of PostgreSQL CPU.
+``content_groups``, one ``INSERT ... SELECT`` of the deliveries, one
+``UPDATE ... FROM`` of the watermarks readers already have and one ``INSERT ...
+SELECT`` of those they have not, through a temporary table of the readers and
+their class (SQL on both PostgreSQL and SQLite; no per-reader Python). Every
+reader of the send moves their watermark, also those who got nothing. Measured in
+bench/RESULTS.md: a daily send to 1,000,000 readers plans in about 9 s of
+PostgreSQL CPU.
 
 The cases
 ---------
@@ -111,12 +112,10 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    true,
     type_coerce,
+    update,
 )
 from sqlalchemy.dialects.postgresql import aggregate_order_by
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -505,6 +504,9 @@ def _reader_columns(dialect: str) -> tuple[Any, list[ColumnElement[Any]]]:
         select(func.min(Release.first_seen_at)).where(Release.first_seen_at >= since)
     ).scalar_subquery()
     columns: list[ColumnElement[Any]] = [
+        # Whether the reader has a watermark row: planning updates those rows and
+        # inserts the others (mailer.digest._move_watermarks).
+        Watermark.subscriber_id.is_not(None).label("marked"),
         func.coalesce(chosen.c.signature, "").label("signature"),
         case((fresh, 0), else_=Watermark.through_release_id).label("watermark"),
         case((fresh, 0), else_=func.coalesce(Watermark.owed_group_id, 0)).label("group_id"),
@@ -730,12 +732,16 @@ async def _read_plan(
 _READERS = Table(
     "plan_readers",
     MetaData(),
-    Column("subscriber_id", Integer, primary_key=True),
+    # No primary key: a reader appears once by construction (one row per
+    # subscriber), every statement joins on class_key or hashes, and building the
+    # key's index cost about 2 s of a 13–14 s million-reader plan (bench/RESULTS.md).
+    Column("subscriber_id", Integer),
     Column("class_key", Text),
     Column("signature", Text),
     Column("watermark", Integer),
     Column("group_id", Integer),
     Column("since", UTCDateTime()),
+    Column("marked", Boolean),
     prefixes=["TEMPORARY"],
 )
 _CLASSES = Table(
@@ -757,7 +763,7 @@ async def _plan_subscribers(
 ) -> int:
     """Class the readers into a temporary table (one INSERT ... SELECT), decide per
     class, write one content group per distinct decision, then every delivery with
-    one INSERT ... SELECT and every watermark with one upsert."""
+    one INSERT ... SELECT and the watermarks with one UPDATE and one INSERT."""
     connection = await session.connection()
     readers = (await _readers(session, settings, now, digest.frequency, None, report)).subquery(
         "readers"
@@ -768,7 +774,7 @@ async def _plan_subscribers(
     try:
         await connection.execute(
             insert(_READERS).from_select(
-                ["subscriber_id", "class_key", *_CLASS_COLUMNS],
+                ["subscriber_id", "class_key", *_CLASS_COLUMNS, "marked"],
                 select(
                     readers.c.id,
                     # One text to group and join on: no sort of a million rows.
@@ -780,6 +786,7 @@ async def _plan_subscribers(
                     + "|"
                     + cast(grouped[3], Text),
                     *grouped,
+                    readers.c.marked,
                 ),
             )
         )
@@ -856,36 +863,58 @@ async def _write(
         )
     )
     planned = result.rowcount or 0
-    # Every reader of the send moves on, also those who got nothing (their topics
-    # matched none): what arrived up to the cut is decided for them.
-    upsert = (pg_insert if connection.dialect.name == "postgresql" else sqlite_insert)(Watermark)
-    marks = upsert.from_select(
-        ["subscriber_id", "through_release_id", "owed_group_id", "planned_at", "last_digest_at"],
-        select(
-            _READERS.c.subscriber_id,
-            literal(plan.cut),
-            _CLASSES.c.group_id,
-            literal(now, UTCDateTime()),
-            case((_CLASSES.c.deliver.is_(True), literal(now, UTCDateTime()))),
+    await _move_watermarks(connection, plan.cut, now)
+    return planned
+
+
+async def _move_watermarks(connection: AsyncConnection, cut: int, now: datetime) -> None:
+    """Every reader of the send moves on, also those who got nothing (their topics
+    matched none): what arrived up to the cut is decided for them.
+
+    Two statements rather than one upsert: an ``ON CONFLICT`` upsert probes the
+    primary key once per reader, where ``UPDATE ... FROM`` joins the million rows
+    in one hash join and rewrites each in its page (watermarks keep free room for
+    it); the reader query already knows who has a row (planners take turns, so
+    nobody adds one meanwhile). Measured in bench/RESULTS.md.
+    """
+    marks = Watermark.__table__
+    sent_now = _CLASSES.c.deliver.is_(True)
+    await connection.execute(
+        update(marks)
+        .where(
+            marks.c.subscriber_id == _READERS.c.subscriber_id,
+            _READERS.c.marked.is_(True),
+            _CLASSES.c.class_key == _READERS.c.class_key,
         )
-        .join(_CLASSES, _CLASSES.c.class_key == _READERS.c.class_key)
-        # SQLite needs a WHERE to tell an upsert's SELECT from a join's ON.
-        .where(true()),
+        .values(
+            through_release_id=cut,
+            owed_group_id=_CLASSES.c.group_id,
+            planned_at=literal(now, UTCDateTime()),
+            last_digest_at=case(
+                (sent_now, literal(now, UTCDateTime())), else_=marks.c.last_digest_at
+            ),
+        )
     )
     await connection.execute(
-        marks.on_conflict_do_update(
-            index_elements=["subscriber_id"],
-            set_={
-                "through_release_id": marks.excluded.through_release_id,
-                "owed_group_id": marks.excluded.owed_group_id,
-                "planned_at": marks.excluded.planned_at,
-                "last_digest_at": func.coalesce(
-                    marks.excluded.last_digest_at, Watermark.__table__.c.last_digest_at
-                ),
-            },
+        insert(marks).from_select(
+            [
+                "subscriber_id",
+                "through_release_id",
+                "owed_group_id",
+                "planned_at",
+                "last_digest_at",
+            ],
+            select(
+                _READERS.c.subscriber_id,
+                literal(cut),
+                _CLASSES.c.group_id,
+                literal(now, UTCDateTime()),
+                case((sent_now, literal(now, UTCDateTime()))),
+            )
+            .join(_CLASSES, _CLASSES.c.class_key == _READERS.c.class_key)
+            .where(_READERS.c.marked.is_(False)),
         )
     )
-    return planned
 
 
 async def _count_held_back(

@@ -17,6 +17,7 @@ from mailer.models import (
     DeliveryStatus,
     Frequency,
     Release,
+    Subscriber,
     SubscriberStatus,
     Watermark,
     utcnow,
@@ -147,6 +148,44 @@ async def test_a_release_is_never_queued_twice_to_a_subscriber(
         second = await add_release(session, "Second", published_at=utcnow() - timedelta(hours=1))
     again = await _deliveries(database, await _plan(database, settings, "all"))
     assert again["reader@example.org"].release_ids == [second.id]
+
+
+async def test_a_send_with_nothing_for_a_reader_keeps_when_they_last_got_one(
+    database: Database, settings: Settings
+) -> None:
+    """Readers planned before are updated in place, new ones inserted: the date of a
+    reader's last digest (shown in their data export) survives a send that gives
+    them nothing, and a reader who never got one has none."""
+    first_send = utcnow() - timedelta(minutes=10)
+    async with database.transaction() as session:
+        await add_release(
+            session, "Budget", published_at=first_send - timedelta(hours=1), topics=["economy"]
+        )
+        await add_subscriber(session, "economy@example.org", topics=["economy"])
+        await add_subscriber(session, "health@example.org", topics=["health"])
+        digest = await new_digest(session)
+        assert await plan_digest(session, settings, digest, now=first_send) == 1
+
+    second_send = utcnow()
+    async with database.transaction() as session:
+        await add_release(session, "Hospital", topics=["health"])
+        # Confirmed after Budget was collected: nothing for them yet.
+        await add_subscriber(session, "late@example.org", topics=["economy"], confirmed_at=utcnow())
+        digest = await new_digest(session)
+        assert await plan_digest(session, settings, digest, now=second_send) == 1
+
+    async with database.session() as session:
+        rows = await session.execute(
+            select(Subscriber.email, Watermark.last_digest_at, Watermark.planned_at).join(
+                Watermark, Watermark.subscriber_id == Subscriber.id
+            )
+        )
+        marks = {email: (last, planned) for email, last, planned in rows}
+    assert marks == {
+        "economy@example.org": (first_send, second_send),
+        "health@example.org": (second_send, second_send),
+        "late@example.org": (None, second_send),
+    }
 
 
 async def test_concurrent_planners_split_rather_than_duplicate(
